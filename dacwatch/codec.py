@@ -1,0 +1,392 @@
+"""Exact chunked DAC encoding and decoding over arrays and streams of blocks.
+
+Encoding (DESIGN.md, "Exact chunking"): encoder frame ``t`` reads padded-file
+samples ``[t*S - P, t*S - P + F)``. Frames whose whole receptive field lies
+inside the file (*interior* frames) do not see any layer's zero padding in a
+whole-file pass, so a window run with padding off ("valid" convolutions) over
+exactly their samples gives the same numbers. The few frames at each edge do
+see padding; they come from one window at each end run with padding on,
+starting at the file's own edge and aligned to the hop, keeping only frames
+that do not reach the window's inner edge.
+
+Decoding: every output sample depends on a bounded interval of code frames
+(:func:`dacwatch.model.decoder_context`). Each window decodes its own frames
+plus that context on both sides with padding on and keeps the centre; windows
+touching the file's edges see the same padding as the whole-file pass.
+
+Shapes: audio is ``[channels, samples]`` float32 at the model's rate; codes
+are ``[frames, codebooks, channels]`` int16, time first like the container.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import OutOfMemoryError, PermanentError
+from .model import (
+    DecoderContext,
+    ReceptiveField,
+    decoder_context,
+    decoder_output_length,
+    encoder_receptive_field,
+    layer_padding,
+)
+
+# Per-device defaults, chosen by bench/ (DESIGN.md, "Performance notes"): on a
+# CPU small windows stay in cache; on a GPU large windows in big batches.
+CPU_ENCODE_WINDOW_S = 2.0
+CPU_DECODE_WINDOW_S = 1.0
+GPU_ENCODE_WINDOW_S = 10.0
+GPU_DECODE_WINDOW_S = 5.0
+CPU_BATCH = 1
+GPU_BATCH = 16
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` is the first CUDA device when there is one, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device} was asked for but CUDA is not available")
+    return dev
+
+
+class CodeArray(Protocol):
+    """What decoding reads codes from: an ndarray or a memmap ``[frames, codebooks, channels]``."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    def __getitem__(self, key: slice) -> np.ndarray: ...
+
+
+@dataclass
+class _Window:
+    first_frame: int  # global index of the first frame this window keeps
+    skip: int  # frames of the window's output to drop before that
+    count: int  # frames kept
+    samples: np.ndarray  # [channels, window samples]
+
+
+class ChunkedCodec:
+    """A loaded DAC network wrapped for exact windowed inference.
+
+    ``encode_window_s``/``decode_window_s`` of 0 mean one window for the whole
+    file (the whole-file reference). ``batch_size`` is how many windows share
+    one forward pass (each channel of a window is one row). Neither changes
+    the result.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        device: str | torch.device = "cpu",
+        encode_window_s: float | None = None,
+        decode_window_s: float | None = None,
+        batch_size: int | None = None,
+    ) -> None:
+        self.device = resolve_device(device) if isinstance(device, str) else device
+        self.model = model.to(self.device)
+        gpu = self.device.type == "cuda"
+        self.sample_rate = int(model.sample_rate)
+        self.hop = int(model.hop_length)
+        self.n_codebooks = int(model.n_codebooks)
+        self.codebook_size = int(model.codebook_size)
+        self.rf: ReceptiveField = encoder_receptive_field(model)
+        self.context: DecoderContext = decoder_context(model)
+        if self.rf.stride != self.hop or self.context.hop != self.hop:
+            raise ValueError("encoder stride, decoder upsampling and hop length disagree")
+        self.encode_window_s = (GPU_ENCODE_WINDOW_S if gpu else CPU_ENCODE_WINDOW_S) if encode_window_s is None else encode_window_s
+        self.decode_window_s = (GPU_DECODE_WINDOW_S if gpu else CPU_DECODE_WINDOW_S) if decode_window_s is None else decode_window_s
+        self.batch_size = (GPU_BATCH if gpu else CPU_BATCH) if batch_size is None else batch_size
+        if self.encode_window_s < 0 or self.decode_window_s < 0:
+            raise ValueError("window length must be 0 (whole file) or positive seconds")
+        if self.batch_size < 1:
+            raise ValueError("batch size must be at least 1")
+
+    # ------------------------------------------------------------------ geometry
+
+    @property
+    def min_window_s(self) -> float:
+        """The smallest encode window: one receptive field."""
+        return self.rf.size / self.sample_rate
+
+    def frames_per_window(self) -> int:
+        """Frames one interior encode window yields; 0 means whole file."""
+        if self.encode_window_s == 0:
+            return 0
+        samples = int(round(self.encode_window_s * self.sample_rate))
+        return max(1, (samples - self.rf.size) // self.hop + 1)
+
+    def decode_frames_per_window(self) -> int:
+        if self.decode_window_s == 0:
+            return 0
+        return max(1, int(round(self.decode_window_s * self.sample_rate / self.hop)))
+
+    def frames_for(self, samples: int) -> int:
+        """Code frames of a file of ``samples`` samples at the model rate."""
+        return math.ceil(samples / self.hop)
+
+    # ------------------------------------------------------------------ model calls
+
+    def _encode_rows(self, rows: np.ndarray, padded: bool, n_quantizers: int) -> np.ndarray:
+        """``[rows, samples]`` -> codes ``[rows, n_quantizers, frames]`` (int16)."""
+        try:
+            with torch.inference_mode(), layer_padding(self.model.encoder, padded):
+                x = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32)).to(self.device)
+                z = self.model.encoder(x[:, None, :])
+                codes = self.model.quantizer(z, n_quantizers)[1]
+                return codes.to("cpu", torch.int16).numpy()
+        except torch.OutOfMemoryError as exc:
+            raise OutOfMemoryError(f"out of memory encoding {rows.shape[0]} rows of {rows.shape[1]} samples") from exc
+
+    def _run_encode(self, windows: Sequence[_Window], padded: bool, n_quantizers: int) -> Iterator[np.ndarray]:
+        """Encode windows of equal length in batches; yield kept codes ``[frames, nq, C]`` per window."""
+        for i in range(0, len(windows), self.batch_size):
+            group = windows[i : i + self.batch_size]
+            channels = group[0].samples.shape[0]
+            rows = np.concatenate([w.samples for w in group], axis=0)
+            codes = self._encode_rows(rows, padded, n_quantizers)
+            codes = codes.reshape(len(group), channels, n_quantizers, -1)
+            for w, c in zip(group, codes, strict=True):
+                yield np.ascontiguousarray(c[..., w.skip : w.skip + w.count].transpose(2, 1, 0))
+
+    def _check_quantizers(self, n_quantizers: int | None) -> int:
+        n = self.n_codebooks if n_quantizers is None else int(n_quantizers)
+        if not 1 <= n <= self.n_codebooks:
+            raise ValueError(f"codebooks must be between 1 and {self.n_codebooks}, not {n}")
+        return n
+
+    # ------------------------------------------------------------------ encoding
+
+    def encode(self, audio: np.ndarray, n_quantizers: int | None = None) -> np.ndarray:
+        """Encode ``[channels, samples]`` at the model rate to codes ``[frames, nq, channels]``."""
+        if audio.ndim != 2:
+            raise ValueError("audio must be [channels, samples]")
+        step = max(1, self.sample_rate)
+        blocks = (audio[:, i : i + step] for i in range(0, audio.shape[1], step))
+        return self._collect(self.encode_stream(blocks, audio.shape[0], n_quantizers), audio.shape[0], n_quantizers)
+
+    def _collect(self, parts: Iterable[np.ndarray], channels: int, n_quantizers: int | None) -> np.ndarray:
+        nq = self._check_quantizers(n_quantizers)
+        chunks = list(parts)
+        if not chunks:
+            return np.zeros((0, nq, channels), dtype=np.int16)
+        return np.concatenate(chunks, axis=0)
+
+    def encode_stream(
+        self, blocks: Iterable[np.ndarray], channels: int, n_quantizers: int | None = None
+    ) -> Iterator[np.ndarray]:
+        """Encode a stream of ``[channels, n]`` blocks; yield code blocks ``[frames, nq, channels]`` in order.
+
+        Memory is bounded by the window and batch size, not by the stream's length.
+        """
+        nq = self._check_quantizers(n_quantizers)
+        rf, hop = self.rf, self.hop
+        n = self.frames_per_window()
+        buf = _RollingBuffer(channels)
+        source = iter(blocks)
+
+        def fill(until: int) -> bool:
+            """Read until ``until`` samples are buffered; False if the stream ended first."""
+            while buf.end < until:
+                block = next(source, None)
+                if block is None:
+                    return False
+                buf.append(block)
+            return True
+
+        if n == 0:
+            fill(np.iinfo(np.int64).max)
+            yield from self._encode_whole(buf, nq)
+            return
+
+        t_lo = math.ceil(rf.padding / hop)  # first interior frame
+        first_len = _ceil_to(rf.end(t_lo - 1), hop) if t_lo > 0 else 0
+        window_len = rf.size + (n - 1) * hop
+        # Decide between the split plan and one whole-file pass: the split
+        # plan needs the file to be longer than both edge windows.
+        if not fill(first_len + window_len + 2 * hop):
+            yield from self._encode_whole(buf, nq)
+            return
+
+        if first_len:
+            samples = buf.get(0, first_len)
+            yield from self._run_encode([_Window(0, 0, t_lo, samples)], True, nq)
+        next_frame = t_lo
+        pending: list[_Window] = []
+
+        def interior(t0: int, count: int, skip: int = 0) -> _Window:
+            start = rf.first(t0 - skip)
+            return _Window(t0, skip, count, buf.get(start, start + window_len))
+
+        # Interior windows while the stream runs: any frame whose samples are
+        # all here is interior, because the file is at least that long.
+        while True:
+            while rf.end(next_frame + n - 1) <= buf.end:
+                pending.append(interior(next_frame, n))
+                next_frame += n
+                if len(pending) == self.batch_size:
+                    yield from self._run_encode(pending, False, nq)
+                    pending.clear()
+                    buf.discard_before(rf.first(next_frame - n))
+            if not fill(buf.end + 1):
+                break
+
+        length = buf.end
+        padded_len = _ceil_to(length, hop)
+        buf.append(np.zeros((channels, padded_len - length), dtype=np.float32))
+        total = padded_len // hop
+        t_hi = (padded_len - rf.size + rf.padding) // hop  # last interior frame
+        remaining = t_hi + 1 - next_frame
+        if remaining > 0:
+            # Keep one window shape for the batch: the last window overlaps the
+            # previous one and drops the frames already produced.
+            overlap = n - remaining if t_hi + 1 - n >= t_lo else 0
+            if overlap:
+                pending.append(interior(next_frame, remaining, skip=overlap))
+            else:
+                pending.append(_Window(next_frame, 0, remaining, buf.get(rf.first(next_frame), rf.end(t_hi))))
+            next_frame = t_hi + 1
+        # Equal lengths batch together; a short last window runs on its own.
+        for same in _group_by_length(pending):
+            yield from self._run_encode(same, False, nq)
+
+        if next_frame < total:
+            start = max(0, (rf.first(next_frame) // hop) * hop)
+            skip = next_frame - start // hop
+            last = _Window(next_frame, skip, total - next_frame, buf.get(start, padded_len))
+            yield from self._run_encode([last], True, nq)
+
+    def _encode_whole(self, buf: _RollingBuffer, nq: int) -> Iterator[np.ndarray]:
+        """One padded pass over everything buffered, exactly what DAC's own forward does."""
+        length = buf.end
+        if length == 0:
+            return
+        padded_len = _ceil_to(length, self.hop)
+        buf.append(np.zeros((buf.channels, padded_len - length), dtype=np.float32))
+        samples = buf.get(0, padded_len)
+        yield from self._run_encode([_Window(0, 0, padded_len // self.hop, samples)], True, nq)
+
+    # ------------------------------------------------------------------ decoding
+
+    def output_length(self, frames: int) -> int:
+        """Samples a whole-file decode of ``frames`` frames yields at the model rate."""
+        return decoder_output_length(self.model, frames) if frames > 0 else 0
+
+    def decode(self, codes: CodeArray) -> np.ndarray:
+        """Decode codes ``[frames, nq, channels]`` to audio ``[channels, samples]`` at the model rate."""
+        channels = codes.shape[2]
+        parts = list(self.decode_stream(codes))
+        if not parts:
+            return np.zeros((channels, 0), dtype=np.float32)
+        return np.concatenate(parts, axis=1)
+
+    def decode_stream(self, codes: CodeArray, start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
+        """Yield audio blocks ``[channels, n]`` for model-rate samples ``[start, stop)`` of the
+        whole-file decode, reading only the code frames those samples need."""
+        frames, nq, channels = codes.shape
+        if nq > self.n_codebooks:
+            raise PermanentError(f"codes use {nq} codebooks but the model has {self.n_codebooks}")
+        total = self.output_length(frames)
+        stop = total if stop is None else min(stop, total)
+        start = max(0, start)
+        if frames == 0 or start >= stop:
+            return
+        hop, ctx = self.hop, self.context
+        n = self.decode_frames_per_window() or frames
+        first, last = start // hop, min(frames, math.ceil(stop / hop))
+        span = min(frames, n + ctx.left + ctx.right)
+        owned = [(c0, min(c0 + n, last)) for c0 in range(first, last, n)]
+        for i in range(0, len(owned), self.batch_size):
+            group = owned[i : i + self.batch_size]
+            offsets = [min(max(0, c0 - ctx.left), frames - span) for c0, _ in group]
+            batch = np.stack([self._checked(codes[o : o + span]) for o in offsets])
+            audio = self._decode_rows(batch)  # [windows, channels, samples]
+            for (c0, c1), o, out in zip(group, offsets, audio, strict=True):
+                a = max(c0 * hop, start)
+                b = min(c1 * hop, stop)
+                if b > a:
+                    yield out[:, a - o * hop : b - o * hop]
+
+    def _checked(self, window: np.ndarray) -> np.ndarray:
+        window = np.asarray(window)
+        if window.size and (window.min() < 0 or window.max() >= self.codebook_size):
+            raise PermanentError(
+                f"codes out of range: found {int(window.min())}..{int(window.max())}, "
+                f"the codebooks have {self.codebook_size} entries"
+            )
+        return window
+
+    def _decode_rows(self, batch: np.ndarray) -> np.ndarray:
+        """Codes ``[windows, frames, nq, channels]`` -> audio ``[windows, channels, samples]``."""
+        windows, frames, nq, channels = batch.shape
+        rows = batch.transpose(0, 3, 2, 1).reshape(windows * channels, nq, frames)
+        try:
+            with torch.inference_mode():
+                codes = torch.from_numpy(rows.astype(np.int64)).to(self.device)
+                z = self.model.quantizer.from_codes(codes)[0]
+                audio = self.model.decoder(z)
+                out = audio.to("cpu", torch.float32).numpy()
+        except torch.OutOfMemoryError as exc:
+            raise OutOfMemoryError(f"out of memory decoding {windows} windows of {frames} frames") from exc
+        return out.reshape(windows, channels, -1)
+
+
+class _RollingBuffer:
+    """Samples ``[channels, n]`` of a stream, addressable by global sample index,
+    forgetting what lies before the oldest position still needed."""
+
+    def __init__(self, channels: int) -> None:
+        self.channels = channels
+        self.start = 0
+        self._parts: list[np.ndarray] = []
+        self._data = np.zeros((channels, 0), dtype=np.float32)
+
+    @property
+    def end(self) -> int:
+        return self.start + self._data.shape[1] + sum(p.shape[1] for p in self._parts)
+
+    def append(self, block: np.ndarray) -> None:
+        if block.ndim != 2 or block.shape[0] != self.channels:
+            raise ValueError(f"expected a [{self.channels}, n] block, got {block.shape}")
+        if block.shape[1]:
+            self._parts.append(np.asarray(block, dtype=np.float32))
+
+    def _flatten(self) -> None:
+        if self._parts:
+            self._data = np.concatenate([self._data, *self._parts], axis=1)
+            self._parts = []
+
+    def get(self, a: int, b: int) -> np.ndarray:
+        """Samples ``[a, b)``; both must lie in what is buffered."""
+        self._flatten()
+        if a < self.start or b > self.end:
+            raise IndexError(f"samples {a}..{b} not buffered ({self.start}..{self.end})")
+        return self._data[:, a - self.start : b - self.start]
+
+    def discard_before(self, position: int) -> None:
+        self._flatten()
+        drop = min(max(0, position - self.start), self._data.shape[1])
+        if drop:
+            self._data = self._data[:, drop:].copy()
+            self.start += drop
+
+
+def _ceil_to(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def _group_by_length(windows: list[_Window]) -> list[list[_Window]]:
+    groups: dict[int, list[_Window]] = {}
+    for w in windows:
+        groups.setdefault(w.samples.shape[1], []).append(w)
+    return list(groups.values())

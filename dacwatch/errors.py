@@ -1,0 +1,33 @@
+"""The one exception tree of dacwatch.
+
+A :class:`PermanentError` means the input itself is bad: converting it again
+will fail again, so the file is quarantined with the reason. A
+:class:`TransientError` means the machine was in the way (out of memory, disk
+full, a folder that vanished): the job is retried later and the source kept.
+"""
+
+from __future__ import annotations
+
+
+class DacwatchError(Exception):
+    """Base of every error dacwatch raises on purpose."""
+
+
+class PermanentError(DacwatchError):
+    """Bad input: retrying cannot help, quarantine the file."""
+
+
+class TransientError(DacwatchError):
+    """A fault of the moment: retry with backoff, keep the source."""
+
+
+class OutOfMemoryError(TransientError):
+    """The device ran out of memory: retry, first with a smaller batch."""
+
+
+class ModelUnavailableError(DacwatchError):
+    """The requested model cannot be loaded (no weights, offline, bad file)."""
+
+
+class ConfigError(DacwatchError):
+    """The configuration is missing or invalid."""
