@@ -1,0 +1,578 @@
+"""The ``.dac`` file: format 1, and readers for the two older layouts.
+
+Format 1 is an uncompressed ``.npz`` (a zip of stored ``.npy`` entries) that
+``numpy.load(path, allow_pickle=False)`` reads:
+
+- ``codes``: int16 ``[frames, codebooks, channels]``, C order. Time comes
+  first, so an excerpt is one contiguous byte range, and the entry is stored
+  uncompressed, so it is memory-mapped straight out of the zip.
+- ``metadata``: JSON text as a numpy unicode scalar (never an object array).
+
+Older files come through one restricted unpickler that builds only plain
+containers, numbers, strings and numpy arrays; any other global in the pickle
+is refused before anything runs. This module knows numpy and the standard
+library only.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import pickle
+import struct
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import IO, Any, BinaryIO
+
+import numpy as np
+
+from . import __version__
+from .errors import PermanentError
+
+FORMAT_NAME = "dacwatch"
+FORMAT_VERSION = 1
+CODES_ENTRY = "codes.npy"
+METADATA_ENTRY = "metadata.npy"
+MAX_METADATA_BYTES = 1 << 20  # metadata is a few hundred bytes; anything huge is hostile
+MAX_LEGACY_BYTES = 1 << 30  # DAC 1.0.0 files are read whole, as DAC does; refuse bombs
+
+
+class ContainerError(PermanentError):
+    """A ``.dac`` file that cannot be read; the message names the file and the fault."""
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """Which network made the codes, and its geometry."""
+
+    type: str
+    bitrate: str
+    tag: str
+    sample_rate: int
+    hop_length: int
+    codebook_size: int
+    n_codebooks: int  # codebooks stored in the file (may be fewer than the model has)
+    model_codebooks: int  # codebooks the model has
+
+
+@dataclass(frozen=True)
+class Metadata:
+    """What a ``.dac`` file says about its audio. Lengths in samples, loudness in LUFS."""
+
+    model: ModelRecord
+    sample_rate: int  # of the original audio
+    length: int  # samples of the original audio, per channel
+    channels: int
+    model_length: int  # samples at the model's rate before padding to the hop
+    loudness: float | None  # integrated loudness of the input; None for silence or too short
+    gain_db: float  # gain applied before encoding; decoding applies the opposite
+    dacwatch_version: str = __version__
+
+    @property
+    def duration_s(self) -> float:
+        return self.length / self.sample_rate if self.sample_rate else 0.0
+
+    def to_json(self) -> str:
+        body = {"format": FORMAT_NAME, "version": FORMAT_VERSION, **asdict(self)}
+        return json.dumps(body, sort_keys=True, allow_nan=False)
+
+    @classmethod
+    def from_json(cls, text: str, where: str) -> Metadata:
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ContainerError(f"{where}: metadata is not valid JSON ({exc})") from exc
+        if not isinstance(raw, dict):
+            raise ContainerError(f"{where}: metadata is not a JSON object")
+        if raw.get("format") != FORMAT_NAME:
+            raise ContainerError(f"{where}: not a {FORMAT_NAME} file (format {raw.get('format')!r})")
+        version = raw.get("version")
+        if version != FORMAT_VERSION:
+            raise ContainerError(
+                f"{where}: format version {version!r} is not one this dacwatch ({__version__}) reads "
+                f"(it reads version {FORMAT_VERSION})"
+            )
+        try:
+            model = ModelRecord(**raw["model"])
+            meta = cls(
+                model=model,
+                sample_rate=raw["sample_rate"],
+                length=raw["length"],
+                channels=raw["channels"],
+                model_length=raw["model_length"],
+                loudness=raw["loudness"],
+                gain_db=raw["gain_db"],
+                dacwatch_version=raw.get("dacwatch_version", "unknown"),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ContainerError(f"{where}: metadata is missing or has a wrong field ({exc})") from exc
+        meta.validate(where)
+        return meta
+
+    def validate(self, where: str) -> None:
+        """Refuse metadata no real encoding could have produced."""
+        m = self.model
+
+        def positive_int(name: str, value: Any, allow_zero: bool = False) -> None:
+            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if allow_zero else 1):
+                raise ContainerError(f"{where}: {name} must be a {'non-negative' if allow_zero else 'positive'} integer, not {value!r}")
+
+        for name in ("sample_rate", "hop_length", "codebook_size", "n_codebooks", "model_codebooks"):
+            positive_int(f"model.{name}", getattr(m, name))
+        positive_int("sample_rate", self.sample_rate)
+        positive_int("channels", self.channels)
+        positive_int("length", self.length, allow_zero=True)
+        positive_int("model_length", self.model_length, allow_zero=True)
+        if m.n_codebooks > m.model_codebooks:
+            raise ContainerError(f"{where}: {m.n_codebooks} codebooks stored but the model has {m.model_codebooks}")
+        if m.codebook_size > np.iinfo(np.int16).max + 1:
+            raise ContainerError(f"{where}: codebook size {m.codebook_size} does not fit int16 codes")
+        if self.loudness is not None and not (isinstance(self.loudness, (int, float)) and math.isfinite(self.loudness)):
+            raise ContainerError(f"{where}: loudness must be a finite number or null")
+        if not (isinstance(self.gain_db, (int, float)) and math.isfinite(self.gain_db)):
+            raise ContainerError(f"{where}: gain_db must be a finite number")
+
+    def expected_frames(self) -> int:
+        return -(-self.model_length // self.model.hop_length)
+
+
+@dataclass(frozen=True)
+class LegacyLayout:
+    """How an older file must be decoded: DAC 1.0.0 decodes in its own chunks."""
+
+    kind: str  # "dac-1.0.0" or "seed"
+    chunk_length: int | None = None  # frames per chunk (DAC 1.0.0)
+    padding: bool = True  # layer padding DAC 1.0.0 used for those chunks
+    input_db: tuple[float, ...] = ()  # DAC 1.0.0's loudness per signal, restored as it does
+
+
+@dataclass
+class DacFile:
+    """An opened ``.dac`` file. ``codes`` is ``[frames, codebooks, channels]``; a memmap for format 1."""
+
+    metadata: Metadata
+    codes: np.ndarray
+    legacy: LegacyLayout | None = None
+    path: Path | None = None
+
+    @property
+    def frames(self) -> int:
+        return int(self.codes.shape[0])
+
+    def iter_code_blocks(self, frames: int = 65536) -> Iterator[np.ndarray]:
+        for i in range(0, self.frames, frames):
+            yield np.asarray(self.codes[i : i + frames])
+
+    def check_codes(self) -> None:
+        """Scan every code (block by block) for values outside the codebook."""
+        size = self.metadata.model.codebook_size
+        for block in self.iter_code_blocks():
+            if block.size and (int(block.min()) < 0 or int(block.max()) >= size):
+                raise ContainerError(
+                    f"{self.path or 'file'}: codes out of range {int(block.min())}..{int(block.max())} "
+                    f"for a codebook of {size}"
+                )
+
+
+# ---------------------------------------------------------------------- writing
+
+
+class CodeSpill:
+    """Code blocks appended as they come, kept in an unnamed temporary file so
+    memory does not grow with the recording's length."""
+
+    def __init__(self, n_codebooks: int, channels: int, directory: str | os.PathLike[str] | None = None) -> None:
+        self.n_codebooks = n_codebooks
+        self.channels = channels
+        self.frames = 0
+        self._file: IO[bytes] = tempfile.TemporaryFile(dir=directory)
+
+    def append(self, block: np.ndarray) -> None:
+        if block.ndim != 3 or block.shape[1:] != (self.n_codebooks, self.channels):
+            raise ValueError(f"expected codes [n, {self.n_codebooks}, {self.channels}], got {block.shape}")
+        self._file.write(np.ascontiguousarray(block, dtype="<i2").tobytes())
+        self.frames += block.shape[0]
+
+    def copy_to(self, out: IO[bytes]) -> None:
+        self._file.seek(0)
+        while chunk := self._file.read(1 << 20):
+            out.write(chunk)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> CodeSpill:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def write(out: BinaryIO, metadata: Metadata, codes: np.ndarray | CodeSpill) -> None:
+    """Write a format 1 file to the binary file object ``out``."""
+    if isinstance(codes, CodeSpill):
+        shape = (codes.frames, codes.n_codebooks, codes.channels)
+    else:
+        if codes.ndim != 3:
+            raise ValueError("codes must be [frames, codebooks, channels]")
+        shape = tuple(int(s) for s in codes.shape)
+    if shape[1] != metadata.model.n_codebooks or shape[2] != metadata.channels:
+        raise ValueError(f"codes {shape} disagree with the metadata")
+    metadata.validate("metadata to write")
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        with zf.open(METADATA_ENTRY, "w") as entry:
+            np.lib.format.write_array(entry, np.array(metadata.to_json()), allow_pickle=False)
+        with zf.open(CODES_ENTRY, "w", force_zip64=True) as entry:
+            header = {"descr": "<i2", "fortran_order": False, "shape": shape}
+            np.lib.format.write_array_header_1_0(entry, header)
+            if isinstance(codes, CodeSpill):
+                codes.copy_to(entry)
+            else:
+                entry.write(np.ascontiguousarray(codes, dtype="<i2").tobytes())
+
+
+# ---------------------------------------------------------------------- reading
+
+
+def read(path: str | os.PathLike[str], mmap: bool = True) -> DacFile:
+    """Open a ``.dac`` file of any supported layout. Format 1 codes are memory-mapped."""
+    path = Path(path)
+    where = str(path)
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+    except OSError as exc:
+        raise ContainerError(f"{where}: cannot be read ({exc.strerror or exc})") from exc
+    if magic == b"\x93NUMPY":
+        return _read_dac_1_0_0(path)
+    if magic[:4] != b"PK\x03\x04":
+        raise ContainerError(f"{where}: not a .dac file (neither a zip container nor a DAC 1.0.0 .npy)")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = {i.filename: i for i in zf.infolist()}
+            if CODES_ENTRY not in infos:
+                raise ContainerError(f"{where}: has no '{CODES_ENTRY}' entry")
+            if METADATA_ENTRY not in infos:
+                raise ContainerError(f"{where}: has no '{METADATA_ENTRY}' entry")
+            meta_info = infos[METADATA_ENTRY]
+            if meta_info.file_size > MAX_METADATA_BYTES:
+                raise ContainerError(f"{where}: metadata entry is {meta_info.file_size} bytes; refusing")
+            meta_bytes = _read_entry(zf, meta_info, MAX_METADATA_BYTES, where)
+            codes_info = infos[CODES_ENTRY]
+    except zipfile.BadZipFile as exc:
+        raise ContainerError(f"{where}: truncated or not a zip file ({exc})") from exc
+    except OSError as exc:
+        raise ContainerError(f"{where}: cannot be read ({exc})") from exc
+
+    meta_array = _npy_from_bytes(meta_bytes, where, METADATA_ENTRY)
+    if isinstance(meta_array, _PickledNpy):
+        return _read_seed(path, meta_array, codes_info)
+    if meta_array.dtype.kind != "U" or meta_array.ndim != 0:
+        raise ContainerError(f"{where}: metadata must be a unicode scalar, found {meta_array.dtype} {meta_array.shape}")
+    metadata = Metadata.from_json(str(meta_array[()]), where)
+    codes = _open_codes(path, codes_info, mmap, where, dtype=np.dtype("<i2"))
+    _check_shape(codes, metadata, where)
+    return DacFile(metadata=metadata, codes=codes, path=path)
+
+
+def _check_shape(codes: np.ndarray, metadata: Metadata, where: str) -> None:
+    if codes.ndim != 3:
+        raise ContainerError(f"{where}: codes must have rank 3 [frames, codebooks, channels], found rank {codes.ndim}")
+    frames, nq, channels = codes.shape
+    if nq != metadata.model.n_codebooks:
+        raise ContainerError(f"{where}: codes hold {nq} codebooks, metadata says {metadata.model.n_codebooks}")
+    if nq > metadata.model.model_codebooks:
+        raise ContainerError(f"{where}: {nq} codebooks but the model has {metadata.model.model_codebooks}")
+    if channels != metadata.channels:
+        raise ContainerError(f"{where}: codes hold {channels} channels, metadata says {metadata.channels}")
+    if frames != metadata.expected_frames():
+        raise ContainerError(
+            f"{where}: {frames} frames of codes, but {metadata.model_length} samples need {metadata.expected_frames()}"
+        )
+
+
+def _read_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, where: str) -> bytes:
+    with zf.open(info) as entry:
+        data = entry.read(limit + 1)
+    if len(data) > limit:
+        raise ContainerError(f"{where}: entry {info.filename} is larger than {limit} bytes; refusing")
+    return data
+
+
+def _local_data_offset(f: BinaryIO, info: zipfile.ZipInfo, where: str) -> int:
+    """Where the bytes of a stored entry start: after its local file header."""
+    f.seek(info.header_offset)
+    header = f.read(30)
+    if len(header) != 30 or header[:4] != b"PK\x03\x04":
+        raise ContainerError(f"{where}: damaged zip entry {info.filename}")
+    name_len, extra_len = struct.unpack("<HH", header[26:30])
+    return info.header_offset + 30 + name_len + extra_len
+
+
+def _open_codes(path: Path, info: zipfile.ZipInfo, mmap: bool, where: str, dtype: np.dtype[Any] | None) -> np.ndarray:
+    if info.compress_type != zipfile.ZIP_STORED:
+        raise ContainerError(f"{where}: codes entry is compressed; format 1 stores it uncompressed")
+    with open(path, "rb") as f:
+        start = _local_data_offset(f, info, where)
+        f.seek(start)
+        try:
+            shape, fortran, found = _read_npy_header(f)
+        except ValueError as exc:
+            raise ContainerError(f"{where}: codes entry is not a valid .npy array ({exc})") from exc
+        data_offset = f.tell()
+    if found.hasobject:
+        raise ContainerError(f"{where}: codes entry holds pickled objects; refusing")
+    if dtype is not None and found != dtype:
+        raise ContainerError(f"{where}: codes must be int16, found {found}")
+    if found.kind not in "iu":
+        raise ContainerError(f"{where}: codes must be integers, found {found}")
+    if fortran:
+        raise ContainerError(f"{where}: codes must be in C order")
+    if len(shape) != 3:
+        raise ContainerError(f"{where}: codes must have rank 3 [frames, codebooks, channels], found rank {len(shape)}")
+    nbytes = int(np.prod(shape, dtype=np.int64)) * found.itemsize
+    if data_offset - start + nbytes != info.file_size or data_offset + nbytes > path.stat().st_size:
+        raise ContainerError(f"{where}: codes entry is truncated ({info.file_size} bytes for shape {shape})")
+    if nbytes == 0:
+        return np.zeros(shape, dtype=found)
+    if mmap:
+        return np.memmap(path, dtype=found, mode="r", offset=data_offset, shape=shape)
+    with open(path, "rb") as f:
+        f.seek(data_offset)
+        return np.frombuffer(f.read(nbytes), dtype=found).reshape(shape)
+
+
+# ---------------------------------------------------------------------- legacy layouts
+
+
+def _read_npy_header(f: BinaryIO) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
+    """Shape, Fortran order and dtype of the ``.npy`` at ``f``'s position (raises ValueError)."""
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(f)  # type: ignore[no-any-return]
+    if version == (2, 0):
+        return np.lib.format.read_array_header_2_0(f)  # type: ignore[no-any-return]
+    raise ValueError(f".npy version {version} is not supported")
+
+
+class _PickledNpy:
+    """An ``.npy`` whose payload is a pickle: held unread until the restricted unpickler runs."""
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+
+
+def _npy_from_bytes(data: bytes, where: str, entry: str) -> np.ndarray | _PickledNpy:
+    f = io.BytesIO(data)
+    try:
+        shape, fortran, dtype = _read_npy_header(f)
+    except ValueError as exc:
+        raise ContainerError(f"{where}: {entry} is not a valid .npy array ({exc})") from exc
+    if dtype.hasobject:
+        return _PickledNpy(data[f.tell() :])
+    try:
+        f.seek(0)
+        return np.lib.format.read_array(f, allow_pickle=False)
+    except ValueError as exc:
+        raise ContainerError(f"{where}: {entry} is damaged ({exc})") from exc
+
+
+_ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),  # how protocol 2 spells bytes; turns a str into bytes, nothing more
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Builds plain containers, numbers, strings and numpy arrays/scalars; refuses every other global."""
+
+    def __init__(self, file: IO[bytes], where: str) -> None:
+        super().__init__(file, encoding="latin1")
+        self.where = where
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _ALLOWED_GLOBALS:
+            module = module.replace("numpy.core.", "numpy._core.") if hasattr(np, "_core") else module
+            return super().find_class(module, name)
+        raise ContainerError(
+            f"{self.where}: refusing a pickle that asks for {module}.{name}; "
+            "only plain data and numpy arrays are accepted (nothing in it was run)"
+        )
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise ContainerError(f"{self.where}: refusing a pickle with persistent references")
+
+
+def safe_unpickle(payload: bytes, where: str) -> Any:
+    """Unpickle ``payload`` admitting only plain data and numpy arrays."""
+    try:
+        return _RestrictedUnpickler(io.BytesIO(payload), where).load()
+    except ContainerError:
+        raise
+    except Exception as exc:
+        raise ContainerError(f"{where}: damaged pickle ({type(exc).__name__}: {exc})") from exc
+
+
+# DAC 1.0.0 files do not name their model; the number of codebooks does.
+_MODEL_BY_CODEBOOKS = {
+    9: ("44khz", "8kbps", 44100, 512),
+    18: ("44khz", "16kbps", 44100, 512),
+    32: ("24khz", "8kbps", 24000, 320),
+    12: ("16khz", "8kbps", 16000, 320),
+}
+
+
+def _legacy_model(n_codebooks: int, where: str, hint: dict[str, Any] | None = None) -> ModelRecord:
+    hint = hint or {}
+    if "model_type" in hint:
+        mt = str(hint["model_type"])
+        bitrate = str(hint.get("model_bitrate", "8kbps"))
+        guess = next((v for v in _MODEL_BY_CODEBOOKS.values() if v[0] == mt and v[1] == bitrate), None)
+    else:
+        guess = _MODEL_BY_CODEBOOKS.get(n_codebooks)
+    if guess is None:
+        raise ContainerError(f"{where}: cannot tell which DAC model made {n_codebooks} codebooks of codes")
+    mt, bitrate, sr, hop = guess
+    model_cb = max(k for k, v in _MODEL_BY_CODEBOOKS.items() if v[:2] == (mt, bitrate))
+    return ModelRecord(
+        type=mt, bitrate=bitrate, tag=str(hint.get("model_tag", "latest")), sample_rate=sr, hop_length=hop,
+        codebook_size=1024, n_codebooks=n_codebooks, model_codebooks=model_cb,
+    )
+
+
+def _number(value: Any, where: str, name: str) -> float:
+    try:
+        out = float(np.asarray(value).reshape(-1)[0]) if np.size(value) else float("nan")
+    except (TypeError, ValueError) as exc:
+        raise ContainerError(f"{where}: {name} is not a number") from exc
+    return out
+
+
+def _int_field(meta: dict[str, Any], key: str, where: str, minimum: int) -> int:
+    if key not in meta:
+        raise ContainerError(f"{where}: metadata has no {key}")
+    value = meta[key]
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or int(value) < minimum:
+        raise ContainerError(f"{where}: {key} must be an integer of at least {minimum}, not {value!r}")
+    return int(value)
+
+
+def _legacy_metadata(meta: dict[str, Any], codes: np.ndarray, where: str, model_length: int) -> Metadata:
+    model = _legacy_model(codes.shape[1], where, meta)
+    input_db = _number(meta.get("input_db", float("nan")), where, "input_db")
+    loudness = input_db if math.isfinite(input_db) else None
+    return Metadata(
+        model=model,
+        sample_rate=_int_field(meta, "sample_rate", where, 1),
+        length=_int_field(meta, "original_length", where, 0),
+        channels=_int_field(meta, "channels", where, 1),
+        model_length=model_length,
+        loudness=loudness,
+        gain_db=0.0,
+        dacwatch_version="legacy",
+    )
+
+
+def _read_dac_1_0_0(path: Path) -> DacFile:
+    """DAC 1.0.0's ``DACFile.save``: ``np.save`` of a dict (so a pickle inside ``.npy``)
+    with codes ``[batch*channels, n_q, frames]`` and its chunking in the metadata."""
+    where = str(path)
+    size = path.stat().st_size
+    if size > MAX_LEGACY_BYTES:
+        raise ContainerError(f"{where}: {size} bytes is too large for a DAC 1.0.0 file; refusing")
+    data = _npy_from_bytes(path.read_bytes(), where, "file")
+    if not isinstance(data, _PickledNpy):
+        raise ContainerError(f"{where}: a .npy that is not a DAC 1.0.0 file")
+    obj = safe_unpickle(data.payload, where)
+    if isinstance(obj, np.ndarray) and obj.dtype.hasobject and obj.ndim == 0:
+        obj = obj[()]
+    if not isinstance(obj, dict) or "codes" not in obj or not isinstance(obj.get("metadata"), dict):
+        raise ContainerError(f"{where}: not a DAC 1.0.0 file (no codes and metadata)")
+    raw = obj["codes"]
+    meta = obj["metadata"]
+    if not isinstance(raw, np.ndarray) or raw.ndim != 3 or raw.dtype.kind not in "iu":
+        raise ContainerError(f"{where}: codes must be an integer array [batch*channels, n_q, frames]")
+    if meta.get("dac_version") != "1.0.0":
+        raise ContainerError(f"{where}: DAC file version {meta.get('dac_version')!r} is not 1.0.0")
+    channels = _int_field(meta, "channels", where, 1)
+    if raw.shape[0] % channels:
+        raise ContainerError(f"{where}: {raw.shape[0]} code rows do not split into {channels} channels")
+    if raw.shape[0] != channels:
+        raise ContainerError(f"{where}: batched DAC files (several signals in one) are not supported")
+    codes = np.ascontiguousarray(raw.transpose(2, 1, 0)).astype(np.int16)
+    chunk_length = _int_field(meta, "chunk_length", where, 1)
+    padding = bool(meta.get("padding", True))
+    model = _legacy_model(codes.shape[1], where)
+    metadata = _legacy_metadata(meta, codes, where, model_length=codes.shape[0] * model.hop_length)
+    return DacFile(
+        metadata=metadata,
+        codes=codes,
+        legacy=LegacyLayout(
+            kind="dac-1.0.0", chunk_length=chunk_length, padding=padding,
+            input_db=tuple(float(v) for v in np.asarray(meta.get("input_db", [np.nan]), dtype=np.float64).reshape(-1)),
+        ),
+        path=path,
+    )
+
+
+def _read_seed(path: Path, meta_pickle: _PickledNpy, codes_info: zipfile.ZipInfo) -> DacFile:
+    """The seed script's ``.npz``: codes ``[frames, n_q, channels]`` and its metadata
+    dict as a pickled 0-d object array."""
+    where = str(path)
+    obj = safe_unpickle(meta_pickle.payload, where)
+    if isinstance(obj, np.ndarray) and obj.ndim == 0:
+        obj = obj[()]
+    if not isinstance(obj, dict):
+        raise ContainerError(f"{where}: seed metadata is not a dict")
+    codes = _open_codes(path, codes_info, True, where, dtype=None)
+    if codes.shape[1] == 0 or codes.shape[2] == 0:
+        raise ContainerError(f"{where}: codes have no codebooks or no channels")
+    model = _legacy_model(codes.shape[1], where, obj)
+    length_at_model = obj.get("model_length")
+    model_length = int(length_at_model) if isinstance(length_at_model, (int, np.integer)) else codes.shape[0] * model.hop_length
+    metadata = _legacy_metadata(obj, codes, where, model_length)
+    _check_shape(codes, replace(metadata, model=replace(metadata.model, n_codebooks=codes.shape[1])), where)
+    return DacFile(metadata=metadata, codes=codes, legacy=LegacyLayout(kind="seed"), path=path)
+
+
+@dataclass
+class Summary:
+    """What ``dacwatch info`` shows."""
+
+    path: str
+    format: str
+    model: dict[str, Any]
+    duration_s: float
+    sample_rate: int
+    channels: int
+    frames: int
+    codebooks: int
+    bitrate_kbps: float
+    loudness_lufs: float | None
+    dacwatch_version: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def summarize(dac: DacFile) -> Summary:
+    m = dac.metadata
+    frame_rate = m.model.sample_rate / m.model.hop_length
+    bits = math.log2(m.model.codebook_size) * m.model.n_codebooks * frame_rate * m.channels
+    fmt = f"{FORMAT_NAME} {FORMAT_VERSION}" if dac.legacy is None else dac.legacy.kind
+    extra: dict[str, Any] = {}
+    if dac.legacy is not None and dac.legacy.chunk_length:
+        extra = {"chunk_length": dac.legacy.chunk_length, "padding": dac.legacy.padding}
+    return Summary(
+        path=str(dac.path), format=fmt, model=asdict(m.model), duration_s=m.duration_s, sample_rate=m.sample_rate,
+        channels=m.channels, frames=dac.frames, codebooks=m.model.n_codebooks, bitrate_kbps=bits / 1000,
+        loudness_lufs=m.loudness, dacwatch_version=m.dacwatch_version, extra=extra,
+    )

@@ -1,0 +1,340 @@
+"""One file in, one file out: audio -> ``.dac`` and ``.dac`` -> audio.
+
+Shared by the one-shot CLI and the daemon's worker. Memory is bounded by the
+window and batch sizes: audio is read in blocks (twice: loudness, then
+encoding), codes are spilled to a temporary file, decoded audio is written
+block by block.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from .audio import (
+    AudioError,
+    OutputFormat,
+    StreamResampler,
+    fit_length,
+    measure,
+    open_audio,
+    scaled,
+    write_audio,
+)
+from .codec import ChunkedCodec, resolve_device
+from .container import CodeSpill, DacFile, Metadata, ModelRecord
+from .container import read as read_dac
+from .container import write as write_dac
+from .errors import ModelUnavailableError, PermanentError
+from .fsio import atomic_output
+from .model import ModelSpec, layer_padding, load_model, model_info, resolve_release
+
+Progress = Callable[[float], None]  # called with seconds of audio done
+
+
+@dataclass(frozen=True)
+class CodecSettings:
+    """How windows are cut and batched; ``None`` picks the device's default."""
+
+    device: str = "auto"
+    encode_window_s: float | None = None
+    decode_window_s: float | None = None
+    batch_size: int | None = None
+
+
+@dataclass
+class CodecPool:
+    """Loaded networks for one device, by model: the configured one, and others on
+    demand when a ``.dac`` file names a different model. Each stays warm."""
+
+    spec: ModelSpec
+    settings: CodecSettings = field(default_factory=CodecSettings)
+    cache_dir: Path | None = None
+    loader: Callable[[ModelSpec, torch.device], nn.Module] | None = None
+    _codecs: dict[tuple[str, str, str], ChunkedCodec] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.device = resolve_device(self.settings.device)
+
+    def key(self, spec: ModelSpec) -> tuple[str, str, str]:
+        tag = spec.tag
+        if spec.weights is None:
+            try:
+                tag = resolve_release(spec)[0]
+            except ModelUnavailableError:
+                pass
+        return spec.model_type, spec.model_bitrate, tag
+
+    def codec(self, spec: ModelSpec | None = None) -> ChunkedCodec:
+        spec = spec or self.spec
+        key = self.key(spec)
+        with self._lock:
+            if key not in self._codecs:
+                loader = self.loader or (lambda s, d: load_model(s, d, self.cache_dir))
+                model = loader(spec, self.device)
+                s = self.settings
+                self._codecs[key] = ChunkedCodec(model, self.device, s.encode_window_s, s.decode_window_s, s.batch_size)
+            return self._codecs[key]
+
+    def record(self, n_codebooks: int | None = None) -> ModelRecord:
+        codec = self.codec()
+        mtype, bitrate, tag = self.key(self.spec)
+        info = model_info(codec.model)
+        return ModelRecord(
+            type=mtype, bitrate=bitrate, tag=tag, sample_rate=info["sample_rate"], hop_length=info["hop_length"],
+            codebook_size=info["codebook_size"], n_codebooks=n_codebooks or info["n_codebooks"],
+            model_codebooks=info["n_codebooks"],
+        )
+
+    def codec_for(self, record: ModelRecord) -> ChunkedCodec:
+        """The network a file was made with; never a different one."""
+        wanted = (record.type, record.bitrate, record.tag)
+        if wanted == self.key(self.spec):
+            codec = self.codec()
+        else:
+            try:
+                spec = ModelSpec(record.type, record.bitrate, record.tag)
+            except ValueError as exc:
+                raise PermanentError(f"the file names an unknown model: {exc}") from exc
+            try:
+                codec = self.codec(spec)
+            except ModelUnavailableError as exc:
+                raise ModelUnavailableError(
+                    f"the file was made with DAC {record.type} {record.bitrate} tag {record.tag}, "
+                    f"which is not available here: {exc}"
+                ) from exc
+        info = model_info(codec.model)
+        mismatch = [k for k in ("sample_rate", "hop_length", "codebook_size") if info[k] != getattr(record, k)]
+        if mismatch or record.n_codebooks > info["n_codebooks"]:
+            raise PermanentError(
+                f"the file's model ({record.type} {record.bitrate} {record.tag}: "
+                f"{record.sample_rate} Hz, hop {record.hop_length}, {record.n_codebooks} of {record.model_codebooks} "
+                f"codebooks of {record.codebook_size}) does not match the network loaded for it"
+            )
+        return codec
+
+    def with_batch(self, batch_size: int) -> None:
+        """Shrink the batch of every loaded codec (after running out of memory)."""
+        with self._lock:
+            for codec in self._codecs.values():
+                codec.batch_size = max(1, min(codec.batch_size, batch_size))
+
+
+@dataclass(frozen=True)
+class Result:
+    """What one conversion did (for the canonical log line)."""
+
+    kind: str  # encode | decode
+    output: Path
+    audio_s: float
+    frames: int
+
+
+def encode_file(
+    pool: CodecPool,
+    source: Path,
+    output: Path,
+    n_codebooks: int | None = None,
+    overwrite: bool = True,
+    progress: Progress | None = None,
+) -> Result:
+    """Audio file -> ``.dac`` (format 1), through a temporary file renamed into place."""
+    codec = pool.codec()
+    reader = open_audio(source)
+    try:
+        info = reader.info
+        measurement = measure(reader, str(source))
+        if measurement.frames == 0:
+            raise AudioError(f"{source}: holds no samples")
+        gain = measurement.gain_db()
+        resampler = StreamResampler(info.sample_rate, codec.sample_rate, info.channels)
+        counted = _Counter()
+        blocks = counted.wrap(resampler.stream(_progressed(scaled(reader.blocks(), gain), info.sample_rate, progress)))
+        with CodeSpill(codec.n_codebooks if n_codebooks is None else n_codebooks, info.channels, output.parent if output.parent.exists() else None) as spill:
+            for codes in codec.encode_stream(blocks, info.channels, n_codebooks):
+                spill.append(codes)
+            metadata = Metadata(
+                model=pool.record(spill.n_codebooks),
+                sample_rate=info.sample_rate,
+                length=measurement.frames,
+                channels=info.channels,
+                model_length=counted.samples,
+                loudness=measurement.loudness,
+                gain_db=gain,
+                dacwatch_version=__version__,
+            )
+            with atomic_output(output, overwrite) as tmp, open(tmp, "wb") as f:
+                write_dac(f, metadata, spill)
+            frames = spill.frames
+    finally:
+        reader.close()
+    return Result("encode", output, measurement.frames / info.sample_rate, frames)
+
+
+def decode_file(
+    pool: CodecPool,
+    source: Path,
+    output: Path,
+    fmt: OutputFormat | None = None,
+    resample: bool = False,
+    start_s: float = 0.0,
+    duration_s: float | None = None,
+    overwrite: bool = True,
+    progress: Progress | None = None,
+) -> Result:
+    """``.dac`` file -> audio, through a temporary file renamed into place.
+
+    Without ``resample`` the audio stays at the model's rate (``model_length``
+    samples); with it, the original rate and exact original length come back.
+    ``start_s``/``duration_s`` decode an excerpt, reading only its frames.
+    """
+    fmt = fmt or OutputFormat()
+    dac = read_dac(source)
+    meta = dac.metadata
+    codec = pool.codec_for(meta.model)
+    rate = meta.sample_rate if resample else codec.sample_rate
+    total = meta.length if resample else meta.model_length
+    if start_s < 0 or (duration_s is not None and duration_s < 0):
+        raise PermanentError("start and duration must not be negative")
+    first = min(total, int(round(start_s * rate)))
+    last = total if duration_s is None else min(total, first + int(round(duration_s * rate)))
+    blocks = _decoded(codec, dac, rate, first, last)
+    blocks = _progressed(blocks, rate, progress)
+    with atomic_output(output, overwrite) as tmp:
+        written = write_audio(tmp, blocks, rate, meta.channels, fmt, frames_hint=last - first)
+    return Result("decode", output, written / rate, dac.frames)
+
+
+def decode_array(pool: CodecPool, dac: DacFile, resample: bool = False) -> np.ndarray:
+    """The decoded audio of ``dac`` as one array ``[channels, samples]`` (for tests and verify)."""
+    meta = dac.metadata
+    codec = pool.codec_for(meta.model)
+    rate = meta.sample_rate if resample else codec.sample_rate
+    total = meta.length if resample else meta.model_length
+    parts = list(_decoded(codec, dac, rate, 0, total))
+    return np.concatenate(parts, axis=1) if parts else np.zeros((meta.channels, 0), np.float32)
+
+
+def _decoded(codec: ChunkedCodec, dac: DacFile, rate: int, first: int, last: int) -> Iterator[np.ndarray]:
+    """Samples ``[first, last)`` at ``rate`` of the file's decode, loudness restored."""
+    meta = dac.metadata
+    if dac.legacy is not None and dac.legacy.kind == "dac-1.0.0":
+        yield from _decoded_dac_1_0_0(codec, dac, rate, first, last)
+        return
+    if last <= first:
+        return
+    gain = -meta.gain_db
+    if rate == codec.sample_rate:
+        body = codec.decode_stream(dac.codes, first, min(last, meta.model_length))
+        yield from fit_length(scaled(body, gain), last - first, meta.channels)
+        return
+    # Resampling an excerpt: decode a margin around it at the model rate so
+    # the resampler's filter sees the same neighbours as in a full decode,
+    # starting on a sample that maps to a whole sample at the output rate.
+    ratio = rate / codec.sample_rate
+    step = codec.sample_rate // math.gcd(codec.sample_rate, rate)
+    margin = int(0.05 * codec.sample_rate)
+    m_first = max(0, ((int(first / ratio) - margin) // step) * step)
+    m_last = min(meta.model_length, int(math.ceil(last / ratio)) + margin)
+    out_first = round(m_first * ratio)
+    resampler = StreamResampler(codec.sample_rate, rate, meta.channels)
+    body = codec.decode_stream(dac.codes, m_first, m_last)
+    pieces = resampler.stream(fit_length(scaled(body, gain), m_last - m_first, meta.channels))
+    yield from fit_length(_skip(pieces, first - out_first), last - first, meta.channels)
+
+
+def _decoded_dac_1_0_0(codec: ChunkedCodec, dac: DacFile, rate: int, first: int, last: int) -> Iterator[np.ndarray]:
+    """DAC 1.0.0's own ``decompress``, step for step: its chunks with its padding flag,
+    loudness back to ``input_db`` and resampling with audiotools, in memory as DAC does."""
+    from audiotools import AudioSignal
+
+    legacy = dac.legacy
+    assert legacy is not None and legacy.chunk_length
+    meta = dac.metadata
+    codes = np.asarray(dac.codes)
+    parts = []
+    model = codec.model
+    with torch.inference_mode(), layer_padding(model, legacy.padding):
+        for i in range(0, codes.shape[0], legacy.chunk_length):
+            chunk = codec._checked(codes[i : i + legacy.chunk_length])
+            rows = torch.from_numpy(chunk.transpose(2, 1, 0).astype(np.int64)).to(codec.device)
+            parts.append(model.decoder(model.quantizer.from_codes(rows)[0]).to("cpu", torch.float32))
+    with torch.inference_mode():
+        signal = AudioSignal(torch.cat(parts, dim=-1), codec.sample_rate)
+        signal.normalize(torch.tensor(legacy.input_db, dtype=torch.float32))
+        length = signal.signal_length
+        if rate != codec.sample_rate:
+            signal.resample(rate)
+            length = meta.length
+        audio = signal.audio_data[..., :length].reshape(meta.channels, -1).numpy()
+    yield from fit_length([audio[:, first:last]], last - first, meta.channels)
+
+
+def _skip(blocks: Iterator[np.ndarray], count: int) -> Iterator[np.ndarray]:
+    for block in blocks:
+        if count >= block.shape[1]:
+            count -= block.shape[1]
+            continue
+        yield block[:, count:]
+        count = 0
+
+
+def _progressed(blocks: Iterator[np.ndarray], rate: int, progress: Progress | None) -> Iterator[np.ndarray]:
+    for block in blocks:
+        yield block
+        if progress is not None:
+            progress(block.shape[1] / rate)
+
+
+class _Counter:
+    def __init__(self) -> None:
+        self.samples = 0
+
+    def wrap(self, blocks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+        for block in blocks:
+            self.samples += block.shape[1]
+            yield block
+
+
+def verify_file(pool: CodecPool, source: Path, n_codebooks: int | None = None) -> dict[str, int | float]:
+    """Encode ``source`` chunked and as one whole-file window; count frames that differ."""
+    codec = pool.codec()
+    reader = open_audio(source)
+    try:
+        info = reader.info
+        measurement = measure(reader, str(source))
+        gain = measurement.gain_db()
+        resampler = StreamResampler(info.sample_rate, codec.sample_rate, info.channels)
+        parts = list(resampler.stream(scaled(reader.blocks(), gain)))
+    finally:
+        reader.close()
+    audio = np.concatenate(parts, axis=1) if parts else np.zeros((info.channels, 0), np.float32)
+    chunked = codec.encode(audio, n_codebooks)
+    whole = ChunkedCodec(codec.model, codec.device, 0, 0, 1).encode(audio, n_codebooks)
+    differing = int((chunked != whole).any(axis=(1, 2)).sum()) if chunked.shape == whole.shape else max(len(chunked), len(whole))
+    return {
+        "frames_compared": int(whole.shape[0]),
+        "frames_differing": differing,
+        "window_s": codec.encode_window_s,
+        "batch": codec.batch_size,
+    }
+
+
+__all__ = [
+    "CodecPool",
+    "CodecSettings",
+    "Result",
+    "decode_array",
+    "decode_file",
+    "encode_file",
+    "verify_file",
+]

@@ -1,0 +1,126 @@
+"""Filesystem care: atomic outputs, file identity, paths that cannot escape their folder."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import PermanentError, TransientError
+
+TEMP_PREFIX = ".dacwatch-tmp-"
+_TRANSIENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.ENOENT, errno.EAGAIN, errno.EROFS}
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def os_error(exc: OSError, what: str) -> Exception:
+    """Classify an OS error met while writing: disk full and vanished folders pass; the rest is bad input."""
+    reason = exc.strerror or str(exc)
+    if exc.errno in _TRANSIENT_ERRNOS:
+        return TransientError(f"{what}: {reason}")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return TransientError(f"{what}: permission denied")
+    return PermanentError(f"{what}: {reason}")
+
+
+@contextlib.contextmanager
+def atomic_output(final: Path, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; on success it becomes ``final`` whole.
+
+    The temporary name is a dotfile with our prefix (the watcher ignores it
+    and startup sweeps leftovers); data and folder are fsynced so a crash
+    leaves either the old state or the complete file under the final name.
+    """
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise os_error(exc, f"cannot create {final.parent}") from exc
+    tmp = final.parent / f"{TEMP_PREFIX}{secrets.token_hex(6)}-{final.name[-80:]}"
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if overwrite:
+            os.replace(tmp, final)
+        else:
+            os.link(tmp, final)  # fails if final exists: never clobber
+            os.unlink(tmp)
+        fsync_dir(final.parent)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if exc.errno == errno.EEXIST:
+            raise PermanentError(f"{final} already exists") from exc
+        raise os_error(exc, f"writing {final}") from exc
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def sweep_temp_files(root: Path) -> list[Path]:
+    """Remove temporary files a killed run left under ``root``; returns what was removed."""
+    removed: list[Path] = []
+    if not root.is_dir():
+        return removed
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            if name.startswith(TEMP_PREFIX):
+                p = Path(dirpath) / name
+                with contextlib.suppress(OSError):
+                    p.unlink()
+                    removed.append(p)
+    return removed
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What makes a file the same file: a change in any part makes it a new job."""
+
+    size: int
+    mtime_ns: int
+    inode: int
+
+
+def identity(path: Path) -> Identity:
+    st = os.stat(path, follow_symlinks=False)
+    return Identity(st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def within(root: Path, path: Path) -> bool:
+    """True if ``path`` (resolved) lies inside ``root`` (resolved)."""
+    try:
+        path.resolve().relative_to(root.resolve())
+    except (ValueError, OSError, RuntimeError):
+        return False
+    return True
+
+
+def mirror(source: Path, src_root: Path, dst_root: Path, suffix: str | None = None) -> Path:
+    """``source``'s place under ``src_root``, mirrored under ``dst_root`` (optionally with a new suffix).
+
+    Refuses anything whose relative path would climb out (``..``, absolute).
+    """
+    rel = Path(os.path.relpath(source, src_root))
+    if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+        raise PermanentError(f"{source} is not inside {src_root}")
+    target = dst_root / rel
+    if suffix is not None:
+        target = target.with_name(target.name + suffix) if not target.suffix else target.with_suffix(suffix)
+    if not within(dst_root, target.parent if target.parent.exists() else dst_root):
+        raise PermanentError(f"{target} would escape {dst_root}")
+    return target
