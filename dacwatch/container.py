@@ -39,7 +39,8 @@ FORMAT_VERSION = 1
 CODES_ENTRY = "codes.npy"
 METADATA_ENTRY = "metadata.npy"
 MAX_METADATA_BYTES = 1 << 20  # metadata is a few hundred bytes; anything huge is hostile
-MAX_LEGACY_BYTES = 1 << 30  # DAC 1.0.0 files are read whole, as DAC does; refuse bombs
+MAX_LEGACY_BYTES = 1 << 30
+SEED_NORMALIZED_LUFS = -16.0  # DAC 1.0.0 files are read whole, as DAC does; refuse bombs
 
 
 class ContainerError(PermanentError):
@@ -221,7 +222,7 @@ def write(out: BinaryIO, metadata: Metadata, codes: np.ndarray | CodeSpill) -> N
         if codes.ndim != 3:
             raise ValueError("codes must be [frames, codebooks, channels]")
         shape = tuple(int(s) for s in codes.shape)
-    if shape[1] != metadata.model.n_codebooks or shape[2] != metadata.channels:
+    if shape[0] != metadata.expected_frames() or shape[1] != metadata.model.n_codebooks or shape[2] != metadata.channels:
         raise ValueError(f"codes {shape} disagree with the metadata")
     metadata.validate("metadata to write")
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
@@ -458,6 +459,13 @@ def _number(value: Any, where: str, name: str) -> float:
     return out
 
 
+def _floats(value: Any, where: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in np.asarray(value, dtype=np.float64).reshape(-1))
+    except (TypeError, ValueError) as exc:
+        raise ContainerError(f"{where}: input_db is not a number or array of numbers") from exc
+
+
 def _int_field(meta: dict[str, Any], key: str, where: str, minimum: int) -> int:
     if key not in meta:
         raise ContainerError(f"{where}: metadata has no {key}")
@@ -467,10 +475,13 @@ def _int_field(meta: dict[str, Any], key: str, where: str, minimum: int) -> int:
     return int(value)
 
 
-def _legacy_metadata(meta: dict[str, Any], codes: np.ndarray, where: str, model_length: int) -> Metadata:
+def _legacy_metadata(
+    meta: dict[str, Any], codes: np.ndarray, where: str, model_length: int, normalized_to: float | None
+) -> Metadata:
     model = _legacy_model(codes.shape[1], where, meta)
     input_db = _number(meta.get("input_db", float("nan")), where, "input_db")
     loudness = input_db if math.isfinite(input_db) else None
+    gain = normalized_to - loudness if normalized_to is not None and loudness is not None else 0.0
     return Metadata(
         model=model,
         sample_rate=_int_field(meta, "sample_rate", where, 1),
@@ -478,7 +489,7 @@ def _legacy_metadata(meta: dict[str, Any], codes: np.ndarray, where: str, model_
         channels=_int_field(meta, "channels", where, 1),
         model_length=model_length,
         loudness=loudness,
-        gain_db=0.0,
+        gain_db=gain,
         dacwatch_version="legacy",
     )
 
@@ -513,13 +524,14 @@ def _read_dac_1_0_0(path: Path) -> DacFile:
     chunk_length = _int_field(meta, "chunk_length", where, 1)
     padding = bool(meta.get("padding", True))
     model = _legacy_model(codes.shape[1], where)
-    metadata = _legacy_metadata(meta, codes, where, model_length=codes.shape[0] * model.hop_length)
+    # DAC 1.0.0 restores loudness by measuring its reconstruction (LegacyLayout.input_db).
+    metadata = _legacy_metadata(meta, codes, where, codes.shape[0] * model.hop_length, normalized_to=None)
     return DacFile(
         metadata=metadata,
         codes=codes,
         legacy=LegacyLayout(
             kind="dac-1.0.0", chunk_length=chunk_length, padding=padding,
-            input_db=tuple(float(v) for v in np.asarray(meta.get("input_db", [np.nan]), dtype=np.float64).reshape(-1)),
+            input_db=_floats(meta.get("input_db", [np.nan]), where),
         ),
         path=path,
     )
@@ -540,7 +552,8 @@ def _read_seed(path: Path, meta_pickle: _PickledNpy, codes_info: zipfile.ZipInfo
     model = _legacy_model(codes.shape[1], where, obj)
     length_at_model = obj.get("model_length")
     model_length = int(length_at_model) if isinstance(length_at_model, (int, np.integer)) else codes.shape[0] * model.hop_length
-    metadata = _legacy_metadata(obj, codes, where, model_length)
+    # The seed normalised to DAC's -16 LUFS before encoding, as DAC does.
+    metadata = _legacy_metadata(obj, codes, where, model_length, normalized_to=SEED_NORMALIZED_LUFS)
     _check_shape(codes, replace(metadata, model=replace(metadata.model, n_codebooks=codes.shape[1])), where)
     return DacFile(metadata=metadata, codes=codes, legacy=LegacyLayout(kind="seed"), path=path)
 

@@ -66,12 +66,12 @@ class CodecPool:
         self.device = resolve_device(self.settings.device)
 
     def key(self, spec: ModelSpec) -> tuple[str, str, str]:
-        tag = spec.tag
-        if spec.weights is None:
-            try:
-                tag = resolve_release(spec)[0]
-            except ModelUnavailableError:
-                pass
+        # "latest" is recorded as the release it means today, so a file keeps
+        # naming the network that made it after a newer release appears.
+        try:
+            tag = resolve_release(spec)[0]
+        except ModelUnavailableError:
+            tag = spec.tag  # a local weights file with a tag of its own
         return spec.model_type, spec.model_bitrate, tag
 
     def codec(self, spec: ModelSpec | None = None) -> ChunkedCodec:
@@ -97,14 +97,13 @@ class CodecPool:
 
     def codec_for(self, record: ModelRecord) -> ChunkedCodec:
         """The network a file was made with; never a different one."""
-        wanted = (record.type, record.bitrate, record.tag)
-        if wanted == self.key(self.spec):
+        try:
+            spec = ModelSpec(record.type, record.bitrate, record.tag)
+        except ValueError as exc:
+            raise PermanentError(f"the file names an unknown model: {exc}") from exc
+        if self.key(spec) == self.key(self.spec):
             codec = self.codec()
         else:
-            try:
-                spec = ModelSpec(record.type, record.bitrate, record.tag)
-            except ValueError as exc:
-                raise PermanentError(f"the file names an unknown model: {exc}") from exc
             try:
                 codec = self.codec(spec)
             except ModelUnavailableError as exc:

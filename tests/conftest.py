@@ -1,0 +1,62 @@
+"""Shared fixtures: real DAC networks with random weights, real files, synthetic audio."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from torch import nn
+
+from dacwatch.model import prepare_model, tiny_model
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tiny44() -> nn.Module:
+    return prepare_model(tiny_model("44khz"))
+
+
+@pytest.fixture(scope="session")
+def tiny_models() -> dict[str, nn.Module]:
+    return {t: prepare_model(tiny_model(t)) for t in ("44khz", "24khz", "16khz")}
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny 44 kHz network saved with DAC's own ``model.save`` (weights layout, as released)."""
+    path = tmp_path_factory.mktemp("weights") / "tiny44.pth"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tiny_model("44khz").save(str(path), package=False)
+    return path
+
+
+def noise(channels: int, samples: int, seed: int = 0, level: float = 0.3) -> np.ndarray:
+    """``[channels, samples]`` float32 band-limited-ish noise (random walk + noise), deterministic."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((channels, samples)).astype(np.float32)
+    x = 0.5 * x + 0.5 * np.cumsum(x, axis=1) / np.sqrt(np.arange(1, samples + 1, dtype=np.float32))
+    return (level * x).astype(np.float32)
+
+
+def tone(sample_rate: int, seconds: float, channels: int = 1, freq: float = 440.0) -> np.ndarray:
+    """``[samples, channels]`` sine tones (a different pitch per channel), for files."""
+    t = np.arange(int(round(sample_rate * seconds))) / sample_rate
+    return np.stack([0.3 * np.sin(2 * np.pi * freq * (1 + 0.25 * c) * t) for c in range(channels)], axis=1)
+
+
+@pytest.fixture
+def write_wav(tmp_path: Path) -> Callable[..., Path]:
+    def make(name: str, sample_rate: int = 44100, seconds: float = 1.0, channels: int = 1, subtype: str = "PCM_16") -> Path:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(str(path), tone(sample_rate, seconds, channels), sample_rate, subtype=subtype)
+        return path
+
+    return make

@@ -1,0 +1,65 @@
+"""Loading through the same path the daemon uses; a clear error when weights are missing."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dacwatch.codec import ChunkedCodec
+from dacwatch.errors import ModelUnavailableError
+from dacwatch.model import ModelSpec, load_model, prepare_model, tiny_model
+
+from .conftest import noise
+
+
+@pytest.mark.parametrize("package", [True, False])
+def test_saved_model_loads_back_identically(tmp_path: Path, package: bool) -> None:
+    original = tiny_model("44khz", seed=7)
+    path = tmp_path / "m.pth"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        original.save(str(path), package=package)
+    loaded = load_model(ModelSpec(weights=path), "cpu")
+    x = noise(1, 20000, seed=2)
+    a = ChunkedCodec(prepare_model(original), "cpu", encode_window_s=0.3).encode(x)
+    b = ChunkedCodec(loaded, "cpu", encode_window_s=0.3).encode(x)
+    assert np.array_equal(a, b)
+
+
+def test_missing_weights_file_is_one_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelUnavailableError, match="does not exist"):
+        load_model(ModelSpec(weights=tmp_path / "nope.pth"))
+
+
+def test_corrupt_weights_file_is_one_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(ModelUnavailableError, match="could not load DAC weights"):
+        load_model(ModelSpec(weights=bad))
+
+
+def test_offline_download_says_how_to_point_at_local_weights(tmp_path: Path) -> None:
+    with pytest.raises(ModelUnavailableError) as info:
+        load_model(ModelSpec("44khz", "8kbps"), "cpu", cache_dir=tmp_path)
+    message = str(info.value)
+    assert "--weights" in message and str(tmp_path) in message
+
+
+def test_cached_release_is_loaded_without_network(tmp_path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tiny_model("16khz").save(str(tmp_path / "weights_16khz_8kbps_0.0.5.pth"), package=False)
+    model = load_model(ModelSpec("16khz", "8kbps", "latest"), "cpu", cache_dir=tmp_path)
+    assert model.sample_rate == 16000
+
+
+def test_invalid_specs() -> None:
+    with pytest.raises(ValueError, match="16kbps"):
+        ModelSpec("24khz", "16kbps")
+    with pytest.raises(ValueError, match="model type"):
+        ModelSpec("48khz")
+    with pytest.raises(ModelUnavailableError, match="no released"):
+        load_model(ModelSpec("44khz", "8kbps", "9.9.9"))
