@@ -61,7 +61,7 @@ def check_regular_file(path: Path) -> os.stat_result:
     try:
         st = os.stat(path)
     except FileNotFoundError as exc:
-        raise TransientError(f"{path}: vanished before it could be read") from exc
+        raise TransientError(f"{path}: does not exist") from exc
     except OSError as exc:
         raise AudioError(f"{path}: cannot be read ({exc.strerror})") from exc
     if not stat.S_ISREG(st.st_mode):
@@ -119,7 +119,7 @@ class _AvReader:
         channels = stream.codec_context.channels if hasattr(stream.codec_context, "channels") else stream.layout.nb_channels
         frames = None
         if stream.duration is not None and stream.time_base is not None:
-            frames = int(round(float(stream.duration * stream.time_base) * stream.sample_rate))
+            frames = round(float(stream.duration * stream.time_base) * stream.sample_rate)
         self.info = _validate(AudioInfo(int(stream.sample_rate or 0), int(channels or 0), frames, "ffmpeg"), str(path))
 
     def blocks(self, frames: int = BLOCK_FRAMES) -> Iterator[np.ndarray]:

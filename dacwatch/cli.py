@@ -15,7 +15,7 @@ from . import __version__
 from .errors import ConfigError, DacwatchError
 
 AUDIO_SUFFIXES = frozenset(
-    ".wav .wave .flac .ogg .oga .opus .mp3 .m4a .aac .mp4 .aif .aiff .aifc .caf .w64 .au .snd .wma .webm .mka .mkv .mov .ac3 .amr".split()
+    [".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".mp4", ".aif", ".aiff", ".aifc", ".caf", ".w64", ".au", ".snd", ".wma", ".webm", ".mka", ".mkv", ".mov", ".ac3", ".amr"]
 )
 
 

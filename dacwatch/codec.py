@@ -27,10 +27,10 @@ from typing import Protocol
 
 import numpy as np
 import torch
-from torch import nn
 
 from .errors import OutOfMemoryError, PermanentError
 from .model import (
+    DacNet,
     DecoderContext,
     ReceptiveField,
     decoder_context,
@@ -87,7 +87,7 @@ class ChunkedCodec:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: DacNet,
         device: str | torch.device = "cpu",
         encode_window_s: float | None = None,
         decode_window_s: float | None = None,
@@ -123,13 +123,13 @@ class ChunkedCodec:
         """Frames one interior encode window yields; 0 means whole file."""
         if self.encode_window_s == 0:
             return 0
-        samples = int(round(self.encode_window_s * self.sample_rate))
+        samples = round(self.encode_window_s * self.sample_rate)
         return max(1, (samples - self.rf.size) // self.hop + 1)
 
     def decode_frames_per_window(self) -> int:
         if self.decode_window_s == 0:
             return 0
-        return max(1, int(round(self.decode_window_s * self.sample_rate / self.hop)))
+        return max(1, round(self.decode_window_s * self.sample_rate / self.hop))
 
     def frames_for(self, samples: int) -> int:
         """Code frames of a file of ``samples`` samples at the model rate."""
@@ -144,7 +144,8 @@ class ChunkedCodec:
                 x = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32)).to(self.device)
                 z = self.model.encoder(x[:, None, :])
                 codes = self.model.quantizer(z, n_quantizers)[1]
-                return codes.to("cpu", torch.int16).numpy()
+                out: np.ndarray = codes.to("cpu", torch.int16).numpy()
+                return out
         except torch.OutOfMemoryError as exc:
             raise OutOfMemoryError(f"out of memory encoding {rows.shape[0]} rows of {rows.shape[1]} samples") from exc
 
@@ -293,7 +294,7 @@ class ChunkedCodec:
     def decode_stream(self, codes: CodeArray, start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
         """Yield audio blocks ``[channels, n]`` for model-rate samples ``[start, stop)`` of the
         whole-file decode, reading only the code frames those samples need."""
-        frames, nq, channels = codes.shape
+        frames, nq, _channels = codes.shape
         if nq > self.n_codebooks:
             raise PermanentError(f"codes use {nq} codebooks but the model has {self.n_codebooks}")
         total = self.output_length(frames)
@@ -338,7 +339,8 @@ class ChunkedCodec:
                 out = audio.to("cpu", torch.float32).numpy()
         except torch.OutOfMemoryError as exc:
             raise OutOfMemoryError(f"out of memory decoding {windows} windows of {frames} frames") from exc
-        return out.reshape(windows, channels, -1)
+        shaped: np.ndarray = out.reshape(windows, channels, -1)
+        return shaped
 
 
 class _RollingBuffer:
@@ -353,7 +355,7 @@ class _RollingBuffer:
 
     @property
     def end(self) -> int:
-        return self.start + self._data.shape[1] + sum(p.shape[1] for p in self._parts)
+        return self.start + int(self._data.shape[1]) + sum(int(p.shape[1]) for p in self._parts)
 
     def append(self, block: np.ndarray) -> None:
         if block.ndim != 2 or block.shape[0] != self.channels:

@@ -191,7 +191,7 @@ class CodeSpill:
         self.n_codebooks = n_codebooks
         self.channels = channels
         self.frames = 0
-        self._file: IO[bytes] = tempfile.TemporaryFile(dir=directory)
+        self._file: IO[bytes] = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115 - closed by close()
 
     def append(self, block: np.ndarray) -> None:
         if block.ndim != 3 or block.shape[1:] != (self.n_codebooks, self.channels):
@@ -216,6 +216,7 @@ class CodeSpill:
 
 def write(out: BinaryIO, metadata: Metadata, codes: np.ndarray | CodeSpill) -> None:
     """Write a format 1 file to the binary file object ``out``."""
+    shape: tuple[int, ...]
     if isinstance(codes, CodeSpill):
         shape = (codes.frames, codes.n_codebooks, codes.channels)
     else:
@@ -312,7 +313,7 @@ def _local_data_offset(f: BinaryIO, info: zipfile.ZipInfo, where: str) -> int:
     if len(header) != 30 or header[:4] != b"PK\x03\x04":
         raise ContainerError(f"{where}: damaged zip entry {info.filename}")
     name_len, extra_len = struct.unpack("<HH", header[26:30])
-    return info.header_offset + 30 + name_len + extra_len
+    return int(info.header_offset) + 30 + int(name_len) + int(extra_len)
 
 
 def _open_codes(path: Path, info: zipfile.ZipInfo, mmap: bool, where: str, dtype: np.dtype[Any] | None) -> np.ndarray:
@@ -371,7 +372,7 @@ class _PickledNpy:
 def _npy_from_bytes(data: bytes, where: str, entry: str) -> np.ndarray | _PickledNpy:
     f = io.BytesIO(data)
     try:
-        shape, fortran, dtype = _read_npy_header(f)
+        _shape, _fortran, dtype = _read_npy_header(f)
     except ValueError as exc:
         raise ContainerError(f"{where}: {entry} is not a valid .npy array ({exc})") from exc
     if dtype.hasobject:

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from . import __version__
 from .audio import (
@@ -34,8 +33,8 @@ from .container import CodeSpill, DacFile, Metadata, ModelRecord
 from .container import read as read_dac
 from .container import write as write_dac
 from .errors import ModelUnavailableError, PermanentError
-from .fsio import atomic_output
-from .model import ModelSpec, layer_padding, load_model, model_info, resolve_release
+from .fsio import atomic_output, ensure_dir
+from .model import DacNet, ModelSpec, layer_padding, load_model, model_info, resolve_release
 
 Progress = Callable[[float], None]  # called with seconds of audio done
 
@@ -58,7 +57,7 @@ class CodecPool:
     spec: ModelSpec
     settings: CodecSettings = field(default_factory=CodecSettings)
     cache_dir: Path | None = None
-    loader: Callable[[ModelSpec, torch.device], nn.Module] | None = None
+    loader: Callable[[ModelSpec, torch.device], DacNet] | None = None
     _codecs: dict[tuple[str, str, str], ChunkedCodec] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -148,6 +147,7 @@ def encode_file(
 ) -> Result:
     """Audio file -> ``.dac`` (format 1), through a temporary file renamed into place."""
     codec = pool.codec()
+    ensure_dir(output.parent)  # fail before the work, not after it
     reader = open_audio(source)
     try:
         info = reader.info
@@ -158,7 +158,7 @@ def encode_file(
         resampler = StreamResampler(info.sample_rate, codec.sample_rate, info.channels)
         counted = _Counter()
         blocks = counted.wrap(resampler.stream(_progressed(scaled(reader.blocks(), gain), info.sample_rate, progress)))
-        with CodeSpill(codec.n_codebooks if n_codebooks is None else n_codebooks, info.channels, output.parent if output.parent.exists() else None) as spill:
+        with CodeSpill(codec.n_codebooks if n_codebooks is None else n_codebooks, info.channels, output.parent) as spill:
             for codes in codec.encode_stream(blocks, info.channels, n_codebooks):
                 spill.append(codes)
             metadata = Metadata(
@@ -198,14 +198,15 @@ def decode_file(
     """
     fmt = fmt or OutputFormat()
     dac = read_dac(source)
+    ensure_dir(output.parent)
     meta = dac.metadata
     codec = pool.codec_for(meta.model)
     rate = meta.sample_rate if resample else codec.sample_rate
     total = meta.length if resample else meta.model_length
     if start_s < 0 or (duration_s is not None and duration_s < 0):
         raise PermanentError("start and duration must not be negative")
-    first = min(total, int(round(start_s * rate)))
-    last = total if duration_s is None else min(total, first + int(round(duration_s * rate)))
+    first = min(total, round(start_s * rate))
+    last = total if duration_s is None else min(total, first + round(duration_s * rate))
     blocks = _decoded(codec, dac, rate, first, last)
     blocks = _progressed(blocks, rate, progress)
     with atomic_output(output, overwrite) as tmp:
@@ -243,7 +244,7 @@ def _decoded(codec: ChunkedCodec, dac: DacFile, rate: int, first: int, last: int
     step = codec.sample_rate // math.gcd(codec.sample_rate, rate)
     margin = int(0.05 * codec.sample_rate)
     m_first = max(0, ((int(first / ratio) - margin) // step) * step)
-    m_last = min(meta.model_length, int(math.ceil(last / ratio)) + margin)
+    m_last = min(meta.model_length, math.ceil(last / ratio) + margin)
     out_first = round(m_first * ratio)
     resampler = StreamResampler(codec.sample_rate, rate, meta.channels)
     body = codec.decode_stream(dac.codes, m_first, m_last)

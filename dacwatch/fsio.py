@@ -31,7 +31,16 @@ def os_error(exc: OSError, what: str) -> Exception:
         return TransientError(f"{what}: {reason}")
     if exc.errno in (errno.EACCES, errno.EPERM):
         return TransientError(f"{what}: permission denied")
-    return PermanentError(f"{what}: {reason}")
+    return TransientError(f"{what}: {reason}") if exc.errno == errno.ENOTDIR else PermanentError(f"{what}: {reason}")
+
+
+def ensure_dir(path: Path) -> Path:
+    """Create ``path`` (and parents) or raise a classified error naming it."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise os_error(exc, f"cannot create {path}") from exc
+    return path
 
 
 @contextlib.contextmanager
@@ -42,10 +51,7 @@ def atomic_output(final: Path, overwrite: bool = True) -> Iterator[Path]:
     and startup sweeps leftovers); data and folder are fsynced so a crash
     leaves either the old state or the complete file under the final name.
     """
-    try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise os_error(exc, f"cannot create {final.parent}") from exc
+    ensure_dir(final.parent)
     tmp = final.parent / f"{TEMP_PREFIX}{secrets.token_hex(6)}-{final.name[-80:]}"
     try:
         yield tmp

@@ -27,6 +27,10 @@ from .errors import ModelUnavailableError
 ModelType = Literal["44khz", "24khz", "16khz"]
 ModelBitrate = Literal["8kbps", "16kbps"]
 
+# A ``dac.model.DAC`` network. descript-audio-codec ships no type hints, and
+# its submodules (encoder, quantizer, decoder) are reached by attribute.
+DacNet = Any
+
 MODEL_TYPES: tuple[str, ...] = ("44khz", "24khz", "16khz")
 MODEL_BITRATES: tuple[str, ...] = ("8kbps", "16kbps")
 
@@ -120,7 +124,7 @@ def weights_path(spec: ModelSpec, cache_dir: Path | None = None, download: bool 
     return path
 
 
-def load_model(spec: ModelSpec, device: str | torch.device = "cpu", cache_dir: Path | None = None) -> nn.Module:
+def load_model(spec: ModelSpec, device: str | torch.device = "cpu", cache_dir: Path | None = None) -> DacNet:
     """Load a DAC network through descript-audio-codec's own ``DAC.load``, ready for inference.
 
     Weight norm is folded into plain weights: the folded weight is the same
@@ -138,7 +142,7 @@ def load_model(spec: ModelSpec, device: str | torch.device = "cpu", cache_dir: P
     return prepare_model(model, device)
 
 
-def prepare_model(model: nn.Module, device: str | torch.device = "cpu") -> nn.Module:
+def prepare_model(model: DacNet, device: str | torch.device = "cpu") -> DacNet:
     """Put a DAC network in inference shape: eval mode, weight norm folded, on ``device``."""
     if not getattr(model, "padding", True):
         raise ModelUnavailableError("the model's layer padding is switched off; load a fresh copy")
@@ -152,7 +156,7 @@ def prepare_model(model: nn.Module, device: str | torch.device = "cpu") -> nn.Mo
     return model.to(device)
 
 
-def model_info(model: nn.Module) -> dict[str, Any]:
+def model_info(model: DacNet) -> dict[str, Any]:
     """The facts about a network that go into a ``.dac`` file's metadata."""
     return {
         "sample_rate": int(model.sample_rate),
@@ -162,7 +166,7 @@ def model_info(model: nn.Module) -> dict[str, Any]:
     }
 
 
-def _convs(module: nn.Module) -> list[nn.Module]:
+def _convs(module: nn.Module) -> list[Any]:
     return [m for m in module.modules() if isinstance(m, (nn.Conv1d, nn.ConvTranspose1d))]
 
 
@@ -204,7 +208,7 @@ class ReceptiveField:
         return self.first(frame) + self.size
 
 
-def encoder_receptive_field(model: nn.Module) -> ReceptiveField:
+def encoder_receptive_field(model: DacNet) -> ReceptiveField:
     """Walk the encoder's convolutions (residual branches are centre-cropped
     chains, so the walk in module order is exact)."""
     size, stride, padding = 1, 1, 0
@@ -227,7 +231,7 @@ class DecoderContext:
     hop: int
 
 
-def decoder_context(model: nn.Module) -> DecoderContext:
+def decoder_context(model: DacNet) -> DecoderContext:
     """Propagate each output sample of one hop back through the decoder to the
     interval of code frames it reads; the pattern repeats every hop."""
     convs = _convs(model.decoder)
@@ -251,7 +255,7 @@ def decoder_context(model: nn.Module) -> DecoderContext:
     return DecoderContext(left=left, right=right, hop=hop)
 
 
-def decoder_output_length(model: nn.Module, frames: int) -> int:
+def decoder_output_length(model: DacNet, frames: int) -> int:
     """Samples a whole-file decode of ``frames`` code frames yields (layer padding on).
 
     Residual units keep the length with padding on, so only the length
@@ -269,7 +273,7 @@ def decoder_output_length(model: nn.Module, frames: int) -> int:
     return max(length, 0)
 
 
-def tiny_model(model_type: str = "44khz", seed: int = 0, **overrides: Any) -> nn.Module:
+def tiny_model(model_type: str = "44khz", seed: int = 0, **overrides: Any) -> DacNet:
     """A real DAC network with random weights and small widths (same strides,
     hop and receptive field as the released model of that type): for tests
     and offline benchmarks, never for real audio."""
@@ -284,7 +288,7 @@ def tiny_model(model_type: str = "44khz", seed: int = 0, **overrides: Any) -> nn
         return DAC(**kwargs)
 
 
-def full_size_model(model_type: str = "44khz", seed: int = 0) -> nn.Module:
+def full_size_model(model_type: str = "44khz", seed: int = 0) -> DacNet:
     """The released architecture of ``model_type`` with random weights."""
     from dac.model import DAC
 

@@ -47,7 +47,7 @@ def noise(channels: int, samples: int, seed: int = 0, level: float = 0.3) -> np.
 
 def tone(sample_rate: int, seconds: float, channels: int = 1, freq: float = 440.0) -> np.ndarray:
     """``[samples, channels]`` sine tones (a different pitch per channel), for files."""
-    t = np.arange(int(round(sample_rate * seconds))) / sample_rate
+    t = np.arange(round(sample_rate * seconds)) / sample_rate
     return np.stack([0.3 * np.sin(2 * np.pi * freq * (1 + 0.25 * c) * t) for c in range(channels)], axis=1)
 
 

@@ -158,9 +158,9 @@ def test_out_of_range_codes_are_refused(tiny44: nn.Module) -> None:
 
 def test_layer_padding_is_restored_even_after_errors(tiny44: nn.Module) -> None:
     original = [m.padding for m in tiny44.modules() if isinstance(m, (nn.Conv1d, nn.ConvTranspose1d))]
-    with pytest.raises(RuntimeError), layer_padding(tiny44, False):
-        with layer_padding(tiny44, False):  # nested: DAC's own setter would lose the padding here
-            raise RuntimeError("boom")
+    # Nested switches: DAC's own setter would lose the padding on the second one.
+    with pytest.raises(RuntimeError), layer_padding(tiny44, False), layer_padding(tiny44, False):
+        raise RuntimeError("boom")
     after = [m.padding for m in tiny44.modules() if isinstance(m, (nn.Conv1d, nn.ConvTranspose1d))]
     assert after == original and any(p != (0,) for p in after)
 
