@@ -111,7 +111,8 @@ class _AvReader:
         try:
             self._container = av.open(str(path))
         except (av.error.FFmpegError, OSError, UnicodeDecodeError, ValueError) as exc:
-            raise AudioError(f"{path}: not audio that libsndfile or ffmpeg can read ({exc})") from exc
+            reason = getattr(exc, "strerror", None) or exc
+            raise AudioError(f"{path}: not audio that libsndfile or ffmpeg can read ({reason})") from exc
         if not self._container.streams.audio:
             self._container.close()
             raise AudioError(f"{path}: has no audio stream")
@@ -139,7 +140,7 @@ class _AvReader:
                     yield np.concatenate(pending, axis=1)
                     pending, count = [], 0
         except av.error.FFmpegError as exc:
-            raise AudioError(f"{self._path}: damaged audio ({exc})") from exc
+            raise AudioError(f"{self._path}: damaged audio ({getattr(exc, 'strerror', None) or exc})") from exc
         if pending:
             yield np.concatenate(pending, axis=1)
 

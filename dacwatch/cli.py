@@ -253,7 +253,8 @@ def _settings(args: argparse.Namespace) -> Any:
 def _run(args: argparse.Namespace) -> int:
     from .service import run
 
-    return run(_settings(args))
+    status: int = run(_settings(args))
+    return status
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -276,16 +277,13 @@ def _status(args: argparse.Namespace) -> int:
 
 def _retry(args: argparse.Namespace) -> int:
     from .queue import JobQueue
+    from .worker import retry
 
     settings = _settings(args)
     with JobQueue(settings.state_db) as queue:
-        count = queue.retry_failed(None if args.all else _source_key(settings, args.path))
-    # The daemon watches the failed files' new places (the inbox) for the re-queued jobs.
-    from .worker import restore_failed_sources
-
-    restored = restore_failed_sources(settings)
-    print(f"re-queued {count} job(s); moved {restored} file(s) back from the failed folder")
-    return 0 if count or restored else 1
+        count, moved = retry(settings, queue, None if args.all else _source_key(settings, args.path))
+    print(f"re-queued {count} job(s); moved {moved} file(s) back from the failed folder into the inbox")
+    return 0 if count else 1
 
 
 def _source_key(settings: Any, path: Path) -> str:

@@ -1,0 +1,197 @@
+"""Configuration: a TOML file plus ``DACWATCH_*`` environment overrides, validated once at the edge.
+
+Precedence: environment over file over defaults. Nested keys use ``__`` in
+the environment (``codec.batch_size`` is ``DACWATCH_CODEC__BATCH_SIZE``).
+Validation here has no side effects: nothing is created and no model loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import tomllib
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from .errors import ConfigError
+
+DEFAULT_CONFIG = Path("/etc/dacwatch/config.toml")
+ENV_PREFIX = "DACWATCH_"
+
+
+def _default_state_dir() -> Path:
+    # systemd's StateDirectory= sets $STATE_DIRECTORY.
+    env = os.environ.get("STATE_DIRECTORY")
+    return Path(env.split(":")[0]) if env else Path("/var/lib/dacwatch")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ModelConfig(_Section):
+    type: Literal["44khz", "24khz", "16khz"] = "44khz"
+    bitrate: Literal["8kbps", "16kbps"] = "8kbps"
+    tag: str = "latest"
+    weights: Path | None = None
+    cache_dir: Path | None = None
+
+    @model_validator(mode="after")
+    def _bitrate_fits(self) -> ModelConfig:
+        if self.bitrate == "16kbps" and self.type != "44khz":
+            raise ValueError("only the 44khz model comes in 16kbps")
+        return self
+
+
+class CodecConfig(_Section):
+    devices: list[str] = Field(default_factory=lambda: ["auto"], min_length=1)
+    encode_window_s: float | None = Field(default=None, ge=0)
+    decode_window_s: float | None = Field(default=None, ge=0)
+    batch_size: int | None = Field(default=None, ge=1)
+    codebooks: int | None = Field(default=None, ge=1)
+
+
+class OutputConfig(_Section):
+    format: Literal["wav", "flac"] = "wav"
+    sample_format: Literal["float", "pcm16", "pcm24"] = "float"
+    resample: bool = True  # decode back to the original sample rate and exact length
+
+
+class WatchConfig(_Section):
+    settle_seconds: float = Field(default=2.0, ge=0)
+    polling: bool = False
+    poll_interval_s: float = Field(default=2.0, gt=0)
+    reconcile_interval_s: float = Field(default=60.0, gt=0)
+
+
+class RetryConfig(_Section):
+    max_attempts: int = Field(default=5, ge=1)
+    backoff_initial_s: float = Field(default=5.0, ge=0)
+    backoff_max_s: float = Field(default=300.0, ge=0)
+
+    def delay(self, attempt: int) -> float:
+        """Exponential backoff after the ``attempt``-th failure (1-based)."""
+        return float(min(self.backoff_max_s, self.backoff_initial_s * 2 ** max(0, attempt - 1)))
+
+
+class Settings(BaseSettings):
+    """The effective configuration of one daemon."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", frozen=True, extra="forbid", case_sensitive=False
+    )
+
+    inbox: Path = Path("/srv/dacwatch/inbox")
+    outbox: Path = Path("/srv/dacwatch/outbox")
+    done: Path = Path("/srv/dacwatch/done")
+    failed: Path = Path("/srv/dacwatch/failed")
+    state_dir: Path = Field(default_factory=_default_state_dir)
+    on_success: Literal["keep", "move", "delete"] = "move"
+    stop_timeout_s: float = Field(default=30.0, ge=0)
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    model: ModelConfig = ModelConfig()
+    codec: CodecConfig = CodecConfig()
+    output: OutputConfig = OutputConfig()
+    watch: WatchConfig = WatchConfig()
+    retry: RetryConfig = RetryConfig()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file's contents arrive as init arguments; the environment wins over them.
+        return env_settings, init_settings
+
+    @model_validator(mode="after")
+    def _folders_distinct(self) -> Settings:
+        folders = {"inbox": self.inbox, "outbox": self.outbox, "done": self.done, "failed": self.failed}
+        seen: dict[Path, str] = {}
+        for name, path in folders.items():
+            key = path.absolute()
+            if key in seen:
+                raise ValueError(f"{name} and {seen[key]} must be different folders (both {path})")
+            seen[key] = name
+        for name in ("outbox", "done", "failed"):
+            if self.inbox.absolute().is_relative_to(folders[name].absolute()):
+                raise ValueError(f"the inbox must not lie inside the {name} folder")
+        if self.on_success == "move" and self.done.absolute() == self.inbox.absolute():
+            raise ValueError("done must differ from the inbox")
+        return self
+
+    @property
+    def state_db(self) -> Path:
+        return self.state_dir / "queue.sqlite3"
+
+
+def config_path(path: Path | None) -> Path:
+    if path is not None:
+        return path
+    env = os.environ.get(f"{ENV_PREFIX}CONFIG")
+    return Path(env) if env else DEFAULT_CONFIG
+
+
+def load_settings(path: Path | None = None) -> Settings:
+    """Read, merge and validate; one :class:`ConfigError` naming every bad key (as TOML and as env var)."""
+    path = config_path(path)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError as exc:
+        raise ConfigError(
+            f"config file {path} does not exist (give --config PATH or set {ENV_PREFIX}CONFIG; "
+            "config.example.toml lists every key)"
+        ) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from exc
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid configuration in {path}: " + "; ".join(_explain(e) for e in exc.errors())) from exc
+
+
+def _explain(error: Any) -> str:
+    loc = [str(part) for part in error.get("loc", ()) if not isinstance(part, int)]
+    if not loc:
+        return str(error.get("msg"))
+    key = ".".join(loc)
+    env = ENV_PREFIX + "__".join(p.upper() for p in loc)
+    msg = str(error.get("msg", "invalid"))
+    if error.get("type") == "extra_forbidden":
+        msg = "unknown key"
+    return f"{key} (env {env}): {msg}"
+
+
+def describe(settings: Settings, as_json: bool = False) -> str:
+    """The effective configuration, as TOML (or JSON)."""
+    data = settings.model_dump(mode="json")
+    if as_json:
+        return json.dumps(data, indent=2)
+    top = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    lines = [f"{k} = {_toml_value(v)}" for k, v in top.items() if v is not None]
+    for section, values in data.items():
+        if isinstance(values, dict):
+            lines.append(f"\n[{section}]")
+            lines += [f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None]
+            lines += [f"# {k} = (default: chosen at run time)" for k, v in values.items() if v is None]
+    return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))

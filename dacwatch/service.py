@@ -1,0 +1,222 @@
+"""The daemon's lifecycle: startup -> main loop -> shutdown(timeout).
+
+Signal handlers only set flags. The first SIGTERM/SIGINT drains: no new jobs,
+the running ones get ``stop_timeout_s`` to finish and are then cancelled and
+requeued. A second signal cancels at once. Outputs are atomic either way.
+The systemd notifier is injected; without ``NOTIFY_SOCKET`` it does nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from . import __version__, logs
+from .config import Settings
+from .errors import DacwatchError
+from .fsio import sweep_temp_files
+from .queue import JobQueue
+from .watcher import IgnoreRules, Watcher
+from .worker import Worker, make_pool
+
+
+class Notifier:
+    """sd_notify over ``$NOTIFY_SOCKET`` (a unix datagram socket; ``@`` = abstract namespace)."""
+
+    def __init__(self, address: str | None) -> None:
+        self.address = address
+        self._sock: socket.socket | None = None
+        if address:
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            if address.startswith("@"):
+                address = "\0" + address[1:]
+            self._target = address
+
+    @classmethod
+    def from_env(cls) -> Notifier:
+        return cls(os.environ.get("NOTIFY_SOCKET"))
+
+    def __call__(self, message: str) -> None:
+        if self._sock is None:
+            return
+        with contextlib.suppress(OSError):  # systemd gone or not listening: nothing to tell
+            self._sock.sendto(message.encode(), self._target)
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+
+
+def watchdog_interval() -> float | None:
+    """Half of systemd's watchdog period, if one is set for this process."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or (pid and pid != str(os.getpid())):
+        return None
+    try:
+        return int(usec) / 2e6
+    except ValueError:
+        return None
+
+
+def resolve_devices(devices: list[str]) -> list[str]:
+    if devices == ["auto"]:
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        return [f"cuda:{i}" for i in range(count)] or ["cpu"]
+    return devices
+
+
+class Service:
+    def __init__(self, settings: Settings, notify: Callable[[str], None] | None = None) -> None:
+        self.settings = settings
+        self.notify = notify or (lambda _m: None)
+        self.log = logs.get("dacwatch.service")
+        self.stopping = threading.Event()
+        self.forced = threading.Event()
+        self.queue: JobQueue | None = None
+        self.watcher: Watcher | None = None
+        self.workers: list[Worker] = []
+
+    # signal handlers: flags only
+    def on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if self.stopping.is_set():
+            self.forced.set()
+        self.stopping.set()
+
+    def startup(self) -> None:
+        s = self.settings
+        for folder in (s.inbox, s.outbox, s.done, s.failed, s.state_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        for folder in (s.outbox, s.failed, s.done):
+            for leftover in sweep_temp_files(folder):
+                self.log.info("startup.removed_temp_file", path=str(leftover))
+        self.queue, aside = JobQueue.open_or_rebuild(s.state_db)
+        if aside is not None:
+            self.log.error("queue.corrupt_rebuilt", moved_to=str(aside), db=str(s.state_db))
+        recovered = self.queue.recover()
+        if recovered:
+            self.log.info("queue.recovered", jobs=recovered)
+        for device in resolve_devices(s.codec.devices):
+            pool = make_pool(s, device)
+            started = time.monotonic()
+            codec = pool.codec()  # load now: READY means the model is warm
+            self.log.info(
+                "model.loaded", device=device, model=pool.spec.describe(), sample_rate=codec.sample_rate,
+                encode_window_s=codec.encode_window_s, batch=codec.batch_size, load_s=round(time.monotonic() - started, 2),
+            )
+            self.workers.append(Worker(s, self.queue, pool, device, logs.get("dacwatch.worker")))
+        inside = tuple(p.absolute() for p in (s.outbox, s.done, s.failed) if p.absolute().is_relative_to(s.inbox.absolute()))
+        rules = IgnoreRules(s.inbox.absolute(), inside)
+        self.watcher = Watcher(
+            rules, self._submit, s.watch.settle_seconds, s.watch.polling, s.watch.poll_interval_s,
+            s.watch.reconcile_interval_s, logs.get("dacwatch.watcher"),
+        )
+        for worker in self.workers:
+            worker.start()
+        self.watcher.start()
+
+    def _submit(self, path: Path, ident: Any) -> None:
+        assert self.queue is not None
+        rel = str(path.relative_to(self.settings.inbox.absolute()))
+        try:
+            if self.queue.submit(rel, ident):
+                self.log.info("job.queued", source=str(path), size=ident.size)
+        except DacwatchError as exc:
+            self.log.error("queue.submit_failed", source=str(path), error=str(exc))
+            assert self.watcher is not None
+            self.watcher.debouncer.seen(path)  # try again on the next round
+
+    def healthy(self) -> bool:
+        return (
+            self.watcher is not None
+            and self.watcher.healthy()
+            and all(w.is_alive() and w.error is None for w in self.workers)
+        )
+
+    def status_line(self) -> str:
+        assert self.queue is not None
+        counts = self.queue.counts()
+        current = [w.current.path for w in self.workers if w.current is not None]
+        line = f"queued {counts['queued']}, running {counts['running']}, done {counts['done']}, failed {counts['failed']}"
+        return line + (f"; converting {', '.join(current)}" if current else "; idle")
+
+    def loop(self) -> None:
+        period = watchdog_interval()
+        last_status = ""
+        next_ping = 0.0
+        while not self.stopping.is_set():
+            now = time.monotonic()
+            healthy = self.healthy()
+            if period is not None and healthy and now >= next_ping:
+                self.notify("WATCHDOG=1")
+                next_ping = now + period
+            if not healthy:
+                self.log.error("service.unhealthy", watcher_alive=bool(self.watcher and self.watcher.is_alive()))
+            try:
+                line = self.status_line()
+            except DacwatchError as exc:
+                line = f"queue unavailable: {exc}"
+            if line != last_status:
+                self.notify(f"STATUS={line}")
+                last_status = line
+            self.stopping.wait(min(1.0, period or 1.0))
+
+    def shutdown(self, timeout: float) -> None:
+        self.notify("STOPPING=1")
+        self.log.info("service.stopping", timeout_s=timeout)
+        if self.watcher is not None:
+            self.watcher.stop()
+        for worker in self.workers:
+            worker.draining.set()
+        deadline = time.monotonic() + timeout
+        while any(w.is_alive() for w in self.workers) and time.monotonic() < deadline and not self.forced.is_set():
+            time.sleep(0.05)
+        for worker in self.workers:
+            worker.abort.set()  # cancel what is left: requeued, temp files removed
+        for worker in self.workers:
+            worker.join(timeout=30)
+        if self.watcher is not None:
+            self.watcher.join(timeout=10)
+        if self.queue is not None:
+            self.queue.close()
+        self.log.info("service.stopped")
+
+
+def run(settings: Settings) -> int:
+    """``dacwatch run``: returns the process exit status."""
+    logs.setup(settings.log_format, settings.log_level)
+    log = logs.get("dacwatch.service")
+    notify = Notifier.from_env()
+    service = Service(settings, notify)
+    previous = {sig: signal.signal(sig, service.on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        log.info("service.starting", version=__version__, inbox=str(settings.inbox), outbox=str(settings.outbox), pid=os.getpid())
+        try:
+            service.startup()
+        except DacwatchError as exc:
+            log.error("service.startup_failed", error=" ".join(str(exc).split()))
+            service.shutdown(0)
+            return 1
+        notify("READY=1")
+        notify(f"STATUS={service.status_line()}")
+        log.info("service.ready", workers=[w.device for w in service.workers])
+        service.loop()
+        service.shutdown(settings.stop_timeout_s)
+        return 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        notify.close()
+
+
+__all__ = ["Notifier", "Service", "run"]

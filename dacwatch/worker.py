@@ -1,0 +1,236 @@
+"""One worker per device: lease a job, convert, write atomically, dispose of the source, record.
+
+Errors are classified in one place (:meth:`Worker._settle`): bad input is
+quarantined with its reason, transient faults are retried with backoff (out
+of memory first with a smaller batch), and a shutdown request requeues the
+job without counting the attempt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .audio import OutputFormat, check_regular_file
+from .config import Settings
+from .convert import CodecPool, CodecSettings, Result, decode_file, encode_file
+from .errors import ModelUnavailableError, OutOfMemoryError, PermanentError, TransientError
+from .fsio import atomic_output, ensure_dir, identity, mirror, within
+from .model import ModelSpec
+from .queue import Job, JobQueue
+
+
+class Cancelled(Exception):
+    """The service asked running work to stop (second signal or stop timeout)."""
+
+
+def model_spec(settings: Settings) -> ModelSpec:
+    m = settings.model
+    return ModelSpec(m.type, m.bitrate, m.tag, m.weights)
+
+
+def make_pool(settings: Settings, device: str) -> CodecPool:
+    c = settings.codec
+    return CodecPool(
+        model_spec(settings),
+        CodecSettings(device, c.encode_window_s, c.decode_window_s, c.batch_size),
+        cache_dir=settings.model.cache_dir,
+    )
+
+
+@dataclass
+class Current:
+    path: str
+    started: float
+
+
+class Worker(threading.Thread):
+    def __init__(self, settings: Settings, queue: JobQueue, pool: CodecPool, name: str, log: Any) -> None:
+        super().__init__(name=f"dacwatch-worker-{name}", daemon=True)
+        self.settings = settings
+        self.queue = queue
+        self.pool = pool
+        self.device = name
+        self.log = log.bind(device=name)
+        self.draining = threading.Event()  # stop taking jobs
+        self.abort = threading.Event()  # stop the job in hand
+        self.current: Current | None = None
+        self.heartbeat = time.monotonic()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            while not self.draining.is_set():
+                self.heartbeat = time.monotonic()
+                job = self.queue.lease(self.device)
+                if job is None:
+                    self.draining.wait(0.2)
+                    continue
+                self.process(job)
+        except BaseException as exc:
+            self.error = exc
+            self.log.exception("worker.crashed")
+
+    def _tick(self, _seconds: float = 0.0) -> None:
+        self.heartbeat = time.monotonic()
+        if self.abort.is_set():
+            raise Cancelled("stop requested")
+
+    def process(self, job: Job) -> None:
+        s = self.settings
+        source = s.inbox / job.path
+        self.current = Current(job.path, time.monotonic())
+        started = time.monotonic()
+        try:
+            if not self._still_there(job, source):
+                return
+            if job.attempts > s.retry.max_attempts:
+                raise PermanentError(f"gave up after {job.attempts - 1} attempts (last: {job.last_error})")
+            result = self._convert(source)
+            self._dispose(source)
+            self.queue.complete(job.id, str(result.output))
+            wall = time.monotonic() - started
+            self.log.info(
+                "job.done", source=str(source), output=str(result.output), kind=result.kind,
+                audio_s=round(result.audio_s, 3), wall_s=round(wall, 3),
+                rtf=round(result.audio_s / wall, 3) if wall > 0 else None, attempts=job.attempts,
+            )
+        except Cancelled:
+            self.queue.requeue(job.id)
+            self.log.info("job.requeued", source=str(source), reason="shutdown")
+        except Exception as exc:
+            self._settle(job, source, exc, time.monotonic() - started)
+        finally:
+            self.current = None
+
+    def _still_there(self, job: Job, source: Path) -> bool:
+        """The job's exact file is still in the inbox; otherwise forget the job."""
+        try:
+            now = identity(source)
+        except FileNotFoundError:
+            self.queue.drop(job.id)
+            self.log.info("job.vanished", source=str(source))
+            return False
+        if source.is_symlink() and not within(self.settings.inbox, source):
+            self.queue.drop(job.id)  # never read, never moved
+            self.log.warning("job.ignored", source=str(source), reason="symlink pointing outside the inbox")
+            return False
+        if now != job.identity:
+            self.queue.drop(job.id)  # the watcher submits the new content as its own job
+            self.log.info("job.superseded", source=str(source))
+            return False
+        return True
+
+    def _convert(self, source: Path) -> Result:
+        s = self.settings
+        check_regular_file(source)
+        if source.suffix.lower() == ".dac":
+            fmt = OutputFormat(s.output.format, s.output.sample_format)
+            target = mirror(source, s.inbox, s.outbox, fmt.suffix)
+            return decode_file(self.pool, source, target, fmt, resample=s.output.resample, progress=self._tick)
+        target = mirror(source, s.inbox, s.outbox, ".dac")
+        return encode_file(self.pool, source, target, s.codec.codebooks, progress=self._tick)
+
+    def _settle(self, job: Job, source: Path, exc: Exception, wall: float) -> None:
+        """The one place where a failure becomes quarantine or retry."""
+        s = self.settings
+        error = " ".join(str(exc).split()) or type(exc).__name__
+        fields = dict(source=str(source), error=error, attempts=job.attempts, wall_s=round(wall, 3))
+        if isinstance(exc, OutOfMemoryError):
+            batch = max(1, min(c.batch_size for c in self.pool._codecs.values()) // 2) if self.pool._codecs else 1
+            self.pool.with_batch(batch)
+            self.log.warning("job.out_of_memory", batch=batch, **fields)
+        permanent = isinstance(exc, PermanentError) and not isinstance(exc, TransientError)
+        if not permanent and job.attempts < s.retry.max_attempts:
+            delay = 0.0 if isinstance(exc, OutOfMemoryError) else s.retry.delay(job.attempts)
+            self.queue.retry_later(job.id, error, delay)
+            self.log.warning("job.retry_scheduled", delay_s=delay, transient=isinstance(exc, (TransientError, ModelUnavailableError)), **fields)
+            return
+        try:
+            note = self.quarantine(source, error, job.attempts)
+        except TransientError as move_exc:
+            self.queue.retry_later(job.id, f"{error}; quarantine failed: {move_exc}", s.retry.delay(job.attempts))
+            self.log.error("job.quarantine_failed", **fields)
+            return
+        self.queue.fail(job.id, error)
+        self.log.error("job.failed", quarantined=str(note), **fields)
+
+    # ------------------------------------------------------------------ moving sources
+
+    def _dispose(self, source: Path) -> None:
+        s = self.settings
+        if s.on_success == "keep":
+            return
+        if s.on_success == "delete":
+            with contextlib.suppress(FileNotFoundError):
+                source.unlink()
+            return
+        move_within(source, unique(mirror(source, s.inbox, s.done)))
+
+    def quarantine(self, source: Path, error: str, attempts: int) -> Path:
+        """Move the source to the failed folder (mirrored) with ``<name>.error.json`` beside it."""
+        s = self.settings
+        target = unique(mirror(source, s.inbox, s.failed))
+        note = target.with_name(target.name + ".error.json")
+        body = {
+            "source": str(source), "error": error, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "attempts": attempts, "dacwatch_version": __version__,
+        }
+        with atomic_output(note) as tmp:
+            tmp.write_text(json.dumps(body, indent=2) + "\n")
+        if os.path.lexists(source):
+            move_within(source, target)
+        return note
+
+
+def unique(path: Path) -> Path:
+    """``path``, or ``name.1.ext``, ``name.2.ext``... if taken."""
+    if not os.path.lexists(path):
+        return path
+    for i in range(1, 100000):
+        candidate = path.with_name(f"{path.stem}.{i}{path.suffix}")
+        if not os.path.lexists(candidate):
+            return candidate
+    raise TransientError(f"no free name for {path}")
+
+
+def move_within(source: Path, target: Path) -> None:
+    """Rename ``source`` to ``target`` (same file system) without ever opening it;
+    across file systems only regular files are copied."""
+    ensure_dir(target.parent)
+    try:
+        os.rename(source, target)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise TransientError(f"cannot move {source} to {target}: {exc.strerror}") from exc
+        if not source.is_file() or source.is_symlink():
+            raise PermanentError(f"cannot move the special file {source} across file systems") from exc
+        shutil.move(str(source), str(target))
+
+
+def retry(settings: Settings, queue: JobQueue, path: str | None) -> tuple[int, int]:
+    """Re-queue failed jobs and move their sources back from the failed folder.
+
+    Returns (jobs re-queued, files moved back).
+    """
+    failed = [j for j in queue.jobs() if j.status.value == "failed" and (path is None or j.path == path)]
+    moved = 0
+    for job in failed:
+        home = settings.inbox / job.path
+        away = settings.failed / job.path
+        if os.path.lexists(away) and not os.path.lexists(home):
+            move_within(away, home)
+            moved += 1
+        with contextlib.suppress(FileNotFoundError):
+            away.with_name(away.name + ".error.json").unlink()
+    count = queue.retry_failed(path)
+    return count, moved
