@@ -36,6 +36,9 @@ class Notifier:
         self._sock: socket.socket | None = None
         if address:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            # Never let a slow or stuck listener stall the main loop: a message
+            # that does not fit in its queue is dropped, the next one follows.
+            self._sock.setblocking(False)
             if address.startswith("@"):
                 address = "\0" + address[1:]
             self._target = address

@@ -24,7 +24,18 @@ from .fsio import TEMP_PREFIX, Identity, within
 IGNORED_SUFFIXES = (".part", ".partial", ".tmp", ".temp", ".crdownload", ".download", ".swp", "~")
 
 Clock = Callable[[], float]
-Stat = Callable[[Path], os.stat_result]
+Probe = Callable[[Path], "Identity | None"]
+
+
+def probe(path: Path) -> Identity | None:
+    """The identity of a file (not following symlinks); None if gone or a folder."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None
+    if stmod.S_ISDIR(st.st_mode):
+        return None
+    return Identity(st.st_size, st.st_mtime_ns, st.st_ino)
 
 
 @dataclass(frozen=True)
@@ -68,22 +79,16 @@ class Debouncer:
     """Decides when a candidate is complete: closed after writing, or unchanged in
     size and mtime for ``settle_s``; and in both cases still unchanged when taken.
 
-    Clock and stat are injected so tests need no sleeps.
+    Clock and probe are injected so tests need no sleeps.
     """
 
     settle_s: float
     clock: Clock = time.monotonic
-    stat: Stat = field(default=lambda p: os.stat(p, follow_symlinks=False))
+    probe: Probe = probe
     _pending: dict[Path, _Pending] = field(default_factory=dict)
 
     def _identity(self, path: Path) -> Identity | None:
-        try:
-            st = self.stat(path)
-        except OSError:
-            return None
-        if stmod.S_ISDIR(st.st_mode):
-            return None
-        return Identity(st.st_size, st.st_mtime_ns, st.st_ino)
+        return self.probe(path)
 
     def seen(self, path: Path, closed: bool = False) -> None:
         """An event (or the scan) saw ``path``; ``closed`` if it was closed after writing."""

@@ -1,0 +1,210 @@
+"""End to end: the real daemon as a subprocess, real folders, real signals, a real notify socket."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from dacwatch.container import read
+
+from .conftest import tone
+from .daemon import Daemon
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, tiny_weights: Path, request: pytest.FixtureRequest) -> Iterator[Daemon]:
+    overrides = getattr(request, "param", {})
+    d = Daemon(tmp_path, tiny_weights, **overrides)
+    yield d
+    d.close()
+
+
+def wav(path: Path, seconds: float = 0.5, rate: int = 16000, channels: int = 1) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), tone(rate, seconds, channels), rate, subtype="PCM_16")
+    return path
+
+
+def test_present_moved_renamed_bad_and_decoded_files(daemon: Daemon, tmp_path: Path) -> None:
+    wav(daemon.inbox / "before.wav")
+    daemon.start().ready()
+    outside = wav(tmp_path / "staging" / "moved.wav")
+    os.rename(outside, daemon.inbox / "moved.wav")
+    wav(tmp_path / "staging" / "r.wav")
+    (daemon.inbox / "sub").mkdir()
+    shutil.copy(tmp_path / "staging" / "r.wav", daemon.inbox / "sub" / "renamed.wav.part")
+    os.rename(daemon.inbox / "sub" / "renamed.wav.part", daemon.inbox / "sub" / "renamed.wav")
+    (daemon.inbox / "broken.wav").write_text("not audio at all\n" * 10)
+    daemon.wait_event("job.done", 3)
+    daemon.wait_event("job.failed", 1)
+    for name in ("before.dac", "moved.dac", "sub/renamed.dac"):
+        assert read(daemon.outbox / name).metadata.sample_rate == 16000
+    assert (daemon.done / "sub" / "renamed.wav").exists()  # source moved to done, mirrored
+    note = (daemon.failed / "broken.wav.error.json").read_text()
+    assert "not audio" in note and (daemon.failed / "broken.wav").exists()
+    # a .dac dropped in comes back as audio at the original rate and length
+    shutil.copy(daemon.outbox / "moved.dac", daemon.inbox / "back.dac")
+    daemon.wait_event("job.done", 4)
+    info = sf.info(str(daemon.outbox / "back.wav"))
+    assert (info.samplerate, info.frames) == (16000, 8000)
+    done = daemon.events("job.done")[0]
+    for key in ("source", "output", "kind", "audio_s", "wall_s", "rtf", "device", "attempts"):
+        assert key in done
+    assert daemon.stop() == 0
+    assert daemon.temp_files() == []
+
+
+def test_status_and_retry_work_against_the_state_of_a_running_daemon(daemon: Daemon) -> None:
+    daemon.start().ready()
+    (daemon.inbox / "bad.wav").write_bytes(b"\0" * 100)
+    daemon.wait_event("job.failed")
+    status = subprocess.run(
+        [sys.executable, "-m", "dacwatch", "status", "--config", str(daemon.config), "--json"],
+        capture_output=True, text=True, check=True,
+    )
+    assert '"failed": 1' in status.stdout and "bad.wav" in status.stdout
+    retried = subprocess.run(
+        [sys.executable, "-m", "dacwatch", "retry", "--config", str(daemon.config), "--all"],
+        capture_output=True, text=True, check=True,
+    )
+    assert "re-queued 1" in retried.stdout
+    daemon.wait_event("job.failed", 2)  # taken again from the inbox, and quarantined again
+    assert daemon.stop() == 0
+
+
+def test_file_written_slowly_in_pieces_is_taken_only_when_complete(daemon: Daemon) -> None:
+    daemon.start().ready()
+    data = (tone(16000, 2.0, 1) * 32767).astype(np.int16)
+    target = daemon.inbox / "slow.wav"
+    with sf.SoundFile(str(target), "w", 16000, 1, subtype="PCM_16") as f:
+        for i in range(0, len(data), 4000):  # a piece every 0.3 s, for longer than settle_seconds
+            f.write(data[i : i + 4000])
+            f.flush()
+            time.sleep(0.3)
+            assert daemon.events("job.queued") == []
+    daemon.wait_event("job.done")
+    assert read(daemon.outbox / "slow.dac").metadata.length == len(data)
+    assert len(daemon.events("job.queued")) == 1
+    daemon.stop()
+
+
+@pytest.mark.parametrize("daemon", [{"watch__polling": True, "watch__poll_interval_s": 0.3}], indirect=True)
+def test_polling_mode_converts_without_inotify(daemon: Daemon) -> None:
+    daemon.start().ready()
+    for i in range(5):
+        wav(daemon.inbox / f"p{i}.wav")
+    daemon.wait_event("job.done", 5)
+    daemon.stop()
+
+
+@pytest.mark.parametrize("daemon", [{"watch__settle_seconds": 0.3}], indirect=True)
+def test_a_flood_of_200_files_is_converted_exactly_once(daemon: Daemon, tmp_path: Path) -> None:
+    staging = tmp_path / "staging"
+    for i in range(200):
+        wav(staging / f"f{i:03d}.wav", seconds=0.1)
+    daemon.start().ready()
+    for p in sorted(staging.iterdir()):
+        os.rename(p, daemon.inbox / p.name)
+    done = daemon.wait_event("job.done", 200, timeout=240)
+    time.sleep(1.5)  # any duplicate would show up now
+    assert len(daemon.events("job.done")) == 200
+    assert sorted(e["source"] for e in done) == sorted({e["source"] for e in done})
+    assert len(list(daemon.outbox.glob("*.dac"))) == 200
+    assert daemon.stop() == 0
+
+
+@pytest.mark.parametrize("daemon", [{"stop_timeout_s": 0.5, "codec__encode_window_s": 0.2}], indirect=True)
+def test_sigterm_during_a_job_requeues_it_and_exits_0(daemon: Daemon) -> None:
+    wav(daemon.inbox / "long.wav", seconds=60.0, rate=44100, channels=2)
+    daemon.start().ready()
+    daemon.wait_event("job.queued")
+    time.sleep(1.0)
+    assert daemon.stop(signal.SIGTERM) == 0
+    assert daemon.events("job.requeued")
+    assert not (daemon.outbox / "long.dac").exists() and daemon.temp_files() == []
+    assert (daemon.inbox / "long.wav").exists()
+    daemon.start()
+    daemon.wait_event("job.done", timeout=180)
+    assert read(daemon.outbox / "long.dac").metadata.length == 60 * 44100
+    assert daemon.stop() == 0
+
+
+@pytest.mark.parametrize("daemon", [{"codec__encode_window_s": 0.2}], indirect=True)
+def test_second_signal_stops_at_once_without_partial_output(daemon: Daemon) -> None:
+    wav(daemon.inbox / "long.wav", seconds=60.0, rate=44100, channels=2)
+    daemon.start().ready()
+    daemon.wait_event("job.queued")
+    time.sleep(1.0)
+    daemon.send(signal.SIGTERM)
+    time.sleep(0.3)
+    started = time.monotonic()
+    assert daemon.stop(signal.SIGINT) == 0
+    assert time.monotonic() - started < 10
+    assert not (daemon.outbox / "long.dac").exists() and daemon.temp_files() == []
+
+
+@pytest.mark.parametrize("daemon", [{"codec__encode_window_s": 0.2}], indirect=True)
+def test_kill_9_during_a_job_leaves_no_partial_output_and_it_completes_after_restart(daemon: Daemon) -> None:
+    wav(daemon.inbox / "long.wav", seconds=40.0, rate=44100, channels=2)
+    daemon.start().ready()
+    daemon.wait_event("job.queued")
+    time.sleep(2.0)
+    daemon.kill()
+    assert not (daemon.outbox / "long.dac").exists()
+    daemon.start()
+    daemon.wait_event("job.done", timeout=180)
+    assert daemon.events("queue.recovered")
+    assert read(daemon.outbox / "long.dac").metadata.length == 40 * 44100
+    assert daemon.temp_files() == []
+    assert daemon.stop() == 0
+
+
+def test_notify_protocol(daemon: Daemon) -> None:
+    daemon.start(env={"WATCHDOG_USEC": "400000"}, notify=True).ready()
+    wav(daemon.inbox / "a.wav")
+    daemon.wait_event("job.done")
+    time.sleep(1.0)
+    assert daemon.stop() == 0
+    messages = daemon.messages()
+    assert messages.index("READY=1") < messages.index("STOPPING=1")
+    assert any(m.startswith("STATUS=") and "queued" in m for m in messages)
+    assert any("done 1" in m for m in messages if m.startswith("STATUS="))
+    assert messages.count("WATCHDOG=1") >= 2
+
+
+def test_invalid_config_exits_non_zero_before_ready(daemon: Daemon) -> None:
+    daemon.config.write_text("bogus_key = 1\n" + daemon.config.read_text())
+    daemon.start(notify=True)
+    assert daemon.proc is not None and daemon.proc.wait(timeout=60) == 2
+    assert "READY=1" not in daemon.messages()
+    assert "bogus_key (env DACWATCH_BOGUS_KEY): unknown key" in daemon.log_path.read_text()
+
+
+def test_missing_weights_exit_non_zero_before_ready(daemon: Daemon, tmp_path: Path) -> None:
+    daemon.start(env={"DACWATCH_MODEL__WEIGHTS": str(tmp_path / "missing.pth")}, notify=True)
+    assert daemon.proc is not None and daemon.proc.wait(timeout=60) == 1
+    assert "READY=1" not in daemon.messages()
+    assert daemon.events("service.startup_failed")
+
+
+def test_a_listener_that_never_reads_does_not_stall_the_daemon(daemon: Daemon, tmp_path: Path) -> None:
+    import socket as socketlib
+
+    deaf = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_DGRAM)
+    deaf.bind(str(tmp_path / "deaf.sock"))
+    try:
+        daemon.start(env={"NOTIFY_SOCKET": str(tmp_path / "deaf.sock"), "WATCHDOG_USEC": "100000"}).ready()
+        time.sleep(3.0)  # far more messages than the socket queue holds
+        assert daemon.stop() == 0
+    finally:
+        deaf.close()
