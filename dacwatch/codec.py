@@ -350,18 +350,16 @@ class _RollingBuffer:
     def __init__(self, channels: int) -> None:
         self.channels = channels
         self.start = 0
+        self.end = 0  # one past the last sample appended
         self._parts: list[np.ndarray] = []
         self._data = np.zeros((channels, 0), dtype=np.float32)
-
-    @property
-    def end(self) -> int:
-        return self.start + int(self._data.shape[1]) + sum(int(p.shape[1]) for p in self._parts)
 
     def append(self, block: np.ndarray) -> None:
         if block.ndim != 2 or block.shape[0] != self.channels:
             raise ValueError(f"expected a [{self.channels}, n] block, got {block.shape}")
         if block.shape[1]:
             self._parts.append(np.asarray(block, dtype=np.float32))
+            self.end += int(block.shape[1])
 
     def _flatten(self) -> None:
         if self._parts:

@@ -125,7 +125,7 @@ def test_a_flood_of_200_files_is_converted_exactly_once(daemon: Daemon, tmp_path
 
 @pytest.mark.parametrize("daemon", [{"stop_timeout_s": 0.5, "codec__encode_window_s": 0.2}], indirect=True)
 def test_sigterm_during_a_job_requeues_it_and_exits_0(daemon: Daemon) -> None:
-    wav(daemon.inbox / "long.wav", seconds=60.0, rate=44100, channels=2)
+    wav(daemon.inbox / "long.wav", seconds=20.0, rate=44100, channels=2)
     daemon.start().ready()
     daemon.wait_event("job.queued")
     time.sleep(1.0)
@@ -135,13 +135,13 @@ def test_sigterm_during_a_job_requeues_it_and_exits_0(daemon: Daemon) -> None:
     assert (daemon.inbox / "long.wav").exists()
     daemon.start()
     daemon.wait_event("job.done", timeout=180)
-    assert read(daemon.outbox / "long.dac").metadata.length == 60 * 44100
+    assert read(daemon.outbox / "long.dac").metadata.length == 20 * 44100
     assert daemon.stop() == 0
 
 
 @pytest.mark.parametrize("daemon", [{"codec__encode_window_s": 0.2}], indirect=True)
 def test_second_signal_stops_at_once_without_partial_output(daemon: Daemon) -> None:
-    wav(daemon.inbox / "long.wav", seconds=60.0, rate=44100, channels=2)
+    wav(daemon.inbox / "long.wav", seconds=20.0, rate=44100, channels=2)
     daemon.start().ready()
     daemon.wait_event("job.queued")
     time.sleep(1.0)
@@ -155,7 +155,7 @@ def test_second_signal_stops_at_once_without_partial_output(daemon: Daemon) -> N
 
 @pytest.mark.parametrize("daemon", [{"codec__encode_window_s": 0.2}], indirect=True)
 def test_kill_9_during_a_job_leaves_no_partial_output_and_it_completes_after_restart(daemon: Daemon) -> None:
-    wav(daemon.inbox / "long.wav", seconds=40.0, rate=44100, channels=2)
+    wav(daemon.inbox / "long.wav", seconds=20.0, rate=44100, channels=2)
     daemon.start().ready()
     daemon.wait_event("job.queued")
     time.sleep(2.0)
@@ -164,7 +164,7 @@ def test_kill_9_during_a_job_leaves_no_partial_output_and_it_completes_after_res
     daemon.start()
     daemon.wait_event("job.done", timeout=180)
     assert daemon.events("queue.recovered")
-    assert read(daemon.outbox / "long.dac").metadata.length == 40 * 44100
+    assert read(daemon.outbox / "long.dac").metadata.length == 20 * 44100
     assert daemon.temp_files() == []
     assert daemon.stop() == 0
 
