@@ -100,6 +100,7 @@ class ChunkedCodec:
         self.hop = int(model.hop_length)
         self.n_codebooks = int(model.n_codebooks)
         self.codebook_size = int(model.codebook_size)
+        self.dtype = next(model.parameters()).dtype  # precision follows the network
         self.rf: ReceptiveField = encoder_receptive_field(model)
         self.context: DecoderContext = decoder_context(model)
         if self.rf.stride != self.hop or self.context.hop != self.hop:
@@ -141,7 +142,7 @@ class ChunkedCodec:
         """``[rows, samples]`` -> codes ``[rows, n_quantizers, frames]`` (int16)."""
         try:
             with torch.inference_mode(), layer_padding(self.model.encoder, padded):
-                x = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32)).to(self.device)
+                x = torch.from_numpy(np.ascontiguousarray(rows)).to(self.device, self.dtype)
                 z = self.model.encoder(x[:, None, :])
                 codes = self.model.quantizer(z, n_quantizers)[1]
                 out: np.ndarray = codes.to("cpu", torch.int16).numpy()

@@ -285,7 +285,7 @@ def tiny_model(model_type: str = "44khz", seed: int = 0, **overrides: Any) -> Da
     torch.manual_seed(seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return DAC(**kwargs)
+        return randomize(DAC(**kwargs), seed)
 
 
 def full_size_model(model_type: str = "44khz", seed: int = 0) -> DacNet:
@@ -295,7 +295,42 @@ def full_size_model(model_type: str = "44khz", seed: int = 0) -> DacNet:
     torch.manual_seed(seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return DAC(**RELEASED_ARCHITECTURES[model_type])
+        return randomize(DAC(**RELEASED_ARCHITECTURES[model_type]), seed)
+
+
+def randomize(model: DacNet, seed: int = 0) -> DacNet:
+    """Random weights that behave like a trained network's, for tests and benchmarks.
+
+    DAC's own initialisation (weights of std 0.02, biases zero) shrinks the
+    signal at every layer: a fresh network emits one code for every frame,
+    and, since Snake(0) = 0, maps silence to silence, so zero-padding the
+    input is indistinguishable from each layer's own padding. Tests on such a
+    network would pass whatever the edge handling did. Here every
+    weight-normed filter gets a norm near 1 (the signal keeps its scale), and
+    biases and Snake alphas get random values.
+    """
+    gen = torch.Generator().manual_seed(seed + 1)
+    decoder = {id(m) for m in model.decoder.modules()}
+    with torch.no_grad():
+        for module in model.modules():
+            weight_g = getattr(module, "weight_g", None)
+            if isinstance(weight_g, nn.Parameter):
+                # The decoder a little below unit gain: a random network at
+                # unit gain amplifies float32 rounding far more than a trained one.
+                low, span = (0.4, 0.3) if id(module) in decoder else (0.7, 0.6)
+                weight_g.copy_(low + span * torch.rand(weight_g.shape, generator=gen))
+            bias = getattr(module, "bias", None)
+            if isinstance(module, (nn.Conv1d, nn.ConvTranspose1d)) and bias is not None:
+                bias.copy_(0.05 * torch.randn(bias.shape, generator=gen))
+            alpha = getattr(module, "alpha", None)
+            if isinstance(alpha, nn.Parameter):
+                alpha.copy_(0.5 + torch.rand(alpha.shape, generator=gen))
+        # Keep the decoder's final tanh out of saturation, so decoded audio
+        # varies like real audio and decode comparisons are sensitive.
+        last = _convs(model.decoder)[-1]
+        if isinstance(getattr(last, "weight_g", None), nn.Parameter):
+            last.weight_g.mul_(8.0)
+    return model
 
 
 # The constructor arguments of the released networks (from their weight files' metadata).

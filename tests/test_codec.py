@@ -175,3 +175,38 @@ def test_full_size_network_chunked_equals_whole() -> None:
     audio_ref = whole(big).decode(ref[:40])
     audio = ChunkedCodec(big, "cpu", decode_window_s=4 * 512 / 44100, batch_size=2).decode(ref[:40])
     assert np.abs(audio - audio_ref).max() <= DECODE_TOL
+
+
+def test_these_networks_make_edge_handling_matter(tiny44: nn.Module) -> None:
+    """Guards the tests above against passing vacuously: the random networks use many
+    codes, and padding the input with zeros (the seed's approach) instead of running
+    each layer's own padding changes the edge frames."""
+    codec = whole(tiny44)
+    rf, hop = codec.rf, codec.hop
+    x = noise(1, 30 * hop, seed=21)
+    ref = codec.encode(x)
+    assert len(np.unique(ref[:, 0, 0])) > 10
+    total = ref.shape[0]
+    signal = np.pad(x, ((0, 0), (rf.padding, total * hop - x.shape[1] + rf.size)))
+    with torch.inference_mode(), layer_padding(tiny44.encoder, False):
+        z = tiny44.encoder(torch.from_numpy(signal[:, : rf.size + (total - 1) * hop])[:, None, :])
+        naive = tiny44.quantizer(z)[1].numpy().transpose(2, 1, 0)
+    differing = np.nonzero((naive != ref).any(axis=(1, 2)))[0]
+    assert differing.size and differing.min() < 8 and differing.max() > total - 8  # edges differ
+    assert not ((naive != ref).any(axis=(1, 2))[10:-10]).any()  # the interior agrees
+
+
+def test_chunking_is_exact_in_float64(tiny_models: dict[str, nn.Module]) -> None:
+    """In double precision chunked decoding equals whole-file decoding bit for bit:
+    the float32 tolerance covers rounding only, not the method."""
+    import copy
+
+    for model_type in ("44khz", "24khz"):
+        m = copy.deepcopy(tiny_models[model_type]).double()
+        x = noise(2, 25000, seed=2).astype(np.float64)
+        ref_codec = whole(m)
+        codes = ref_codec.encode(x)
+        assert frames_differing(ChunkedCodec(m, "cpu", encode_window_s=0.2, batch_size=2).encode(x), codes) == 0
+        ref = ref_codec.decode(codes)
+        got = ChunkedCodec(m, "cpu", decode_window_s=3 * ref_codec.hop / m.sample_rate, batch_size=2).decode(codes)
+        assert np.array_equal(got, ref)
