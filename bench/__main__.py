@@ -1,0 +1,249 @@
+"""``python -m bench``: dacwatch against the seed approach and DAC 1.0.0, in one run.
+
+Everything is measured in the same run, on the same weights (the full-size
+44 kHz architecture with random weights unless ``--weights`` names a real
+file) and the same synthetic audio, each measurement in its own process.
+Results go to ``bench/results/<device>-<date>.json`` and ``.md``, and
+``bench/results/latest-<device>.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def child(spec: dict[str, Any]) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.child", json.dumps(spec)],
+        capture_output=True, text=True, check=False, cwd=Path(__file__).resolve().parent.parent,
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"bench child failed: {spec['task']} {spec.get('approach')}\n{proc.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def synth(seconds: float, channels: int, rate: int, seed: int = 0) -> np.ndarray:
+    """Speech-like test audio: harmonic tones under a syllable-rate envelope, plus noise."""
+    rng = np.random.default_rng(seed)
+    n = round(seconds * rate)
+    t = np.arange(n) / rate
+    out = np.zeros((channels, n), np.float32)
+    for c in range(channels):
+        f0 = 110 + 40 * np.sin(2 * np.pi * 0.3 * t + c)
+        phase = 2 * np.pi * np.cumsum(f0) / rate
+        voice = sum(np.sin(k * phase) / k for k in range(1, 8))
+        envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 4 * t + rng.uniform(0, 6)) ** 2
+        out[c] = (0.1 * voice * envelope + 0.01 * rng.standard_normal(n)).astype(np.float32)
+    return out
+
+
+def write_wav(path: Path, seconds: float, channels: int, rate: int) -> None:
+    """A long WAV written block by block (never the whole signal in memory)."""
+    import soundfile as sf
+
+    with sf.SoundFile(str(path), "w", rate, channels, subtype="PCM_16") as f:
+        for start in range(0, round(seconds), 60):
+            block = synth(min(60.0, seconds - start), channels, rate, seed=start)
+            f.write(block.T)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", type=Path, help="real DAC weights (default: random full-size 44 kHz network)")
+    p.add_argument("--tiny", action="store_true", help="tiny random network (smoke test, not for figures)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seconds", type=float, default=20.0, help="audio for the throughput runs")
+    p.add_argument("--channels", type=int, default=1)
+    p.add_argument("--sweep-seconds", type=float, default=10.0)
+    p.add_argument("--windows", type=float, nargs="*", default=[0.5, 1.0, 2.0, 5.0])
+    p.add_argument("--batches", type=int, nargs="*", default=[1, 4])
+    p.add_argument("--long-minutes", type=float, nargs="*", default=[10.0, 30.0], help="stereo lengths for the memory check")
+    p.add_argument("--long-network", choices=["tiny", "same"], default="tiny",
+                   help="network for the long-file memory check: 'same' is the benchmark's (hours on a CPU)")
+    p.add_argument("--seed-memory-seconds", type=float, nargs="*", default=[10.0, 30.0])
+    p.add_argument("--out", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+
+    import torch
+
+    from dacwatch import __version__
+    from dacwatch.model import full_size_model, tiny_model
+
+    work = Path(tempfile.mkdtemp(prefix="dacwatch-bench-"))
+    weights = args.weights
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if weights is None:
+            weights = work / "weights.pth"
+            (tiny_model() if args.tiny else full_size_model("44khz")).save(str(weights), package=False)
+        tiny_weights = work / "tiny.pth"
+        tiny_model().save(str(tiny_weights), package=False)
+    base = {"weights": str(weights), "device": args.device}
+    rate = 44100
+    audio = synth(args.seconds, args.channels, rate)
+    np.save(work / "audio.npy", audio)
+    audio_s = args.seconds * args.channels  # mono-equivalent seconds of audio
+
+    report: dict[str, Any] = {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
+        "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+        "torch": torch.__version__, "dacwatch": __version__,
+        "network": "real weights" if args.weights else ("tiny random" if args.tiny else "full-size 44 kHz, random weights"),
+        "audio_s": args.seconds, "channels": args.channels,
+    }
+    print(f"bench: {report['network']} on {report['device']}, {args.seconds} s x {args.channels} ch", file=sys.stderr)
+
+    # Reference: one whole-file pass (dacwatch with window 0 is exactly DAC's forward).
+    ref = child({**base, "task": "encode", "approach": "whole", "input": str(work / "audio.npy"), "output": str(work / "ref.npy")})
+    reference = np.load(work / "ref.npy")
+    runs: dict[str, dict[str, Any]] = {}
+    for approach in ("dacwatch", "seed", "dac"):
+        out = str(work / f"enc-{approach}.npy")
+        r = child({**base, "task": "encode", "approach": approach, "input": str(work / "audio.npy"), "output": out})
+        codes = np.load(out)
+        n = min(len(codes), len(reference))
+        r["frames_compared"] = len(reference)
+        r["frames_differing"] = int((codes[:n] != reference[:n, : codes.shape[1]]).any(axis=(1, 2)).sum())
+        r["extra_frames"] = int(len(codes) - len(reference))
+        r["x_realtime"] = audio_s / r["wall_s"]
+        runs[f"encode/{approach}"] = r
+        print(f"  encode {approach:9s} {r['x_realtime']:.2f}x realtime, {r['frames_differing']} frames differ", file=sys.stderr)
+    runs["encode/whole"] = {**ref, "x_realtime": audio_s / ref["wall_s"]}
+
+    # Decoding: everyone decodes the same codes; the seed's unchunked pass is the reference audio.
+    chunk_length = runs["encode/dac"].get("chunk_length", 1)
+    for approach in ("seed", "dacwatch", "dac_chunks", "dac"):
+        out = str(work / f"dec-{approach}.npy")
+        spec = {**base, "task": "decode", "approach": approach, "input": str(work / "ref.npy"), "output": out}
+        if approach == "dac":
+            spec["dacfile"] = runs["encode/dac"]["dacfile"]
+        if approach == "dac_chunks":
+            spec["chunk_length"] = chunk_length
+        r = child(spec)
+        r["x_realtime"] = audio_s / r["wall_s"]
+        if approach in ("dacwatch", "dac_chunks"):
+            a, b = np.load(out), np.load(work / "dec-seed.npy")
+            n = min(a.shape[-1], b.shape[-1])
+            r["max_abs_diff"] = float(np.abs(a[..., :n] - b[..., :n]).max())
+            r["length_diff"] = int(a.shape[-1] - b.shape[-1])
+        runs[f"decode/{approach}"] = r
+        print(f"  decode {approach:10s} {r['x_realtime']:.2f}x realtime", file=sys.stderr)
+    report["runs"] = runs
+    report["ratios"] = {
+        "encode_vs_seed": runs["encode/dacwatch"]["x_realtime"] / runs["encode/seed"]["x_realtime"],
+        "encode_vs_dac": runs["encode/dacwatch"]["x_realtime"] / runs["encode/dac"]["x_realtime"],
+        "decode_vs_seed": runs["decode/dacwatch"]["x_realtime"] / runs["decode/seed"]["x_realtime"],
+        "decode_vs_dac": runs["decode/dacwatch"]["x_realtime"] / runs["decode/dac"]["x_realtime"],
+    }
+
+    # Window and batch sweep for dacwatch.
+    sweep_audio = synth(args.sweep_seconds, args.channels, rate, seed=1)
+    np.save(work / "sweep.npy", sweep_audio)
+    report["sweep"] = child({**base, "task": "sweep", "input": str(work / "sweep.npy"), "windows": args.windows, "batches": args.batches})["rows"]
+
+    # Memory: the seed holds the whole signal and decodes in one pass, so it grows with length.
+    seed_mem = []
+    for seconds in args.seed_memory_seconds:
+        np.save(work / "mem.npy", synth(seconds, 2, rate, seed=2))
+        enc = child({**base, "task": "encode", "approach": "seed", "input": str(work / "mem.npy"), "output": str(work / "mem-codes.npy")})
+        dec = child({**base, "task": "decode", "approach": "seed", "input": str(work / "mem-codes.npy")})
+        seed_mem.append({"seconds": seconds, "encode_peak_mb": enc["peak_rss_mb"], "decode_peak_mb": dec["peak_rss_mb"]})
+    report["seed_memory"] = seed_mem
+    if len(seed_mem) >= 2:
+        (a, b) = seed_mem[0], seed_mem[-1]
+        slope = (b["decode_peak_mb"] - a["decode_peak_mb"]) / (b["seconds"] - a["seconds"])
+        report["seed_decode_mb_per_stereo_s"] = slope
+        report["seed_decode_30min_estimate_mb"] = b["decode_peak_mb"] + slope * (1800 - b["seconds"])
+
+    # Memory of dacwatch on long stereo files read from and written to disk.
+    long_weights = str(tiny_weights) if args.long_network == "tiny" else str(weights)
+    long_rows = []
+    for minutes in args.long_minutes:
+        wav = work / f"long-{minutes:g}.wav"
+        write_wav(wav, minutes * 60, 2, 48000)
+        enc = child({"weights": long_weights, "device": args.device, "task": "encode_file", "input": str(wav), "output": str(work / "long.dac")})
+        dec = child({"weights": long_weights, "device": args.device, "task": "decode_file", "input": str(work / "long.dac"), "output": str(work / "long-out.wav")})
+        long_rows.append({"minutes": minutes, "encode_peak_mb": enc["peak_rss_mb"], "decode_peak_mb": dec["peak_rss_mb"],
+                          "encode_x": minutes * 60 / enc["wall_s"], "decode_x": minutes * 60 / dec["wall_s"]})
+        wav.unlink()
+        print(f"  long {minutes:g} min: encode peak {enc['peak_rss_mb']:.0f} MB, decode peak {dec['peak_rss_mb']:.0f} MB", file=sys.stderr)
+    report["long_file"] = {"network": "tiny random (same strides)" if args.long_network == "tiny" else report["network"], "rows": long_rows}
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M")
+    tag = "cpu" if args.device == "cpu" else "gpu"
+    (args.out / f"{tag}-{stamp}.json").write_text(json.dumps(report, indent=2) + "\n")
+    md = markdown(report)
+    (args.out / f"{tag}-{stamp}.md").write_text(md)
+    (args.out / f"latest-{tag}.md").write_text(md)
+    print(md)
+    return 0
+
+
+def markdown(r: dict[str, Any]) -> str:
+    runs = r["runs"]
+    lines = [
+        f"# dacwatch benchmark, {r['date']}",
+        "",
+        f"{r['network']}; device {r['device']} ({r['cpu']}, {r['cores']} cores, {runs['encode/dacwatch']['threads']} torch threads); "
+        f"torch {r['torch']}; dacwatch {r['dacwatch']}; {r['audio_s']:g} s of synthetic audio x {r['channels']} channel(s).",
+        "",
+        "| | approach | x realtime | peak RSS MB | agreement with one whole-file pass |",
+        "|---|---|---|---|---|",
+    ]
+    for key, label in (("encode/dacwatch", "dacwatch (exact chunking)"), ("encode/seed", "seed approach"), ("encode/dac", "DAC 1.0.0 compress"), ("encode/whole", "one whole-file pass")):
+        x = runs[key]
+        agree = "reference" if key == "encode/whole" else f"{x['frames_differing']} of {x['frames_compared']} frames differ"
+        if x.get("extra_frames"):
+            agree += f", {x['extra_frames']:+d} frames in all"
+        lines.append(f"| encode | {label} | {x['x_realtime']:.2f} | {x['peak_rss_mb']:.0f} | {agree} |")
+    for key, label in (("decode/dacwatch", "dacwatch (exact chunking)"), ("decode/seed", "seed approach (unchunked)"), ("decode/dac", "DAC 1.0.0 decompress"), ("decode/dac_chunks", "DAC 1.0.0 chunk loop only")):
+        x = runs[key]
+        if key == "decode/seed":
+            agree = "reference"
+        elif "max_abs_diff" in x:
+            agree = f"max abs diff {x['max_abs_diff']:.2g}" + (f", length {x['length_diff']:+d}" if x.get("length_diff") else "")
+        else:
+            agree = "(own codes, loudness step included)"
+        lines.append(f"| decode | {label} | {x['x_realtime']:.2f} | {x['peak_rss_mb']:.0f} | {agree} |")
+    q = r["ratios"]
+    lines += [
+        "",
+        f"Ratios (dacwatch / reference, same run): encode {q['encode_vs_seed']:.2f}x the seed, {q['encode_vs_dac']:.2f}x DAC 1.0.0; "
+        f"decode {q['decode_vs_seed']:.2f}x the seed, {q['decode_vs_dac']:.2f}x DAC 1.0.0.",
+        "",
+        "Window and batch sweep (dacwatch; x realtime):",
+        "",
+        "| window s | batch | encode | decode |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {w['window_s']:g} | {w['batch']} | {w['encode_x']:.2f} | {w['decode_x']:.2f} |" for w in r["sweep"]]
+    lines += ["", "Memory of the seed approach (stereo, peak RSS MB; grows with length):", "", "| seconds | encode | decode |", "|---|---|---|"]
+    lines += [f"| {m['seconds']:g} | {m['encode_peak_mb']:.0f} | {m['decode_peak_mb']:.0f} |" for m in r["seed_memory"]]
+    if "seed_decode_30min_estimate_mb" in r:
+        lines += ["", f"Seed decode grows by {r['seed_decode_mb_per_stereo_s']:.0f} MB per stereo second: a 30-minute file would need about {r['seed_decode_30min_estimate_mb'] / 1024:.0f} GB (linear extrapolation; it cannot run here)."]
+    lf = r["long_file"]
+    lines += ["", f"Memory of dacwatch on long stereo 48 kHz files through the file pipeline ({lf['network']} network; peak RSS MB):", "",
+              "| minutes | encode peak | decode peak | encode x | decode x |", "|---|---|---|---|---|"]
+    lines += [f"| {m['minutes']:g} | {m['encode_peak_mb']:.0f} | {m['decode_peak_mb']:.0f} | {m['encode_x']:.1f} | {m['decode_x']:.1f} |" for m in lf["rows"]]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""One measurement in a fresh process, so its peak RSS is its own.
+
+``python -m bench.child '{"task": ..., ...}'`` prints one JSON line with the
+wall time of the work (model already loaded), the peak RSS of the process,
+and the RSS once the model and input were loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import torch
+
+warnings.simplefilter("ignore")
+
+
+def _rss_mb() -> float:
+    return float(psutil.Process().memory_info().rss) / 2**20
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _load(spec: dict[str, Any], prepared: bool = True) -> Any:
+    from dac.model import DAC
+
+    from dacwatch.model import prepare_model
+
+    model = DAC.load(spec["weights"]).eval()
+    model.requires_grad_(False)
+    return prepare_model(model, spec.get("device", "cpu")) if prepared else model.to(spec.get("device", "cpu"))
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def run(spec: dict[str, Any]) -> dict[str, Any]:
+    task = spec["task"]
+    device = spec.get("device", "cpu")
+    if spec.get("threads"):
+        torch.set_num_threads(int(spec["threads"]))
+    out: dict[str, Any] = {"task": task, "approach": spec.get("approach")}
+
+    if task in ("encode", "decode"):
+        model = _load(spec, prepared=spec["approach"] != "dac")
+        data = np.load(spec["input"], mmap_mode=None)
+        baseline = _rss_mb()
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        started = time.perf_counter()
+        result, extra = _work(task, spec, model, data)
+        _sync(device)
+        out["wall_s"] = time.perf_counter() - started
+        out.update(extra)
+        if spec.get("output"):
+            np.save(spec["output"], result)
+    elif task in ("encode_file", "decode_file"):
+        from dacwatch.audio import OutputFormat
+        from dacwatch.convert import CodecPool, CodecSettings, decode_file, encode_file
+        from dacwatch.model import ModelSpec
+
+        pool = CodecPool(ModelSpec(weights=Path(spec["weights"])), CodecSettings(device, spec.get("window"), spec.get("window"), spec.get("batch")))
+        pool.codec()
+        baseline = _rss_mb()
+        started = time.perf_counter()
+        if task == "encode_file":
+            encode_file(pool, Path(spec["input"]), Path(spec["output"]))
+        else:
+            decode_file(pool, Path(spec["input"]), Path(spec["output"]), OutputFormat("wav", "pcm16"), resample=True)
+        out["wall_s"] = time.perf_counter() - started
+    elif task == "sweep":
+        return _sweep(spec)
+    else:
+        raise SystemExit(f"unknown task {task}")
+    out["baseline_rss_mb"] = baseline
+    out["peak_rss_mb"] = _peak_mb()
+    if device.startswith("cuda"):
+        out["peak_device_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    out["threads"] = torch.get_num_threads()
+    return out
+
+
+def _work(task: str, spec: dict[str, Any], model: Any, data: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    from dacwatch.codec import ChunkedCodec
+
+    from . import seed_reference
+
+    approach = spec["approach"]
+    device = spec.get("device", "cpu")
+    if task == "encode":
+        if approach == "dacwatch":
+            codec = ChunkedCodec(model, device, spec.get("window"), None, spec.get("batch"))
+            return codec.encode(data), {"window_s": codec.encode_window_s, "batch": codec.batch_size}
+        if approach == "whole":
+            return ChunkedCodec(model, device, 0, 0, 1).encode(data), {}
+        if approach == "seed":
+            return seed_reference.encode(model, data, spec.get("window", seed_reference.SEED_WINDOW_S)), {
+                "window_s": spec.get("window", seed_reference.SEED_WINDOW_S)
+            }
+        if approach == "dac":
+            from audiotools import AudioSignal
+
+            signal = AudioSignal(torch.from_numpy(data)[None], model.sample_rate)
+            dac_file = model.compress(signal, win_duration=spec.get("window", 1.0))
+            saved = dac_file.save(spec["output"] + ".dacfile")  # DAC picks the suffix
+            codes = dac_file.codes.numpy().transpose(2, 1, 0).astype(np.int16)
+            return codes, {"window_s": spec.get("window", 1.0), "chunk_length": dac_file.chunk_length, "dacfile": str(saved)}
+    if task == "decode":
+        if approach == "dacwatch":
+            codec = ChunkedCodec(model, device, None, spec.get("window"), spec.get("batch"))
+            return codec.decode(data), {"window_s": codec.decode_window_s, "batch": codec.batch_size}
+        if approach == "seed":
+            return seed_reference.decode(model, data), {}
+        if approach == "dac":
+            from dac.model.base import DACFile
+
+            audio = model.decompress(DACFile.load(spec["dacfile"])).audio_data[0].numpy()
+            return audio, {}
+        if approach == "dac_chunks":
+            # DAC 1.0.0's decompress loop without its loudness step, on the same codes
+            # as everyone else, to measure how far its chunking is from a whole pass.
+            from dacwatch.model import layer_padding
+
+            chunk = int(spec["chunk_length"])
+            rows = torch.from_numpy(data.transpose(2, 1, 0).astype(np.int64))
+            parts = []
+            with torch.inference_mode(), layer_padding(model, False):
+                for i in range(0, rows.shape[-1], chunk):
+                    parts.append(model.decode(model.quantizer.from_codes(rows[..., i : i + chunk])[0]))
+            return torch.cat(parts, -1)[:, 0].numpy(), {}
+    raise SystemExit(f"unknown approach {approach} for {task}")
+
+
+def _sweep(spec: dict[str, Any]) -> dict[str, Any]:
+    from dacwatch.codec import ChunkedCodec
+
+    model = _load(spec)
+    data = np.load(spec["input"])
+    codes = ChunkedCodec(model, spec.get("device", "cpu"), 2.0, 1.0, 1).encode(data)
+    seconds = data.shape[1] / model.sample_rate * data.shape[0]
+    rows = []
+    for window in spec["windows"]:
+        for batch in spec["batches"]:
+            codec = ChunkedCodec(model, spec.get("device", "cpu"), window, window, batch)
+            started = time.perf_counter()
+            codec.encode(data)
+            _sync(spec.get("device", "cpu"))
+            enc = time.perf_counter() - started
+            started = time.perf_counter()
+            codec.decode(codes)
+            _sync(spec.get("device", "cpu"))
+            dec = time.perf_counter() - started
+            rows.append({"window_s": window, "batch": batch, "encode_x": seconds / enc, "decode_x": seconds / dec})
+    return {"task": "sweep", "rows": rows, "threads": torch.get_num_threads()}
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(json.loads(sys.argv[1]))))
