@@ -137,6 +137,13 @@ class Result:
     frames: int
 
 
+def _naming(source: Path, exc: PermanentError) -> PermanentError:
+    """The same error, with the file it is about in front if it does not say."""
+    if str(source) in str(exc):
+        return exc
+    return type(exc)(f"{source}: {exc}")
+
+
 def encode_file(
     pool: CodecPool,
     source: Path,
@@ -146,6 +153,15 @@ def encode_file(
     progress: Progress | None = None,
 ) -> Result:
     """Audio file -> ``.dac`` (format 1), through a temporary file renamed into place."""
+    try:
+        return _encode_file(pool, source, output, n_codebooks, overwrite, progress)
+    except PermanentError as exc:
+        raise _naming(source, exc) from exc
+
+
+def _encode_file(
+    pool: CodecPool, source: Path, output: Path, n_codebooks: int | None, overwrite: bool, progress: Progress | None
+) -> Result:
     codec = pool.codec()
     ensure_dir(output.parent)  # fail before the work, not after it
     reader = open_audio(source)
@@ -196,7 +212,16 @@ def decode_file(
     samples); with it, the original rate and exact original length come back.
     ``start_s``/``duration_s`` decode an excerpt, reading only its frames.
     """
-    fmt = fmt or OutputFormat()
+    try:
+        return _decode_file(pool, source, output, fmt or OutputFormat(), resample, start_s, duration_s, overwrite, progress)
+    except PermanentError as exc:
+        raise _naming(source, exc) from exc
+
+
+def _decode_file(
+    pool: CodecPool, source: Path, output: Path, fmt: OutputFormat, resample: bool, start_s: float,
+    duration_s: float | None, overwrite: bool, progress: Progress | None,
+) -> Result:
     dac = read_dac(source)
     ensure_dir(output.parent)
     meta = dac.metadata

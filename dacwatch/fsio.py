@@ -127,6 +127,10 @@ def mirror(source: Path, src_root: Path, dst_root: Path, suffix: str | None = No
     target = dst_root / rel
     if suffix is not None:
         target = target.with_name(target.name + suffix) if not target.suffix else target.with_suffix(suffix)
-    if not within(dst_root, target.parent if target.parent.exists() else dst_root):
+    # A symlinked folder anywhere on the way (existing now) must not lead out.
+    existing = target.parent
+    while not existing.exists() and existing != dst_root and dst_root in existing.parents:
+        existing = existing.parent
+    if existing.exists() and not within(dst_root, existing):
         raise PermanentError(f"{target} would escape {dst_root}")
     return target

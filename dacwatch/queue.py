@@ -50,6 +50,9 @@ CREATE INDEX IF NOT EXISTS jobs_by_path ON jobs (path);
 """
 
 
+CRASHED = "interrupted by a crash"
+
+
 class Status(str, enum.Enum):
     QUEUED = "queued"
     RUNNING = "running"
@@ -237,8 +240,8 @@ class JobQueue:
         with self._tx() as db:
             cur = db.execute(
                 "UPDATE jobs SET status = 'queued', worker = NULL, updated_at = ?, "
-                "last_error = COALESCE(last_error, 'interrupted by a crash') WHERE status = 'running'",
-                (now,),
+                "last_error = ? WHERE status = 'running'",
+                (now, CRASHED),
             )
             return cur.rowcount
 
@@ -260,6 +263,14 @@ class JobQueue:
             return cur.rowcount
 
     # ------------------------------------------------------------------ reading
+
+    def output_owner(self, output: str) -> str | None:
+        """The source path of a finished job that wrote ``output``, if any."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT path FROM jobs WHERE output = ? AND status = 'done' ORDER BY id DESC LIMIT 1", (output,)
+            ).fetchone()
+        return None if row is None else str(row["path"])
 
     def get(self, job_id: int) -> Job | None:
         with self._lock:

@@ -15,6 +15,7 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,10 @@ from . import __version__
 from .audio import OutputFormat, check_regular_file
 from .config import Settings
 from .convert import CodecPool, CodecSettings, Result, decode_file, encode_file
-from .errors import ModelUnavailableError, OutOfMemoryError, PermanentError, TransientError
+from .errors import OutOfMemoryError, PermanentError, TransientError
 from .fsio import atomic_output, ensure_dir, identity, mirror, within
 from .model import ModelSpec
-from .queue import Job, JobQueue
+from .queue import CRASHED, Job, JobQueue, QueueError
 
 
 class Cancelled(Exception):
@@ -71,7 +72,12 @@ class Worker(threading.Thread):
         try:
             while not self.draining.is_set():
                 self.heartbeat = time.monotonic()
-                job = self.queue.lease(self.device)
+                try:
+                    job = self.queue.lease(self.device)
+                except QueueError as exc:
+                    self.log.error("queue.unavailable", error=str(exc))
+                    self.draining.wait(1.0)
+                    continue
                 if job is None:
                     self.draining.wait(0.2)
                     continue
@@ -79,6 +85,18 @@ class Worker(threading.Thread):
         except BaseException as exc:
             self.error = exc
             self.log.exception("worker.crashed")
+
+    def _record(self, action: Callable[..., None], *args: Any) -> None:
+        """Write a job's outcome, waiting out a locked database: the outcome must not be lost."""
+        while True:
+            try:
+                action(*args)
+                return
+            except QueueError as exc:
+                self.heartbeat = time.monotonic()
+                self.log.error("queue.unavailable", error=str(exc), retrying=True)
+                if self.abort.wait(1.0):
+                    raise
 
     def _tick(self, _seconds: float = 0.0) -> None:
         self.heartbeat = time.monotonic()
@@ -93,11 +111,12 @@ class Worker(threading.Thread):
         try:
             if not self._still_there(job, source):
                 return
-            if job.attempts > s.retry.max_attempts:
-                raise PermanentError(f"gave up after {job.attempts - 1} attempts (last: {job.last_error})")
-            result = self._convert(source)
+            if job.last_error == CRASHED and job.attempts > s.retry.max_attempts:
+                # The process died during each of these attempts: stop the crash loop.
+                raise PermanentError(f"the daemon died {job.attempts - 1} times converting this file")
+            result = self._convert(source, job)
             self._dispose(source)
-            self.queue.complete(job.id, str(result.output))
+            self._record(self.queue.complete, job.id, str(result.output))
             wall = time.monotonic() - started
             self.log.info(
                 "job.done", source=str(source), output=str(result.output), kind=result.kind,
@@ -105,8 +124,10 @@ class Worker(threading.Thread):
                 rtf=round(result.audio_s / wall, 3) if wall > 0 else None, attempts=job.attempts,
             )
         except Cancelled:
-            self.queue.requeue(job.id)
+            self._record(self.queue.requeue, job.id)
             self.log.info("job.requeued", source=str(source), reason="shutdown")
+        except QueueError:
+            raise  # _record gave up only because of a shutdown; the job is recovered at boot
         except Exception as exc:
             self._settle(job, source, exc, time.monotonic() - started)
         finally:
@@ -117,8 +138,15 @@ class Worker(threading.Thread):
         try:
             now = identity(source)
         except FileNotFoundError:
-            self.queue.drop(job.id)
-            self.log.info("job.vanished", source=str(source))
+            output = self._output_of(source)
+            if job.last_error == CRASHED and output.exists():
+                # Killed between the rename into place (and the source's disposal)
+                # and recording it: the work is done, record that.
+                self._record(self.queue.complete, job.id, str(output))
+                self.log.info("job.recovered_done", source=str(source), output=str(output))
+            else:
+                self._record(self.queue.drop, job.id)
+                self.log.info("job.vanished", source=str(source))
             return False
         if source.is_symlink() and not within(self.settings.inbox, source):
             self.queue.drop(job.id)  # never read, never moved
@@ -130,14 +158,23 @@ class Worker(threading.Thread):
             return False
         return True
 
-    def _convert(self, source: Path) -> Result:
+    def _output_of(self, source: Path) -> Path:
+        s = self.settings
+        if source.suffix.lower() == ".dac":
+            return mirror(source, s.inbox, s.outbox, "." + s.output.format)
+        return mirror(source, s.inbox, s.outbox, ".dac")
+
+    def _convert(self, source: Path, job: Job) -> Result:
         s = self.settings
         check_regular_file(source)
+        target = self._output_of(source)
+        owner = self.queue.output_owner(str(target))
+        if owner is not None and owner != job.path:
+            # talk.wav and talk.mp3 both want talk.dac: never overwrite another source's output.
+            target = unique(target)
         if source.suffix.lower() == ".dac":
             fmt = OutputFormat(s.output.format, s.output.sample_format)
-            target = mirror(source, s.inbox, s.outbox, fmt.suffix)
             return decode_file(self.pool, source, target, fmt, resample=s.output.resample, progress=self._tick)
-        target = mirror(source, s.inbox, s.outbox, ".dac")
         return encode_file(self.pool, source, target, s.codec.codebooks, progress=self._tick)
 
     def _settle(self, job: Job, source: Path, exc: Exception, wall: float) -> None:
@@ -149,19 +186,22 @@ class Worker(threading.Thread):
             batch = max(1, min(c.batch_size for c in self.pool._codecs.values()) // 2) if self.pool._codecs else 1
             self.pool.with_batch(batch)
             self.log.warning("job.out_of_memory", batch=batch, **fields)
-        permanent = isinstance(exc, PermanentError) and not isinstance(exc, TransientError)
-        if not permanent and job.attempts < s.retry.max_attempts:
+        # Transient faults are the machine's, not the file's: retried for as long
+        # as they last. Anything unexpected gets max_attempts, then quarantine.
+        transient = isinstance(exc, TransientError)
+        permanent = isinstance(exc, PermanentError) and not transient
+        if transient or (not permanent and job.attempts < s.retry.max_attempts):
             delay = 0.0 if isinstance(exc, OutOfMemoryError) else s.retry.delay(job.attempts)
-            self.queue.retry_later(job.id, error, delay)
-            self.log.warning("job.retry_scheduled", delay_s=delay, transient=isinstance(exc, (TransientError, ModelUnavailableError)), **fields)
+            self._record(self.queue.retry_later, job.id, error, delay)
+            self.log.warning("job.retry_scheduled", delay_s=delay, transient=transient, **fields)
             return
         try:
             note = self.quarantine(source, error, job.attempts)
         except TransientError as move_exc:
-            self.queue.retry_later(job.id, f"{error}; quarantine failed: {move_exc}", s.retry.delay(job.attempts))
+            self._record(self.queue.retry_later, job.id, f"{error}; quarantine failed: {move_exc}", s.retry.delay(job.attempts))
             self.log.error("job.quarantine_failed", **fields)
             return
-        self.queue.fail(job.id, error)
+        self._record(self.queue.fail, job.id, error)
         self.log.error("job.failed", quarantined=str(note), **fields)
 
     # ------------------------------------------------------------------ moving sources

@@ -32,7 +32,7 @@ class Daemon:
             "model": {"weights": str(weights)},
             "codec": {"devices": ["cpu"]},
             "watch": {"settle_seconds": 0.5, "reconcile_interval_s": 5.0},
-            "retry": {"backoff_initial_s": 0.2, "max_attempts": 3},
+            "retry": {"backoff_initial_s": 0.2, "backoff_max_s": 1.0, "max_attempts": 3},
         }
         for key, value in overrides.items():
             if "__" in key:
