@@ -33,16 +33,18 @@ from .model import (
     DacNet,
     DecoderContext,
     ReceptiveField,
+    back_interval,
     decoder_context,
     decoder_output_length,
+    decoder_stages,
     encoder_receptive_field,
     layer_padding,
 )
 
 # Per-device defaults, chosen by bench/ (DESIGN.md, "Performance notes"): on a
 # CPU small windows stay in cache; on a GPU large windows in big batches.
-CPU_ENCODE_WINDOW_S = 2.0
-CPU_DECODE_WINDOW_S = 1.0
+CPU_ENCODE_WINDOW_S = 1.0
+CPU_DECODE_WINDOW_S = 0.5
 GPU_ENCODE_WINDOW_S = 10.0
 GPU_DECODE_WINDOW_S = 5.0
 CPU_BATCH = 1
@@ -103,6 +105,7 @@ class ChunkedCodec:
         self.dtype = next(model.parameters()).dtype  # precision follows the network
         self.rf: ReceptiveField = encoder_receptive_field(model)
         self.context: DecoderContext = decoder_context(model)
+        self._stages = decoder_stages(model)
         if self.rf.stride != self.hop or self.context.hop != self.hop:
             raise ValueError("encoder stride, decoder upsampling and hop length disagree")
         self.encode_window_s = (GPU_ENCODE_WINDOW_S if gpu else CPU_ENCODE_WINDOW_S) if encode_window_s is None else encode_window_s
@@ -311,13 +314,14 @@ class ChunkedCodec:
         for i in range(0, len(owned), self.batch_size):
             group = owned[i : i + self.batch_size]
             offsets = [min(max(0, c0 - ctx.left), frames - span) for c0, _ in group]
+            # Window-local output samples each window keeps; the batch computes their union.
+            keeps = [(max(c0 * hop, start) - o * hop, min(c1 * hop, stop) - o * hop) for (c0, c1), o in zip(group, offsets, strict=True)]
             batch = np.stack([self._checked(codes[o : o + span]) for o in offsets])
-            audio = self._decode_rows(batch)  # [windows, channels, samples]
-            for (c0, c1), o, out in zip(group, offsets, audio, strict=True):
-                a = max(c0 * hop, start)
-                b = min(c1 * hop, stop)
+            keep = (min(k[0] for k in keeps), max(k[1] for k in keeps))
+            audio, first = self._decode_rows(batch, keep)  # [windows, channels, samples] from sample `first`
+            for (a, b), out in zip(keeps, audio, strict=True):
                 if b > a:
-                    yield out[:, a - o * hop : b - o * hop]
+                    yield out[:, a - first : b - first]
 
     def _checked(self, window: np.ndarray) -> np.ndarray:
         window = np.asarray(window)
@@ -328,20 +332,37 @@ class ChunkedCodec:
             )
         return window
 
-    def _decode_rows(self, batch: np.ndarray) -> np.ndarray:
-        """Codes ``[windows, frames, nq, channels]`` -> audio ``[windows, channels, samples]``."""
+    def _decode_rows(self, batch: np.ndarray, keep: tuple[int, int]) -> tuple[np.ndarray, int]:
+        """Codes ``[windows, frames, nq, channels]`` -> audio ``[windows, channels, samples]``
+        covering at least window-local output samples ``[keep[0], keep[1])``; also returns
+        the window-local index of the first sample returned.
+
+        Between the decoder's stages each activation is cropped to the positions the
+        kept samples still depend on (the context frames matter to the early,
+        low-rate stages; the late, high-rate ones -- most of the cost -- need almost
+        none). The cut-off edges are zero-padded by the next layers, but nothing kept
+        reads them, so the result is unchanged.
+        """
         windows, frames, nq, channels = batch.shape
         rows = batch.transpose(0, 3, 2, 1).reshape(windows * channels, nq, frames)
         try:
             with torch.inference_mode():
                 codes = torch.from_numpy(rows.astype(np.int64)).to(self.device)
-                z = self.model.quantizer.from_codes(codes)[0]
-                audio = self.model.decoder(z)
-                out = audio.to("cpu", torch.float32).numpy()
+                x = self.model.quantizer.from_codes(codes)[0]
+                first = 0  # window-local index (at the current stage's rate) of x[..., 0]
+                for stage, up, later in self._stages:
+                    x = stage(x)
+                    first *= up
+                    lo, hi = back_interval(later, keep[0], keep[1] - 1)
+                    lo, hi = max(lo, first), min(hi, first + x.shape[-1] - 1)
+                    if lo > first or hi < first + x.shape[-1] - 1:
+                        x = x[..., lo - first : hi - first + 1]
+                        first = lo
+                out = x.to("cpu", torch.float32).numpy()
         except torch.OutOfMemoryError as exc:
             raise OutOfMemoryError(f"out of memory decoding {windows} windows of {frames} frames") from exc
         shaped: np.ndarray = out.reshape(windows, channels, -1)
-        return shaped
+        return shaped, first
 
 
 class _RollingBuffer:

@@ -11,6 +11,7 @@ import contextlib
 import math
 import os
 import tempfile
+import types
 import urllib.error
 import urllib.request
 import warnings
@@ -151,9 +152,31 @@ def prepare_model(model: DacNet, device: str | torch.device = "cpu") -> DacNet:
         for module in model.modules():
             if isinstance(module, (nn.Conv1d, nn.ConvTranspose1d)) and hasattr(module, "weight_g"):
                 torch.nn.utils.remove_weight_norm(module)
+            if type(module).__name__ == "Snake1d":
+                module.forward = types.MethodType(_snake_forward, module)
     model.eval()
     model.requires_grad_(False)
     return model.to(device)
+
+
+def snake(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """DAC's Snake activation, ``x + sin(alpha*x)**2 / (alpha + 1e-9)``, in the same
+    operations and order as ``dac.nn.layers.snake`` (so bit-identical) but in place
+    on one temporary: it is a fifth of the decoder's time, and memory-bound."""
+    t = x * alpha
+    t.sin_()
+    t.mul_(t)
+    t.mul_((alpha + 1e-9).reciprocal())
+    return t.add_(x)
+
+
+def _snake_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    if torch.is_grad_enabled():  # in-place ops are for inference only
+        from dac.nn.layers import snake as dac_snake
+
+        return dac_snake(x, self.alpha)  # type: ignore[no-any-return]
+    alpha: torch.Tensor = self.alpha  # type: ignore[assignment]
+    return snake(x, alpha)
 
 
 def model_info(model: DacNet) -> dict[str, Any]:
@@ -253,6 +276,32 @@ def decoder_context(model: DacNet) -> DecoderContext:
         home = out // hop
         left, right = max(left, home - lo), max(right, hi - home)
     return DecoderContext(left=left, right=right, hop=hop)
+
+
+def back_interval(convs: list[Any], lo: int, hi: int) -> tuple[int, int]:
+    """Positions ``[lo, hi]`` at the output of the chain ``convs`` (layer padding on)
+    depend on input positions in the returned interval (negative = padding)."""
+    for conv in reversed(convs):
+        (k,), (s,), (d,), (p,) = conv.kernel_size, conv.stride, conv.dilation, conv.padding
+        if isinstance(conv, nn.ConvTranspose1d):
+            lo, hi = math.ceil((lo + p - (k - 1) * d) / s), math.floor((hi + p) / s)
+        else:
+            lo, hi = lo * s - p, hi * s - p + (k - 1) * d
+    return lo, hi
+
+
+def decoder_stages(model: DacNet) -> list[tuple[nn.Module, int, list[Any]]]:
+    """The decoder's top-level stages: (module, upsampling factor, convs after it)."""
+    stages = list(model.decoder.model)
+    out = []
+    for i, stage in enumerate(stages):
+        up = 1
+        for conv in _convs(stage):
+            if isinstance(conv, nn.ConvTranspose1d):
+                up *= conv.stride[0]
+        later = [c for s in stages[i + 1 :] for c in _convs(s)]
+        out.append((stage, up, later))
+    return out
 
 
 def decoder_output_length(model: DacNet, frames: int) -> int:

@@ -63,3 +63,34 @@ def test_invalid_specs() -> None:
         ModelSpec("48khz")
     with pytest.raises(ModelUnavailableError, match="no released"):
         load_model(ModelSpec("44khz", "8kbps", "9.9.9"))
+
+
+def test_fast_snake_is_bit_identical_to_dacs() -> None:
+    import torch
+    from dac.nn.layers import snake as dac_snake
+
+    from dacwatch.model import snake
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 16, 5000, generator=gen) * 3
+    alpha = torch.rand(1, 16, 1, generator=gen) + 0.2
+    with torch.inference_mode():
+        assert torch.equal(snake(x.clone(), alpha), dac_snake(x, alpha))
+
+
+def test_prepared_model_matches_dacs_own_forward() -> None:
+    """Folding weight norm and the in-place Snake change nothing: whole-file codes and
+    audio equal DAC's own encode/decode of the untouched network."""
+    import torch
+
+    original = tiny_model("44khz", seed=3)
+    prepared = prepare_model(tiny_model("44khz", seed=3))  # the same weights, built again
+    x = noise(1, 30000, seed=4)
+    codec = ChunkedCodec(prepared, "cpu", encode_window_s=0, decode_window_s=0)
+    with torch.inference_mode():
+        padded = original.preprocess(torch.from_numpy(x)[None], 44100)
+        z, codes = original.encode(padded)[:2]
+        audio = original.decode(z)
+    ours = codec.encode(x)
+    assert np.array_equal(ours[:, :, 0].T, codes[0].numpy())
+    assert np.abs(codec.decode(ours)[0] - audio[0, 0].numpy()).max() < 1e-5
