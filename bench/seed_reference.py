@@ -4,8 +4,8 @@ What the seed did (as the project's issues describe it): hold the whole
 signal in memory, encode it one window at a time (batch 1) with the layer
 padding off and the signal padded by the model's delay -- DAC 1.0.0's
 chunking, whose frames line up with a whole-file pass except near the edges --
-and decode all codes in a single unchunked pass. Nothing here is used by
-dacwatch itself.
+and decode all codes in a single unchunked pass. It runs DAC's stock network, as
+the seed did. Nothing here is used by dacwatch itself.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -44,7 +44,8 @@ from .model import (
 # Per-device defaults, chosen by bench/ (DESIGN.md, "Performance notes"): on a
 # CPU small windows stay in cache; on a GPU large windows in big batches.
 CPU_ENCODE_WINDOW_S = 1.0
-CPU_DECODE_WINDOW_S = 0.5
+CPU_DECODE_WINDOW_S = 4.0
+CPU_DECODE_TILE = 16384  # samples per depth-first tile after the first decoder block (0 = off)
 GPU_ENCODE_WINDOW_S = 10.0
 GPU_DECODE_WINDOW_S = 5.0
 CPU_BATCH = 1
@@ -106,6 +107,11 @@ class ChunkedCodec:
         self.rf: ReceptiveField = encoder_receptive_field(model)
         self.context: DecoderContext = decoder_context(model)
         self._stages = decoder_stages(model)
+        # Depth-first decoding: stages after `tile_after` run on tiles of this many
+        # output samples (0 = whole windows). On a CPU it keeps the late, high-rate
+        # activations in cache; a GPU wants whole windows for parallelism.
+        self.tile_after = 1
+        self.tile_samples = 0 if gpu else CPU_DECODE_TILE
         if self.rf.stride != self.hop or self.context.hop != self.hop:
             raise ValueError("encoder stride, decoder upsampling and hop length disagree")
         self.encode_window_s = (GPU_ENCODE_WINDOW_S if gpu else CPU_ENCODE_WINDOW_S) if encode_window_s is None else encode_window_s
@@ -349,20 +355,41 @@ class ChunkedCodec:
             with torch.inference_mode():
                 codes = torch.from_numpy(rows.astype(np.int64)).to(self.device)
                 x = self.model.quantizer.from_codes(codes)[0]
-                first = 0  # window-local index (at the current stage's rate) of x[..., 0]
-                for stage, up, later in self._stages:
-                    x = stage(x)
-                    first *= up
-                    lo, hi = back_interval(later, keep[0], keep[1] - 1)
-                    lo, hi = max(lo, first), min(hi, first + x.shape[-1] - 1)
-                    if lo > first or hi < first + x.shape[-1] - 1:
-                        x = x[..., lo - first : hi - first + 1]
-                        first = lo
+                split = self.tile_after + 1 if self.tile_samples else len(self._stages)
+                x, first = self._through(x, 0, 0, split, keep)
+                if split < len(self._stages):
+                    # Depth first: the late, high-rate stages run tile by tile so their
+                    # activations stay in cache; each tile is cropped like a window.
+                    pieces = []
+                    for a in range(keep[0], keep[1], self.tile_samples):
+                        tile = (a, min(a + self.tile_samples, keep[1]))
+                        part, at = self._crop(x, first, self._stages[split - 1][2], tile)
+                        y, y_first = self._through(part, at, split, len(self._stages), tile)
+                        pieces.append(y[..., tile[0] - y_first : tile[1] - y_first])
+                    x, first = torch.cat(pieces, dim=-1), keep[0]
                 out = x.to("cpu", torch.float32).numpy()
         except torch.OutOfMemoryError as exc:
             raise OutOfMemoryError(f"out of memory decoding {windows} windows of {frames} frames") from exc
         shaped: np.ndarray = out.reshape(windows, channels, -1)
         return shaped, first
+
+    def _through(
+        self, x: torch.Tensor, first: int, start: int, stop: int, keep: tuple[int, int]
+    ) -> tuple[torch.Tensor, int]:
+        """Run decoder stages ``[start, stop)`` on ``x`` (whose first position is window-local
+        ``first``), cropping after each to what output samples ``keep`` depend on."""
+        for stage, up, later in self._stages[start:stop]:
+            x = stage(x)
+            x, first = self._crop(x, first * up, later, keep)
+        return x, first
+
+    @staticmethod
+    def _crop(x: torch.Tensor, first: int, later: list[Any], keep: tuple[int, int]) -> tuple[torch.Tensor, int]:
+        lo, hi = back_interval(later, keep[0], keep[1] - 1)
+        lo, hi = max(lo, first), min(hi, first + x.shape[-1] - 1)
+        if lo > first or hi < first + x.shape[-1] - 1:
+            return x[..., lo - first : hi - first + 1], lo
+        return x, first
 
 
 class _RollingBuffer:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -49,6 +50,16 @@ def tone(sample_rate: int, seconds: float, channels: int = 1, freq: float = 440.
     """``[samples, channels]`` sine tones (a different pitch per channel), for files."""
     t = np.arange(round(sample_rate * seconds)) / sample_rate
     return np.stack([0.3 * np.sin(2 * np.pi * freq * (1 + 0.25 * c) * t) for c in range(channels)], axis=1)
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, tiny_weights: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A real ``dacwatch run`` on temporary folders; ``indirect`` params override config keys."""
+    from .daemon import Daemon
+
+    d = Daemon(tmp_path, tiny_weights, **getattr(request, "param", {}))
+    yield d
+    d.close()
 
 
 @pytest.fixture

@@ -14,7 +14,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import soundfile as sf
+
 from dacwatch.fsio import TEMP_PREFIX
+
+from .conftest import tone
+
+
+def wav(path: Path, seconds: float = 0.5, rate: int = 16000, channels: int = 1) -> Path:
+    """A WAV of sine tones at ``path`` (folders made as needed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), tone(rate, seconds, channels), rate, subtype="PCM_16")
+    return path
 
 
 class Daemon:

@@ -210,3 +210,21 @@ def test_chunking_is_exact_in_float64(tiny_models: dict[str, nn.Module]) -> None
         ref = ref_codec.decode(codes)
         got = ChunkedCodec(m, "cpu", decode_window_s=3 * ref_codec.hop / m.sample_rate, batch_size=2).decode(codes)
         assert np.array_equal(got, ref)
+
+
+@pytest.mark.parametrize("model_type", ["44khz", "24khz"])
+def test_depth_first_tiles_do_not_change_decoding(tiny_models: dict[str, nn.Module], model_type: str) -> None:
+    import copy
+
+    m = copy.deepcopy(tiny_models[model_type]).double()
+    codes = np.random.default_rng(8).integers(0, 64, size=(50, 4, 2)).astype(np.int16)
+    ref = whole(m).decode(codes)
+    hop = whole(m).hop
+    for tile_after in (0, 1, 2):
+        for tile in (hop, 3 * hop + 7, 1000, 10**6):
+            codec = ChunkedCodec(m, "cpu", decode_window_s=12 * hop / m.sample_rate, batch_size=2)
+            codec.tile_after, codec.tile_samples = tile_after, tile
+            assert np.array_equal(codec.decode(codes), ref), (tile_after, tile)
+            start, stop = 5 * hop + 3, 31 * hop - 11
+            part = np.concatenate(list(codec.decode_stream(codes, start, stop)), axis=1)
+            assert np.array_equal(part, ref[:, start:stop])

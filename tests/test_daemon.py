@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,21 +17,7 @@ import soundfile as sf
 from dacwatch.container import read
 
 from .conftest import tone
-from .daemon import Daemon
-
-
-@pytest.fixture
-def daemon(tmp_path: Path, tiny_weights: Path, request: pytest.FixtureRequest) -> Iterator[Daemon]:
-    overrides = getattr(request, "param", {})
-    d = Daemon(tmp_path, tiny_weights, **overrides)
-    yield d
-    d.close()
-
-
-def wav(path: Path, seconds: float = 0.5, rate: int = 16000, channels: int = 1) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(str(path), tone(rate, seconds, channels), rate, subtype="PCM_16")
-    return path
+from .daemon import Daemon, wav
 
 
 def test_present_moved_renamed_bad_and_decoded_files(daemon: Daemon, tmp_path: Path) -> None:

@@ -29,20 +29,7 @@ from dacwatch.fsio import mirror
 from dacwatch.queue import JobQueue
 
 from .conftest import tone
-from .daemon import Daemon
-
-
-@pytest.fixture
-def daemon(tmp_path: Path, tiny_weights: Path, request: pytest.FixtureRequest) -> Iterator[Daemon]:
-    d = Daemon(tmp_path, tiny_weights, **getattr(request, "param", {}))
-    yield d
-    d.close()
-
-
-def wav(path: Path, seconds: float = 0.3, rate: int = 16000, channels: int = 1) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(str(path), tone(rate, seconds, channels), rate, subtype="PCM_16")
-    return path
+from .daemon import Daemon, wav
 
 
 def outcomes(d: Daemon) -> dict[str, str]:
