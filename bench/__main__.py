@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--long-network", choices=["tiny", "same"], default="tiny",
                    help="network for the long-file memory check: 'same' is the benchmark's (hours on a CPU)")
     p.add_argument("--seed-memory-seconds", type=float, nargs="*", default=[10.0, 30.0])
+    p.add_argument("--only-long", action="store_true", help="only the long-file memory check")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
 
@@ -108,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         "audio_s": args.seconds, "channels": args.channels,
     }
     print(f"bench: {report['network']} on {report['device']}, {args.seconds} s x {args.channels} ch", file=sys.stderr)
+    if args.only_long:
+        report["long_file"] = long_files(args, base, weights, tiny_weights, work, report["network"])
+        return save(args, report, markdown_long(report))
 
     # Reference: one whole-file pass (dacwatch with window 0 is exactly DAC's forward).
     ref = child({**base, "task": "encode", "approach": "whole", "input": str(work / "audio.npy"), "output": str(work / "ref.npy")})
@@ -171,25 +175,33 @@ def main(argv: list[str] | None = None) -> int:
         report["seed_decode_mb_per_stereo_s"] = slope
         report["seed_decode_30min_estimate_mb"] = b["decode_peak_mb"] + slope * (1800 - b["seconds"])
 
-    # Memory of dacwatch on long stereo files read from and written to disk.
+    report["long_file"] = long_files(args, base, weights, tiny_weights, work, report["network"])
+    return save(args, report, markdown(report))
+
+
+def long_files(args: argparse.Namespace, base: dict[str, Any], weights: Path, tiny_weights: Path, work: Path, network: str) -> dict[str, Any]:
+    """Memory of dacwatch on long stereo files read from and written to disk."""
     long_weights = str(tiny_weights) if args.long_network == "tiny" else str(weights)
-    long_rows = []
+    rows = []
     for minutes in args.long_minutes:
         wav = work / f"long-{minutes:g}.wav"
         write_wav(wav, minutes * 60, 2, 48000)
-        enc = child({"weights": long_weights, "device": args.device, "task": "encode_file", "input": str(wav), "output": str(work / "long.dac")})
-        dec = child({"weights": long_weights, "device": args.device, "task": "decode_file", "input": str(work / "long.dac"), "output": str(work / "long-out.wav")})
-        long_rows.append({"minutes": minutes, "encode_peak_mb": enc["peak_rss_mb"], "decode_peak_mb": dec["peak_rss_mb"],
-                          "encode_x": minutes * 60 / enc["wall_s"], "decode_x": minutes * 60 / dec["wall_s"]})
+        spec = {"weights": long_weights, "device": args.device}
+        enc = child({**spec, "task": "encode_file", "input": str(wav), "output": str(work / "long.dac")})
+        dec = child({**spec, "task": "decode_file", "input": str(work / "long.dac"), "output": str(work / "long-out.wav")})
+        rows.append({"minutes": minutes, "encode_peak_mb": enc["peak_rss_mb"], "decode_peak_mb": dec["peak_rss_mb"],
+                     "encode_growth_mb": enc["work_growth_mb"], "decode_growth_mb": dec["work_growth_mb"],
+                     "encode_x": minutes * 60 / enc["wall_s"], "decode_x": minutes * 60 / dec["wall_s"]})
         wav.unlink()
         print(f"  long {minutes:g} min: encode peak {enc['peak_rss_mb']:.0f} MB, decode peak {dec['peak_rss_mb']:.0f} MB", file=sys.stderr)
-    report["long_file"] = {"network": "tiny random (same strides)" if args.long_network == "tiny" else report["network"], "rows": long_rows}
+    return {"network": "tiny random (same strides)" if args.long_network == "tiny" else network, "rows": rows}
 
+
+def save(args: argparse.Namespace, report: dict[str, Any], md: str) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M")
-    tag = "cpu" if args.device == "cpu" else "gpu"
+    tag = ("cpu" if args.device == "cpu" else "gpu") + ("-long" if args.only_long else "")
     (args.out / f"{tag}-{stamp}.json").write_text(json.dumps(report, indent=2) + "\n")
-    md = markdown(report)
     (args.out / f"{tag}-{stamp}.md").write_text(md)
     (args.out / f"latest-{tag}.md").write_text(md)
     print(md)
@@ -238,10 +250,24 @@ def markdown(r: dict[str, Any]) -> str:
     lines += [f"| {m['seconds']:g} | {m['encode_peak_mb']:.0f} | {m['decode_peak_mb']:.0f} |" for m in r["seed_memory"]]
     if "seed_decode_30min_estimate_mb" in r:
         lines += ["", f"Seed decode grows by {r['seed_decode_mb_per_stereo_s']:.0f} MB per stereo second: a 30-minute file would need about {r['seed_decode_30min_estimate_mb'] / 1024:.0f} GB (linear extrapolation; it cannot run here)."]
+    return "\n".join(lines) + "\n" + markdown_long(r)
+
+
+def markdown_long(r: dict[str, Any]) -> str:
     lf = r["long_file"]
-    lines += ["", f"Memory of dacwatch on long stereo 48 kHz files through the file pipeline ({lf['network']} network; peak RSS MB):", "",
-              "| minutes | encode peak | decode peak | encode x | decode x |", "|---|---|---|---|---|"]
-    lines += [f"| {m['minutes']:g} | {m['encode_peak_mb']:.0f} | {m['decode_peak_mb']:.0f} | {m['encode_x']:.1f} | {m['decode_x']:.1f} |" for m in lf["rows"]]
+    lines = [""]
+    if "runs" not in r:
+        lines = [f"# dacwatch long-file memory, {r['date']}", "",
+                 f"device {r['device']} ({r['cpu']}, {r['cores']} cores); torch {r['torch']}; dacwatch {r['dacwatch']}."]
+    lines += ["", f"Memory of dacwatch on long stereo 48 kHz files through the file pipeline, WAV -> .dac -> WAV ({lf['network']} network). "
+              "Peak RSS of the process (MB; loading the model usually sets it), RSS growth while converting (MB, sampled every 20 ms), "
+              "and stereo seconds converted per wall second:", "",
+              "| minutes | encode peak | decode peak | encode growth | decode growth | encode x | decode x |", "|---|---|---|---|---|---|---|"]
+    lines += [
+        f"| {m['minutes']:g} | {m['encode_peak_mb']:.0f} | {m['decode_peak_mb']:.0f} | {m.get('encode_growth_mb', float('nan')):.0f} "
+        f"| {m.get('decode_growth_mb', float('nan')):.0f} | {m['encode_x']:.1f} | {m['decode_x']:.1f} |"
+        for m in lf["rows"]
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -30,6 +30,31 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+class _Sampler:
+    """Samples this process's RSS every 20 ms while work runs: the process peak
+    (ru_maxrss) is often set by loading the model, not by the work."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peak = _rss_mb()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, _rss_mb())
+
+    def __enter__(self) -> _Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_mb())
+
+
 def _load(spec: dict[str, Any], prepared: bool = True) -> Any:
     from dac.model import DAC
 
@@ -76,11 +101,13 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         pool.codec()
         baseline = _rss_mb()
         started = time.perf_counter()
-        if task == "encode_file":
-            encode_file(pool, Path(spec["input"]), Path(spec["output"]))
-        else:
-            decode_file(pool, Path(spec["input"]), Path(spec["output"]), OutputFormat("wav", "pcm16"), resample=True)
+        with _Sampler() as sampler:
+            if task == "encode_file":
+                encode_file(pool, Path(spec["input"]), Path(spec["output"]))
+            else:
+                decode_file(pool, Path(spec["input"]), Path(spec["output"]), OutputFormat("wav", "pcm16"), resample=True)
         out["wall_s"] = time.perf_counter() - started
+        out["work_growth_mb"] = sampler.peak - baseline
     elif task == "sweep":
         return _sweep(spec)
     else:

@@ -113,7 +113,7 @@ def _one_line(exc: BaseException) -> str:
 # ---------------------------------------------------------------------- one-shot conversion
 
 
-def _pool(args: argparse.Namespace, with_spec: bool = True) -> Any:
+def _pool(args: argparse.Namespace) -> Any:
     from .convert import CodecPool, CodecSettings
     from .model import ModelSpec
 
@@ -251,9 +251,15 @@ def _settings(args: argparse.Namespace) -> Any:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import signal
+
+    # Importing torch takes seconds; a SIGTERM then must still mean "stop cleanly".
+    early: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: early.append(signum))
     from .service import run
 
-    status: int = run(_settings(args))
+    status: int = run(_settings(args), early_signals=early)
     return status
 
 

@@ -20,6 +20,8 @@ import torch
 from . import __version__
 from .audio import (
     AudioError,
+    AudioReader,
+    Measurement,
     OutputFormat,
     StreamResampler,
     fit_length,
@@ -167,13 +169,9 @@ def _encode_file(
     reader = open_audio(source)
     try:
         info = reader.info
-        measurement = measure(reader, str(source))
-        if measurement.frames == 0:
-            raise AudioError(f"{source}: holds no samples")
-        gain = measurement.gain_db()
-        resampler = StreamResampler(info.sample_rate, codec.sample_rate, info.channels)
+        measurement, gain, at_model_rate = _prepared(reader, codec.sample_rate, source, progress)
         counted = _Counter()
-        blocks = counted.wrap(resampler.stream(_progressed(scaled(reader.blocks(), gain), info.sample_rate, progress)))
+        blocks = counted.wrap(at_model_rate)
         with CodeSpill(codec.n_codebooks if n_codebooks is None else n_codebooks, info.channels, output.parent) as spill:
             for codes in codec.encode_stream(blocks, info.channels, n_codebooks):
                 spill.append(codes)
@@ -193,6 +191,20 @@ def _encode_file(
     finally:
         reader.close()
     return Result("encode", output, measurement.frames / info.sample_rate, frames)
+
+
+def _prepared(
+    reader: AudioReader, rate: int, source: Path, progress: Progress | None = None
+) -> tuple[Measurement, float, Iterator[np.ndarray]]:
+    """Pass one over the file (loudness, peak); then pass two as a stream of blocks at
+    the model's ``rate``, normalised as DAC normalises before encoding."""
+    info = reader.info
+    measurement = measure(reader, str(source))
+    if measurement.frames == 0:
+        raise AudioError(f"{source}: holds no samples")
+    gain = measurement.gain_db()
+    resampler = StreamResampler(info.sample_rate, rate, info.channels)
+    return measurement, gain, resampler.stream(_progressed(scaled(reader.blocks(), gain), info.sample_rate, progress))
 
 
 def decode_file(
@@ -335,14 +347,10 @@ def verify_file(pool: CodecPool, source: Path, n_codebooks: int | None = None) -
     codec = pool.codec()
     reader = open_audio(source)
     try:
-        info = reader.info
-        measurement = measure(reader, str(source))
-        gain = measurement.gain_db()
-        resampler = StreamResampler(info.sample_rate, codec.sample_rate, info.channels)
-        parts = list(resampler.stream(scaled(reader.blocks(), gain)))
+        parts = list(_prepared(reader, codec.sample_rate, source)[2])
     finally:
         reader.close()
-    audio = np.concatenate(parts, axis=1) if parts else np.zeros((info.channels, 0), np.float32)
+    audio = np.concatenate(parts, axis=1)
     chunked = codec.encode(audio, n_codebooks)
     whole = ChunkedCodec(codec.model, codec.device, 0, 0, 1).encode(audio, n_codebooks)
     differing = int((chunked != whole).any(axis=(1, 2)).sum()) if chunked.shape == whole.shape else max(len(chunked), len(whole))

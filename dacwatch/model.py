@@ -266,13 +266,7 @@ def decoder_context(model: DacNet) -> DecoderContext:
             raise ValueError("the decoder is expected to downsample nowhere")
     left = right = 0
     for out in range(hop):
-        lo, hi = out, out
-        for conv in reversed(convs):
-            (k,), (s,), (d,), (p,) = conv.kernel_size, conv.stride, conv.dilation, conv.padding
-            if isinstance(conv, nn.ConvTranspose1d):
-                lo, hi = math.ceil((lo + p - (k - 1) * d) / s), math.floor((hi + p) / s)
-            else:
-                lo, hi = lo * s - p, hi * s - p + (k - 1) * d
+        lo, hi = back_interval(convs, out, out)
         home = out // hop
         left, right = max(left, home - lo), max(right, hi - home)
     return DecoderContext(left=left, right=right, hop=hop)

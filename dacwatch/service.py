@@ -195,13 +195,16 @@ class Service:
         self.log.info("service.stopped")
 
 
-def run(settings: Settings) -> int:
-    """``dacwatch run``: returns the process exit status."""
+def run(settings: Settings, early_signals: list[int] | None = None) -> int:
+    """``dacwatch run``: returns the process exit status. ``early_signals`` are signals
+    caught (and only recorded) before this function could install its handlers."""
     logs.setup(settings.log_format, settings.log_level)
     log = logs.get("dacwatch.service")
     notify = Notifier.from_env()
     service = Service(settings, notify)
     previous = {sig: signal.signal(sig, service.on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    for signum in early_signals or ():
+        service.on_signal(signum, None)
     try:
         log.info("service.starting", version=__version__, inbox=str(settings.inbox), outbox=str(settings.outbox), pid=os.getpid())
         try:
@@ -210,6 +213,9 @@ def run(settings: Settings) -> int:
             log.error("service.startup_failed", error=" ".join(str(exc).split()))
             service.shutdown(0)
             return 1
+        if service.stopping.is_set():  # asked to stop while starting: no READY, clean exit
+            service.shutdown(0)
+            return 0
         notify("READY=1")
         notify(f"STATUS={service.status_line()}")
         log.info("service.ready", workers=[w.device for w in service.workers])

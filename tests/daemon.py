@@ -76,6 +76,7 @@ class Daemon:
             [sys.executable, "-m", "dacwatch", "run", "--config", str(self.config)], stdout=log, stderr=log, env=full_env
         )
         log.close()
+        self._ready_before = len(self.events("service.ready"))
         return self
 
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
@@ -106,7 +107,8 @@ class Daemon:
         return self.events(name)
 
     def ready(self, timeout: float = 60.0) -> Daemon:
-        self.wait_event("service.ready", timeout=timeout)
+        """Wait for this run's READY (the log holds earlier runs' too)."""
+        self.wait_event("service.ready", count=self._ready_before + 1, timeout=timeout)
         return self
 
     def send(self, sig: int) -> None:

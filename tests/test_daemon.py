@@ -193,3 +193,10 @@ def test_a_listener_that_never_reads_does_not_stall_the_daemon(daemon: Daemon, t
         assert daemon.stop() == 0
     finally:
         deaf.close()
+
+
+def test_sigterm_while_starting_exits_0_without_ready(daemon: Daemon) -> None:
+    daemon.start(notify=True)
+    time.sleep(0.5)  # still importing torch: before any handler of the service exists
+    assert daemon.stop() == 0
+    assert "READY=1" not in daemon.messages()
