@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     audio_s = args.seconds * args.channels  # mono-equivalent seconds of audio
 
     report: dict[str, Any] = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
         "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
         "torch": torch.__version__, "dacwatch": __version__,
@@ -199,7 +199,7 @@ def long_files(args: argparse.Namespace, base: dict[str, Any], weights: Path, ti
 
 def save(args: argparse.Namespace, report: dict[str, Any], md: str) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M")
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M")
     tag = ("cpu" if args.device == "cpu" else "gpu") + ("-long" if args.only_long else "")
     (args.out / f"{tag}-{stamp}.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out / f"{tag}-{stamp}.md").write_text(md)

@@ -122,11 +122,14 @@ class CodecPool:
             )
         return codec
 
-    def with_batch(self, batch_size: int) -> None:
-        """Shrink the batch of every loaded codec (after running out of memory)."""
+    def halve_batch(self) -> int:
+        """After running out of memory: halve the batch of every loaded codec; returns the new size."""
         with self._lock:
+            smallest = min((c.batch_size for c in self._codecs.values()), default=1)
+            batch = max(1, smallest // 2)
             for codec in self._codecs.values():
-                codec.batch_size = max(1, min(codec.batch_size, batch_size))
+                codec.batch_size = min(codec.batch_size, batch)
+            return batch
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ CREATE INDEX IF NOT EXISTS jobs_by_path ON jobs (path);
 CRASHED = "interrupted by a crash"
 
 
-class Status(str, enum.Enum):
+class Status(enum.StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
     DONE = "done"

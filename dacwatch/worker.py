@@ -183,9 +183,7 @@ class Worker(threading.Thread):
         error = " ".join(str(exc).split()) or type(exc).__name__
         fields = dict(source=str(source), error=error, attempts=job.attempts, wall_s=round(wall, 3))
         if isinstance(exc, OutOfMemoryError):
-            batch = max(1, min(c.batch_size for c in self.pool._codecs.values()) // 2) if self.pool._codecs else 1
-            self.pool.with_batch(batch)
-            self.log.warning("job.out_of_memory", batch=batch, **fields)
+            self.log.warning("job.out_of_memory", batch=self.pool.halve_batch(), **fields)
         # Transient faults are the machine's, not the file's: retried for as long
         # as they last. Anything unexpected gets max_attempts, then quarantine.
         transient = isinstance(exc, TransientError)

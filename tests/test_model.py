@@ -94,3 +94,12 @@ def test_prepared_model_matches_dacs_own_forward() -> None:
     ours = codec.encode(x)
     assert np.array_equal(ours[:, :, 0].T, codes[0].numpy())
     assert np.abs(codec.decode(ours)[0] - audio[0, 0].numpy()).max() < 1e-5
+
+
+def test_out_of_memory_halves_the_batch_down_to_one(tiny_weights: Path) -> None:
+    from dacwatch.convert import CodecPool, CodecSettings
+
+    pool = CodecPool(ModelSpec(weights=tiny_weights), CodecSettings("cpu", batch_size=8))
+    pool.codec()
+    assert [pool.halve_batch() for _ in range(5)] == [4, 2, 1, 1, 1]
+    assert pool.codec().batch_size == 1
