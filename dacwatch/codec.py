@@ -124,11 +124,6 @@ class ChunkedCodec:
 
     # ------------------------------------------------------------------ geometry
 
-    @property
-    def min_window_s(self) -> float:
-        """The smallest encode window: one receptive field."""
-        return self.rf.size / self.sample_rate
-
     def frames_per_window(self) -> int:
         """Frames one interior encode window yields; 0 means whole file."""
         if self.encode_window_s == 0:
@@ -140,10 +135,6 @@ class ChunkedCodec:
         if self.decode_window_s == 0:
             return 0
         return max(1, round(self.decode_window_s * self.sample_rate / self.hop))
-
-    def frames_for(self, samples: int) -> int:
-        """Code frames of a file of ``samples`` samples at the model rate."""
-        return math.ceil(samples / self.hop)
 
     # ------------------------------------------------------------------ model calls
 

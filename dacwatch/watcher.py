@@ -14,7 +14,7 @@ import queue as stdqueue
 import stat as stmod
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,9 +101,6 @@ class Debouncer:
             self._pending[path] = _Pending(ident, self.clock(), closed)
         elif closed:
             entry.closed = True
-
-    def forget(self, path: Path) -> None:
-        self._pending.pop(path, None)
 
     def due(self) -> list[tuple[Path, Identity]]:
         """Paths that are complete now, with the identity they had when judged so."""
@@ -227,16 +224,9 @@ class Watcher(threading.Thread):
             if self.rules.ignored(path) is None:
                 self.debouncer.seen(path, closed)
 
-    def request_scan(self) -> None:
-        self._rescan.set()
-
     def stop(self) -> None:
         self._stopping.set()
 
     def healthy(self, max_silence_s: float = 30.0) -> bool:
         observer_ok = self._observer is None or self._observer.is_alive()
         return self.is_alive() and observer_ok and time.monotonic() - self.heartbeat < max_silence_s
-
-
-def candidates(paths: Iterable[Path], rules: IgnoreRules) -> list[Path]:
-    return [p for p in paths if rules.ignored(p) is None]
