@@ -29,7 +29,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def child(spec: dict[str, Any]) -> dict[str, Any]:
     proc = subprocess.run(
         [sys.executable, "-m", "bench.child", json.dumps(spec)],
-        capture_output=True, text=True, check=False, cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=Path(__file__).resolve().parent.parent,
     )
     if proc.returncode != 0:
         raise SystemExit(f"bench child failed: {spec['task']} {spec.get('approach')}\n{proc.stderr[-3000:]}")
@@ -63,7 +66,9 @@ def write_wav(path: Path, seconds: float, channels: int, rate: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--weights", type=Path, help="real DAC weights (default: random full-size 44 kHz network)")
     p.add_argument("--tiny", action="store_true", help="tiny random network (smoke test, not for figures)")
     p.add_argument("--device", default="cpu")
@@ -72,9 +77,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sweep-seconds", type=float, default=10.0)
     p.add_argument("--windows", type=float, nargs="*", default=[0.5, 1.0, 2.0, 5.0])
     p.add_argument("--batches", type=int, nargs="*", default=[1, 4])
-    p.add_argument("--long-minutes", type=float, nargs="*", default=[10.0, 30.0], help="stereo lengths for the memory check")
-    p.add_argument("--long-network", choices=["tiny", "same"], default="tiny",
-                   help="network for the long-file memory check: 'same' is the benchmark's (hours on a CPU)")
+    p.add_argument(
+        "--long-minutes", type=float, nargs="*", default=[10.0, 30.0], help="stereo lengths for the memory check"
+    )
+    p.add_argument(
+        "--long-network",
+        choices=["tiny", "same"],
+        default="tiny",
+        help="network for the long-file memory check: 'same' is the benchmark's (hours on a CPU)",
+    )
     p.add_argument("--seed-memory-seconds", type=float, nargs="*", default=[10.0, 30.0])
     p.add_argument("--only-long", action="store_true", help="only the long-file memory check")
     p.add_argument("--out", type=Path, default=RESULTS)
@@ -103,10 +114,15 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
-        "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-        "torch": torch.__version__, "dacwatch": __version__,
-        "network": "real weights" if args.weights else ("tiny random" if args.tiny else "full-size 44 kHz, random weights"),
-        "audio_s": args.seconds, "channels": args.channels,
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "dacwatch": __version__,
+        "network": "real weights"
+        if args.weights
+        else ("tiny random" if args.tiny else "full-size 44 kHz, random weights"),
+        "audio_s": args.seconds,
+        "channels": args.channels,
     }
     print(f"bench: {report['network']} on {report['device']}, {args.seconds} s x {args.channels} ch", file=sys.stderr)
     if args.only_long:
@@ -114,7 +130,15 @@ def main(argv: list[str] | None = None) -> int:
         return save(args, report, markdown_long(report))
 
     # Reference: one whole-file pass (dacwatch with window 0 is exactly DAC's forward).
-    ref = child({**base, "task": "encode", "approach": "whole", "input": str(work / "audio.npy"), "output": str(work / "ref.npy")})
+    ref = child(
+        {
+            **base,
+            "task": "encode",
+            "approach": "whole",
+            "input": str(work / "audio.npy"),
+            "output": str(work / "ref.npy"),
+        }
+    )
     reference = np.load(work / "ref.npy")
     runs: dict[str, dict[str, Any]] = {}
     for approach in ("dacwatch", "seed", "dac"):
@@ -127,7 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         r["extra_frames"] = int(len(codes) - len(reference))
         r["x_realtime"] = audio_s / r["wall_s"]
         runs[f"encode/{approach}"] = r
-        print(f"  encode {approach:9s} {r['x_realtime']:.2f}x realtime, {r['frames_differing']} frames differ", file=sys.stderr)
+        print(
+            f"  encode {approach:9s} {r['x_realtime']:.2f}x realtime, {r['frames_differing']} frames differ",
+            file=sys.stderr,
+        )
     runs["encode/whole"] = {**ref, "x_realtime": audio_s / ref["wall_s"]}
 
     # Decoding: everyone decodes the same codes; the seed's unchunked pass is the reference audio.
@@ -159,15 +186,27 @@ def main(argv: list[str] | None = None) -> int:
     # Window and batch sweep for dacwatch.
     sweep_audio = synth(args.sweep_seconds, args.channels, rate, seed=1)
     np.save(work / "sweep.npy", sweep_audio)
-    report["sweep"] = child({**base, "task": "sweep", "input": str(work / "sweep.npy"), "windows": args.windows, "batches": args.batches})["rows"]
+    report["sweep"] = child(
+        {**base, "task": "sweep", "input": str(work / "sweep.npy"), "windows": args.windows, "batches": args.batches}
+    )["rows"]
 
     # Memory: the seed holds the whole signal and decodes in one pass, so it grows with length.
     seed_mem = []
     for seconds in args.seed_memory_seconds:
         np.save(work / "mem.npy", synth(seconds, 2, rate, seed=2))
-        enc = child({**base, "task": "encode", "approach": "seed", "input": str(work / "mem.npy"), "output": str(work / "mem-codes.npy")})
+        enc = child(
+            {
+                **base,
+                "task": "encode",
+                "approach": "seed",
+                "input": str(work / "mem.npy"),
+                "output": str(work / "mem-codes.npy"),
+            }
+        )
         dec = child({**base, "task": "decode", "approach": "seed", "input": str(work / "mem-codes.npy")})
-        seed_mem.append({"seconds": seconds, "encode_peak_mb": enc["peak_rss_mb"], "decode_peak_mb": dec["peak_rss_mb"]})
+        seed_mem.append(
+            {"seconds": seconds, "encode_peak_mb": enc["peak_rss_mb"], "decode_peak_mb": dec["peak_rss_mb"]}
+        )
     report["seed_memory"] = seed_mem
     if len(seed_mem) >= 2:
         (a, b) = seed_mem[0], seed_mem[-1]
@@ -179,7 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     return save(args, report, markdown(report))
 
 
-def long_files(args: argparse.Namespace, base: dict[str, Any], weights: Path, tiny_weights: Path, work: Path, network: str) -> dict[str, Any]:
+def long_files(
+    args: argparse.Namespace, base: dict[str, Any], weights: Path, tiny_weights: Path, work: Path, network: str
+) -> dict[str, Any]:
     """Memory of dacwatch on long stereo files read from and written to disk."""
     long_weights = str(tiny_weights) if args.long_network == "tiny" else str(weights)
     rows = []
@@ -188,12 +229,25 @@ def long_files(args: argparse.Namespace, base: dict[str, Any], weights: Path, ti
         write_wav(wav, minutes * 60, 2, 48000)
         spec = {"weights": long_weights, "device": args.device}
         enc = child({**spec, "task": "encode_file", "input": str(wav), "output": str(work / "long.dac")})
-        dec = child({**spec, "task": "decode_file", "input": str(work / "long.dac"), "output": str(work / "long-out.wav")})
-        rows.append({"minutes": minutes, "encode_peak_mb": enc["peak_rss_mb"], "decode_peak_mb": dec["peak_rss_mb"],
-                     "encode_growth_mb": enc["work_growth_mb"], "decode_growth_mb": dec["work_growth_mb"],
-                     "encode_x": minutes * 60 / enc["wall_s"], "decode_x": minutes * 60 / dec["wall_s"]})
+        dec = child(
+            {**spec, "task": "decode_file", "input": str(work / "long.dac"), "output": str(work / "long-out.wav")}
+        )
+        rows.append(
+            {
+                "minutes": minutes,
+                "encode_peak_mb": enc["peak_rss_mb"],
+                "decode_peak_mb": dec["peak_rss_mb"],
+                "encode_growth_mb": enc["work_growth_mb"],
+                "decode_growth_mb": dec["work_growth_mb"],
+                "encode_x": minutes * 60 / enc["wall_s"],
+                "decode_x": minutes * 60 / dec["wall_s"],
+            }
+        )
         wav.unlink()
-        print(f"  long {minutes:g} min: encode peak {enc['peak_rss_mb']:.0f} MB, decode peak {dec['peak_rss_mb']:.0f} MB", file=sys.stderr)
+        print(
+            f"  long {minutes:g} min: encode peak {enc['peak_rss_mb']:.0f} MB, decode peak {dec['peak_rss_mb']:.0f} MB",
+            file=sys.stderr,
+        )
     return {"network": "tiny random (same strides)" if args.long_network == "tiny" else network, "rows": rows}
 
 
@@ -219,18 +273,32 @@ def markdown(r: dict[str, Any]) -> str:
         "| | approach | x realtime | peak RSS MB | agreement with one whole-file pass |",
         "|---|---|---|---|---|",
     ]
-    for key, label in (("encode/dacwatch", "dacwatch (exact chunking)"), ("encode/seed", "seed approach"), ("encode/dac", "DAC 1.0.0 compress"), ("encode/whole", "one whole-file pass")):
+    for key, label in (
+        ("encode/dacwatch", "dacwatch (exact chunking)"),
+        ("encode/seed", "seed approach"),
+        ("encode/dac", "DAC 1.0.0 compress"),
+        ("encode/whole", "one whole-file pass"),
+    ):
         x = runs[key]
-        agree = "reference" if key == "encode/whole" else f"{x['frames_differing']} of {x['frames_compared']} frames differ"
+        agree = (
+            "reference" if key == "encode/whole" else f"{x['frames_differing']} of {x['frames_compared']} frames differ"
+        )
         if x.get("extra_frames"):
             agree += f", {x['extra_frames']:+d} frames in all"
         lines.append(f"| encode | {label} | {x['x_realtime']:.2f} | {x['peak_rss_mb']:.0f} | {agree} |")
-    for key, label in (("decode/dacwatch", "dacwatch (exact chunking)"), ("decode/seed", "seed approach (unchunked)"), ("decode/dac", "DAC 1.0.0 decompress"), ("decode/dac_chunks", "DAC 1.0.0 chunk loop only")):
+    for key, label in (
+        ("decode/dacwatch", "dacwatch (exact chunking)"),
+        ("decode/seed", "seed approach (unchunked)"),
+        ("decode/dac", "DAC 1.0.0 decompress"),
+        ("decode/dac_chunks", "DAC 1.0.0 chunk loop only"),
+    ):
         x = runs[key]
         if key == "decode/seed":
             agree = "reference"
         elif "max_abs_diff" in x:
-            agree = f"max abs diff {x['max_abs_diff']:.2g}" + (f", length {x['length_diff']:+d}" if x.get("length_diff") else "")
+            agree = f"max abs diff {x['max_abs_diff']:.2g}" + (
+                f", length {x['length_diff']:+d}" if x.get("length_diff") else ""
+            )
         else:
             agree = "(own codes, loudness step included)"
         lines.append(f"| decode | {label} | {x['x_realtime']:.2f} | {x['peak_rss_mb']:.0f} | {agree} |")
@@ -246,10 +314,19 @@ def markdown(r: dict[str, Any]) -> str:
         "|---|---|---|---|",
     ]
     lines += [f"| {w['window_s']:g} | {w['batch']} | {w['encode_x']:.2f} | {w['decode_x']:.2f} |" for w in r["sweep"]]
-    lines += ["", "Memory of the seed approach (stereo, peak RSS MB; grows with length):", "", "| seconds | encode | decode |", "|---|---|---|"]
+    lines += [
+        "",
+        "Memory of the seed approach (stereo, peak RSS MB; grows with length):",
+        "",
+        "| seconds | encode | decode |",
+        "|---|---|---|",
+    ]
     lines += [f"| {m['seconds']:g} | {m['encode_peak_mb']:.0f} | {m['decode_peak_mb']:.0f} |" for m in r["seed_memory"]]
     if "seed_decode_30min_estimate_mb" in r:
-        lines += ["", f"Seed decode grows by {r['seed_decode_mb_per_stereo_s']:.0f} MB per stereo second: a 30-minute file would need about {r['seed_decode_30min_estimate_mb'] / 1024:.0f} GB (linear extrapolation; it cannot run here)."]
+        lines += [
+            "",
+            f"Seed decode grows by {r['seed_decode_mb_per_stereo_s']:.0f} MB per stereo second: a 30-minute file would need about {r['seed_decode_30min_estimate_mb'] / 1024:.0f} GB (linear extrapolation; it cannot run here).",
+        ]
     return "\n".join(lines) + "\n" + markdown_long(r)
 
 
@@ -257,12 +334,20 @@ def markdown_long(r: dict[str, Any]) -> str:
     lf = r["long_file"]
     lines = [""]
     if "runs" not in r:
-        lines = [f"# dacwatch long-file memory, {r['date']}", "",
-                 f"device {r['device']} ({r['cpu']}, {r['cores']} cores); torch {r['torch']}; dacwatch {r['dacwatch']}."]
-    lines += ["", f"Memory of dacwatch on long stereo 48 kHz files through the file pipeline, WAV -> .dac -> WAV ({lf['network']} network). "
-              "Peak RSS of the process (MB; loading the model usually sets it), RSS growth while converting (MB, sampled every 20 ms), "
-              "and stereo seconds converted per wall second:", "",
-              "| minutes | encode peak | decode peak | encode growth | decode growth | encode x | decode x |", "|---|---|---|---|---|---|---|"]
+        lines = [
+            f"# dacwatch long-file memory, {r['date']}",
+            "",
+            f"device {r['device']} ({r['cpu']}, {r['cores']} cores); torch {r['torch']}; dacwatch {r['dacwatch']}.",
+        ]
+    lines += [
+        "",
+        f"Memory of dacwatch on long stereo 48 kHz files through the file pipeline, WAV -> .dac -> WAV ({lf['network']} network). "
+        "Peak RSS of the process (MB; loading the model usually sets it), RSS growth while converting (MB, sampled every 20 ms), "
+        "and stereo seconds converted per wall second:",
+        "",
+        "| minutes | encode peak | decode peak | encode growth | decode growth | encode x | decode x |",
+        "|---|---|---|---|---|---|---|",
+    ]
     lines += [
         f"| {m['minutes']:g} | {m['encode_peak_mb']:.0f} | {m['decode_peak_mb']:.0f} | {m.get('encode_growth_mb', float('nan')):.0f} "
         f"| {m.get('decode_growth_mb', float('nan')):.0f} | {m['encode_x']:.1f} | {m['decode_x']:.1f} |"

@@ -97,7 +97,10 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         from dacwatch.convert import CodecPool, CodecSettings, decode_file, encode_file
         from dacwatch.model import ModelSpec
 
-        pool = CodecPool(ModelSpec(weights=Path(spec["weights"])), CodecSettings(device, spec.get("window"), spec.get("window"), spec.get("batch")))
+        pool = CodecPool(
+            ModelSpec(weights=Path(spec["weights"])),
+            CodecSettings(device, spec.get("window"), spec.get("window"), spec.get("batch")),
+        )
         pool.codec()
         baseline = _rss_mb()
         started = time.perf_counter()
@@ -105,7 +108,9 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             if task == "encode_file":
                 encode_file(pool, Path(spec["input"]), Path(spec["output"]))
             else:
-                decode_file(pool, Path(spec["input"]), Path(spec["output"]), OutputFormat("wav", "pcm16"), resample=True)
+                decode_file(
+                    pool, Path(spec["input"]), Path(spec["output"]), OutputFormat("wav", "pcm16"), resample=True
+                )
         out["wall_s"] = time.perf_counter() - started
         out["work_growth_mb"] = sampler.peak - baseline
     elif task == "sweep":
@@ -144,7 +149,11 @@ def _work(task: str, spec: dict[str, Any], model: Any, data: np.ndarray) -> tupl
             dac_file = model.compress(signal, win_duration=spec.get("window", 1.0))
             saved = dac_file.save(spec["output"] + ".dacfile")  # DAC picks the suffix
             codes = dac_file.codes.numpy().transpose(2, 1, 0).astype(np.int16)
-            return codes, {"window_s": spec.get("window", 1.0), "chunk_length": dac_file.chunk_length, "dacfile": str(saved)}
+            return codes, {
+                "window_s": spec.get("window", 1.0),
+                "chunk_length": dac_file.chunk_length,
+                "dacfile": str(saved),
+            }
     if task == "decode":
         if approach == "dacwatch":
             codec = ChunkedCodec(model, device, None, spec.get("window"), spec.get("batch"))

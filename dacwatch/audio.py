@@ -117,7 +117,9 @@ class _AvReader:
             self._container.close()
             raise AudioError(f"{path}: has no audio stream")
         stream = self._container.streams.audio[0]
-        channels = stream.codec_context.channels if hasattr(stream.codec_context, "channels") else stream.layout.nb_channels
+        channels = (
+            stream.codec_context.channels if hasattr(stream.codec_context, "channels") else stream.layout.nb_channels
+        )
         frames = None
         if stream.duration is not None and stream.time_base is not None:
             frames = round(float(stream.duration * stream.time_base) * stream.sample_rate)
@@ -229,7 +231,9 @@ def measure(reader: AudioReader, where: str = "input") -> Measurement:
     meter = LoudnessMeter(reader.info.sample_rate, reader.info.channels)
     for block in reader.blocks():
         if not np.isfinite(block).all():
-            raise AudioError(f"{where}: has NaN or infinite samples near {meter.frames / reader.info.sample_rate:.3f} s")
+            raise AudioError(
+                f"{where}: has NaN or infinite samples near {meter.frames / reader.info.sample_rate:.3f} s"
+            )
         meter.add(block)
     return meter.result()
 
@@ -320,7 +324,9 @@ def write_audio(
     """Write ``[channels, n]`` blocks to ``path`` as they come; returns the samples written."""
     container, subtype = fmt.soundfile_args(frames_hint * channels)
     written = 0
-    with sf.SoundFile(str(path), "w", samplerate=sample_rate, channels=channels, format=container, subtype=subtype) as out:
+    with sf.SoundFile(
+        str(path), "w", samplerate=sample_rate, channels=channels, format=container, subtype=subtype
+    ) as out:
         for block in blocks:
             if fmt.sample_format != "float":
                 block = np.clip(block, -1.0, 1.0)

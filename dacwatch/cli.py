@@ -15,7 +15,32 @@ from . import __version__
 from .errors import ConfigError, DacwatchError
 
 AUDIO_SUFFIXES = frozenset(
-    [".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".mp4", ".aif", ".aiff", ".aifc", ".caf", ".w64", ".au", ".snd", ".wma", ".webm", ".mka", ".mkv", ".mov", ".ac3", ".amr"]
+    [
+        ".wav",
+        ".wave",
+        ".flac",
+        ".ogg",
+        ".oga",
+        ".opus",
+        ".mp3",
+        ".m4a",
+        ".aac",
+        ".mp4",
+        ".aif",
+        ".aiff",
+        ".aifc",
+        ".caf",
+        ".w64",
+        ".au",
+        ".snd",
+        ".wma",
+        ".webm",
+        ".mka",
+        ".mkv",
+        ".mov",
+        ".ac3",
+        ".amr",
+    ]
 )
 
 
@@ -118,7 +143,10 @@ def _pool(args: argparse.Namespace) -> Any:
     from .model import ModelSpec
 
     spec = ModelSpec(
-        getattr(args, "model_type", "44khz"), getattr(args, "model_bitrate", "8kbps"), getattr(args, "model_tag", "latest"), args.weights
+        getattr(args, "model_type", "44khz"),
+        getattr(args, "model_bitrate", "8kbps"),
+        getattr(args, "model_tag", "latest"),
+        args.weights,
     )
     window = args.window
     settings = CodecSettings(
@@ -163,7 +191,14 @@ def _convert_many(
                     continue
                 raise DacwatchError(f"{dst} exists (use --overwrite)")
             try:
-                with tqdm(unit="s", unit_scale=True, disable=not show, leave=not folder, position=1 if folder else 0, desc=src.name) as bar:
+                with tqdm(
+                    unit="s",
+                    unit_scale=True,
+                    disable=not show,
+                    leave=not folder,
+                    position=1 if folder else 0,
+                    desc=src.name,
+                ) as bar:
                     convert(src, dst, lambda s: bar.update(s))
             except (DacwatchError, OSError, ValueError) as exc:
                 if not folder:
@@ -192,7 +227,9 @@ def _decode(args: argparse.Namespace) -> int:
     from .convert import decode_file
 
     pool = _pool(args)
-    container = args.format or (args.output.suffix.lstrip(".").lower() if args.output.suffix.lower() in (".wav", ".flac") else "wav")
+    container = args.format or (
+        args.output.suffix.lstrip(".").lower() if args.output.suffix.lower() in (".wav", ".flac") else "wav"
+    )
     fmt = OutputFormat(container, args.sample_format)
     pairs = list(_pairs(args.input, args.output, lambda p: p.suffix.lower() == ".dac", fmt.suffix))
     return _convert_many(

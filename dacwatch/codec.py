@@ -114,8 +114,12 @@ class ChunkedCodec:
         self.tile_samples = 0 if gpu else CPU_DECODE_TILE
         if self.rf.stride != self.hop or self.context.hop != self.hop:
             raise ValueError("encoder stride, decoder upsampling and hop length disagree")
-        self.encode_window_s = (GPU_ENCODE_WINDOW_S if gpu else CPU_ENCODE_WINDOW_S) if encode_window_s is None else encode_window_s
-        self.decode_window_s = (GPU_DECODE_WINDOW_S if gpu else CPU_DECODE_WINDOW_S) if decode_window_s is None else decode_window_s
+        self.encode_window_s = (
+            (GPU_ENCODE_WINDOW_S if gpu else CPU_ENCODE_WINDOW_S) if encode_window_s is None else encode_window_s
+        )
+        self.decode_window_s = (
+            (GPU_DECODE_WINDOW_S if gpu else CPU_DECODE_WINDOW_S) if decode_window_s is None else decode_window_s
+        )
         self.batch_size = (GPU_BATCH if gpu else CPU_BATCH) if batch_size is None else batch_size
         if self.encode_window_s < 0 or self.decode_window_s < 0:
             raise ValueError("window length must be 0 (whole file) or positive seconds")
@@ -312,7 +316,10 @@ class ChunkedCodec:
             group = owned[i : i + self.batch_size]
             offsets = [min(max(0, c0 - ctx.left), frames - span) for c0, _ in group]
             # Window-local output samples each window keeps; the batch computes their union.
-            keeps = [(max(c0 * hop, start) - o * hop, min(c1 * hop, stop) - o * hop) for (c0, c1), o in zip(group, offsets, strict=True)]
+            keeps = [
+                (max(c0 * hop, start) - o * hop, min(c1 * hop, stop) - o * hop)
+                for (c0, c1), o in zip(group, offsets, strict=True)
+            ]
             batch = np.stack([self._checked(codes[o : o + span]) for o in offsets])
             keep = (min(k[0] for k in keeps), max(k[1] for k in keeps))
             audio, first = self._decode_rows(batch, keep)  # [windows, channels, samples] from sample `first`

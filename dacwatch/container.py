@@ -121,7 +121,9 @@ class Metadata:
 
         def positive_int(name: str, value: Any, allow_zero: bool = False) -> None:
             if isinstance(value, bool) or not isinstance(value, int) or value < (0 if allow_zero else 1):
-                raise ContainerError(f"{where}: {name} must be a {'non-negative' if allow_zero else 'positive'} integer, not {value!r}")
+                raise ContainerError(
+                    f"{where}: {name} must be a {'non-negative' if allow_zero else 'positive'} integer, not {value!r}"
+                )
 
         for name in ("sample_rate", "hop_length", "codebook_size", "n_codebooks", "model_codebooks"):
             positive_int(f"model.{name}", getattr(m, name))
@@ -223,7 +225,11 @@ def write(out: BinaryIO, metadata: Metadata, codes: np.ndarray | CodeSpill) -> N
         if codes.ndim != 3:
             raise ValueError("codes must be [frames, codebooks, channels]")
         shape = tuple(int(s) for s in codes.shape)
-    if shape[0] != metadata.expected_frames() or shape[1] != metadata.model.n_codebooks or shape[2] != metadata.channels:
+    if (
+        shape[0] != metadata.expected_frames()
+        or shape[1] != metadata.model.n_codebooks
+        or shape[2] != metadata.channels
+    ):
         raise ValueError(f"codes {shape} disagree with the metadata")
     metadata.validate("metadata to write")
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
@@ -447,8 +453,14 @@ def _legacy_model(n_codebooks: int, where: str, hint: dict[str, Any] | None = No
     mt, bitrate, sr, hop = guess
     model_cb = max(k for k, v in _MODEL_BY_CODEBOOKS.items() if v[:2] == (mt, bitrate))
     return ModelRecord(
-        type=mt, bitrate=bitrate, tag=str(hint.get("model_tag", "latest")), sample_rate=sr, hop_length=hop,
-        codebook_size=1024, n_codebooks=n_codebooks, model_codebooks=model_cb,
+        type=mt,
+        bitrate=bitrate,
+        tag=str(hint.get("model_tag", "latest")),
+        sample_rate=sr,
+        hop_length=hop,
+        codebook_size=1024,
+        n_codebooks=n_codebooks,
+        model_codebooks=model_cb,
     )
 
 
@@ -531,7 +543,9 @@ def _read_dac_1_0_0(path: Path) -> DacFile:
         metadata=metadata,
         codes=codes,
         legacy=LegacyLayout(
-            kind="dac-1.0.0", chunk_length=chunk_length, padding=padding,
+            kind="dac-1.0.0",
+            chunk_length=chunk_length,
+            padding=padding,
             input_db=_floats(meta.get("input_db", [np.nan]), where),
         ),
         path=path,
@@ -552,7 +566,9 @@ def _read_seed(path: Path, meta_pickle: _PickledNpy, codes_info: zipfile.ZipInfo
         raise ContainerError(f"{where}: codes have no codebooks or no channels")
     model = _legacy_model(codes.shape[1], where, obj)
     length_at_model = obj.get("model_length")
-    model_length = int(length_at_model) if isinstance(length_at_model, (int, np.integer)) else codes.shape[0] * model.hop_length
+    model_length = (
+        int(length_at_model) if isinstance(length_at_model, (int, np.integer)) else codes.shape[0] * model.hop_length
+    )
     # The seed normalised to DAC's -16 LUFS before encoding, as DAC does.
     metadata = _legacy_metadata(obj, codes, where, model_length, normalized_to=SEED_NORMALIZED_LUFS)
     _check_shape(codes, replace(metadata, model=replace(metadata.model, n_codebooks=codes.shape[1])), where)
@@ -586,7 +602,16 @@ def summarize(dac: DacFile) -> Summary:
     if dac.legacy is not None and dac.legacy.chunk_length:
         extra = {"chunk_length": dac.legacy.chunk_length, "padding": dac.legacy.padding}
     return Summary(
-        path=str(dac.path), format=fmt, model=asdict(m.model), duration_s=m.duration_s, sample_rate=m.sample_rate,
-        channels=m.channels, frames=dac.frames, codebooks=m.model.n_codebooks, bitrate_kbps=bits / 1000,
-        loudness_lufs=m.loudness, dacwatch_version=m.dacwatch_version, extra=extra,
+        path=str(dac.path),
+        format=fmt,
+        model=asdict(m.model),
+        duration_s=m.duration_s,
+        sample_rate=m.sample_rate,
+        channels=m.channels,
+        frames=dac.frames,
+        codebooks=m.model.n_codebooks,
+        bitrate_kbps=bits / 1000,
+        loudness_lufs=m.loudness,
+        dacwatch_version=m.dacwatch_version,
+        extra=extra,
     )

@@ -91,8 +91,13 @@ class CodecPool:
         mtype, bitrate, tag = self.key(self.spec)
         info = model_info(codec.model)
         return ModelRecord(
-            type=mtype, bitrate=bitrate, tag=tag, sample_rate=info["sample_rate"], hop_length=info["hop_length"],
-            codebook_size=info["codebook_size"], n_codebooks=n_codebooks or info["n_codebooks"],
+            type=mtype,
+            bitrate=bitrate,
+            tag=tag,
+            sample_rate=info["sample_rate"],
+            hop_length=info["hop_length"],
+            codebook_size=info["codebook_size"],
+            n_codebooks=n_codebooks or info["n_codebooks"],
             model_codebooks=info["n_codebooks"],
         )
 
@@ -175,7 +180,9 @@ def _encode_file(
         measurement, gain, at_model_rate = _prepared(reader, codec.sample_rate, source, progress)
         counted = _Counter()
         blocks = counted.wrap(at_model_rate)
-        with CodeSpill(codec.n_codebooks if n_codebooks is None else n_codebooks, info.channels, output.parent) as spill:
+        with CodeSpill(
+            codec.n_codebooks if n_codebooks is None else n_codebooks, info.channels, output.parent
+        ) as spill:
             for codes in codec.encode_stream(blocks, info.channels, n_codebooks):
                 spill.append(codes)
             metadata = Metadata(
@@ -228,14 +235,23 @@ def decode_file(
     ``start_s``/``duration_s`` decode an excerpt, reading only its frames.
     """
     try:
-        return _decode_file(pool, source, output, fmt or OutputFormat(), resample, start_s, duration_s, overwrite, progress)
+        return _decode_file(
+            pool, source, output, fmt or OutputFormat(), resample, start_s, duration_s, overwrite, progress
+        )
     except PermanentError as exc:
         raise _naming(source, exc) from exc
 
 
 def _decode_file(
-    pool: CodecPool, source: Path, output: Path, fmt: OutputFormat, resample: bool, start_s: float,
-    duration_s: float | None, overwrite: bool, progress: Progress | None,
+    pool: CodecPool,
+    source: Path,
+    output: Path,
+    fmt: OutputFormat,
+    resample: bool,
+    start_s: float,
+    duration_s: float | None,
+    overwrite: bool,
+    progress: Progress | None,
 ) -> Result:
     dac = read_dac(source)
     ensure_dir(output.parent)
@@ -356,7 +372,11 @@ def verify_file(pool: CodecPool, source: Path, n_codebooks: int | None = None) -
     audio = np.concatenate(parts, axis=1)
     chunked = codec.encode(audio, n_codebooks)
     whole = ChunkedCodec(codec.model, codec.device, 0, 0, 1).encode(audio, n_codebooks)
-    differing = int((chunked != whole).any(axis=(1, 2)).sum()) if chunked.shape == whole.shape else max(len(chunked), len(whole))
+    differing = (
+        int((chunked != whole).any(axis=(1, 2)).sum())
+        if chunked.shape == whole.shape
+        else max(len(chunked), len(whole))
+    )
     return {
         "frames_compared": int(whole.shape[0]),
         "frames_differing": differing,

@@ -49,9 +49,7 @@ class ModelSpec:
         if self.model_type not in MODEL_TYPES:
             raise ValueError(f"model type must be one of {', '.join(MODEL_TYPES)}, not {self.model_type!r}")
         if self.model_bitrate not in MODEL_BITRATES:
-            raise ValueError(
-                f"model bitrate must be one of {', '.join(MODEL_BITRATES)}, not {self.model_bitrate!r}"
-            )
+            raise ValueError(f"model bitrate must be one of {', '.join(MODEL_BITRATES)}, not {self.model_bitrate!r}")
         if self.model_bitrate == "16kbps" and self.model_type != "44khz":
             raise ValueError("only the 44khz model comes in 16kbps")
 
@@ -379,15 +377,33 @@ def randomize(model: DacNet, seed: int = 0) -> DacNet:
 # The constructor arguments of the released networks (from their weight files' metadata).
 RELEASED_ARCHITECTURES: dict[str, dict[str, Any]] = {
     "44khz": dict(
-        encoder_dim=64, encoder_rates=[2, 4, 8, 8], decoder_dim=1536, decoder_rates=[8, 8, 4, 2],
-        n_codebooks=9, codebook_size=1024, codebook_dim=8, sample_rate=44100,
+        encoder_dim=64,
+        encoder_rates=[2, 4, 8, 8],
+        decoder_dim=1536,
+        decoder_rates=[8, 8, 4, 2],
+        n_codebooks=9,
+        codebook_size=1024,
+        codebook_dim=8,
+        sample_rate=44100,
     ),
     "24khz": dict(
-        encoder_dim=64, encoder_rates=[2, 4, 5, 8], decoder_dim=1536, decoder_rates=[8, 5, 4, 2],
-        n_codebooks=32, codebook_size=1024, codebook_dim=8, sample_rate=24000,
+        encoder_dim=64,
+        encoder_rates=[2, 4, 5, 8],
+        decoder_dim=1536,
+        decoder_rates=[8, 5, 4, 2],
+        n_codebooks=32,
+        codebook_size=1024,
+        codebook_dim=8,
+        sample_rate=24000,
     ),
     "16khz": dict(
-        encoder_dim=64, encoder_rates=[2, 4, 5, 8], decoder_dim=1536, decoder_rates=[8, 5, 4, 2],
-        n_codebooks=12, codebook_size=1024, codebook_dim=8, sample_rate=16000,
+        encoder_dim=64,
+        encoder_rates=[2, 4, 5, 8],
+        decoder_dim=1536,
+        decoder_rates=[8, 5, 4, 2],
+        n_codebooks=12,
+        codebook_size=1024,
+        codebook_dim=8,
+        sample_rate=16000,
     ),
 }

@@ -114,15 +114,27 @@ class Service:
             started = time.monotonic()
             codec = pool.codec()  # load now: READY means the model is warm
             self.log.info(
-                "model.loaded", device=device, model=pool.spec.describe(), sample_rate=codec.sample_rate,
-                encode_window_s=codec.encode_window_s, batch=codec.batch_size, load_s=round(time.monotonic() - started, 2),
+                "model.loaded",
+                device=device,
+                model=pool.spec.describe(),
+                sample_rate=codec.sample_rate,
+                encode_window_s=codec.encode_window_s,
+                batch=codec.batch_size,
+                load_s=round(time.monotonic() - started, 2),
             )
             self.workers.append(Worker(s, self.queue, pool, device, logs.get("dacwatch.worker")))
-        inside = tuple(p.absolute() for p in (s.outbox, s.done, s.failed) if p.absolute().is_relative_to(s.inbox.absolute()))
+        inside = tuple(
+            p.absolute() for p in (s.outbox, s.done, s.failed) if p.absolute().is_relative_to(s.inbox.absolute())
+        )
         rules = IgnoreRules(s.inbox.absolute(), inside)
         self.watcher = Watcher(
-            rules, self._submit, s.watch.settle_seconds, s.watch.polling, s.watch.poll_interval_s,
-            s.watch.reconcile_interval_s, logs.get("dacwatch.watcher"),
+            rules,
+            self._submit,
+            s.watch.settle_seconds,
+            s.watch.polling,
+            s.watch.poll_interval_s,
+            s.watch.reconcile_interval_s,
+            logs.get("dacwatch.watcher"),
         )
         for worker in self.workers:
             worker.start()
@@ -150,7 +162,9 @@ class Service:
         assert self.queue is not None
         counts = self.queue.counts()
         current = [w.current.path for w in self.workers if w.current is not None]
-        line = f"queued {counts['queued']}, running {counts['running']}, done {counts['done']}, failed {counts['failed']}"
+        line = (
+            f"queued {counts['queued']}, running {counts['running']}, done {counts['done']}, failed {counts['failed']}"
+        )
         return line + (f"; converting {', '.join(current)}" if current else "; idle")
 
     def loop(self) -> None:
@@ -206,7 +220,13 @@ def run(settings: Settings, early_signals: list[int] | None = None) -> int:
     for signum in early_signals or ():
         service.on_signal(signum, None)
     try:
-        log.info("service.starting", version=__version__, inbox=str(settings.inbox), outbox=str(settings.outbox), pid=os.getpid())
+        log.info(
+            "service.starting",
+            version=__version__,
+            inbox=str(settings.inbox),
+            outbox=str(settings.outbox),
+            pid=os.getpid(),
+        )
         try:
             service.startup()
         except DacwatchError as exc:

@@ -119,9 +119,14 @@ class Worker(threading.Thread):
             self._record(self.queue.complete, job.id, str(result.output))
             wall = time.monotonic() - started
             self.log.info(
-                "job.done", source=str(source), output=str(result.output), kind=result.kind,
-                audio_s=round(result.audio_s, 3), wall_s=round(wall, 3),
-                rtf=round(result.audio_s / wall, 3) if wall > 0 else None, attempts=job.attempts,
+                "job.done",
+                source=str(source),
+                output=str(result.output),
+                kind=result.kind,
+                audio_s=round(result.audio_s, 3),
+                wall_s=round(wall, 3),
+                rtf=round(result.audio_s / wall, 3) if wall > 0 else None,
+                attempts=job.attempts,
             )
         except Cancelled:
             self._record(self.queue.requeue, job.id)
@@ -196,7 +201,9 @@ class Worker(threading.Thread):
         try:
             note = self.quarantine(source, error, job.attempts)
         except TransientError as move_exc:
-            self._record(self.queue.retry_later, job.id, f"{error}; quarantine failed: {move_exc}", s.retry.delay(job.attempts))
+            self._record(
+                self.queue.retry_later, job.id, f"{error}; quarantine failed: {move_exc}", s.retry.delay(job.attempts)
+            )
             self.log.error("job.quarantine_failed", **fields)
             return
         self._record(self.queue.fail, job.id, error)
@@ -220,8 +227,11 @@ class Worker(threading.Thread):
         target = unique(mirror(source, s.inbox, s.failed))
         note = target.with_name(target.name + ".error.json")
         body = {
-            "source": str(source), "error": error, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "attempts": attempts, "dacwatch_version": __version__,
+            "source": str(source),
+            "error": error,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "attempts": attempts,
+            "dacwatch_version": __version__,
         }
         with atomic_output(note) as tmp:
             tmp.write_text(json.dumps(body, indent=2) + "\n")

@@ -64,7 +64,9 @@ def daemon(tmp_path: Path, tiny_weights: Path, request: pytest.FixtureRequest) -
 
 @pytest.fixture
 def write_wav(tmp_path: Path) -> Callable[..., Path]:
-    def make(name: str, sample_rate: int = 44100, seconds: float = 1.0, channels: int = 1, subtype: str = "PCM_16") -> Path:
+    def make(
+        name: str, sample_rate: int = 44100, seconds: float = 1.0, channels: int = 1, subtype: str = "PCM_16"
+    ) -> Path:
         path = tmp_path / name
         path.parent.mkdir(parents=True, exist_ok=True)
         sf.write(str(path), tone(sample_rate, seconds, channels), sample_rate, subtype=subtype)

@@ -36,8 +36,13 @@ class Daemon:
         self.inbox.mkdir(parents=True, exist_ok=True)
         self.config = root / "config.toml"
         settings: dict[str, Any] = {
-            "inbox": str(self.inbox), "outbox": str(self.outbox), "done": str(self.done),
-            "failed": str(self.failed), "state_dir": str(self.state), "stop_timeout_s": 20.0, "log_format": "json",
+            "inbox": str(self.inbox),
+            "outbox": str(self.outbox),
+            "done": str(self.done),
+            "failed": str(self.failed),
+            "state_dir": str(self.state),
+            "stop_timeout_s": 20.0,
+            "log_format": "json",
         }
         sections: dict[str, dict[str, Any]] = {
             "model": {"weights": str(weights)},
@@ -73,7 +78,10 @@ class Daemon:
             self._listener.start()
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child process
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dacwatch", "run", "--config", str(self.config)], stdout=log, stderr=log, env=full_env
+            [sys.executable, "-m", "dacwatch", "run", "--config", str(self.config)],
+            stdout=log,
+            stderr=log,
+            env=full_env,
         )
         log.close()
         self._ready_before = len(self.events("service.ready"))

@@ -85,7 +85,9 @@ def _write_m4a(path: Path, rate: int, channels: int, seconds: float) -> None:
     with av.open(str(path), "w") as out:
         stream = out.add_stream("aac", rate=rate, layout="stereo" if channels == 2 else "mono")
         for i in range(0, data.shape[1], 1024):
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(data[:, i : i + 1024]), format="fltp", layout=stream.layout.name)
+            frame = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(data[:, i : i + 1024]), format="fltp", layout=stream.layout.name
+            )
             frame.sample_rate = rate
             for packet in stream.encode(frame):
                 out.mux(packet)

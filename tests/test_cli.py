@@ -57,18 +57,27 @@ def test_silent_file_round_trips_without_nan(tmp_path: Path, tiny_weights: Path)
     assert np.isfinite(sf.read(str(tmp_path / "s.wav"))[0]).all()
 
 
-def test_chunked_file_equals_whole_file_reference(tmp_path: Path, tiny_weights: Path, write_wav: Callable[..., Path]) -> None:
+def test_chunked_file_equals_whole_file_reference(
+    tmp_path: Path, tiny_weights: Path, write_wav: Callable[..., Path]
+) -> None:
     src = write_wav("a.wav", 48000, 2.3, 2)
-    assert run("encode", src, tmp_path / "chunked.dac", "--weights", tiny_weights, "--window", "0.3", "--batch", "3") == 0
+    assert (
+        run("encode", src, tmp_path / "chunked.dac", "--weights", tiny_weights, "--window", "0.3", "--batch", "3") == 0
+    )
     assert run("encode", src, tmp_path / "whole.dac", "--weights", tiny_weights, "--window", "0") == 0
-    assert np.array_equal(np.asarray(read(tmp_path / "chunked.dac").codes), np.asarray(read(tmp_path / "whole.dac").codes))
+    assert np.array_equal(
+        np.asarray(read(tmp_path / "chunked.dac").codes), np.asarray(read(tmp_path / "whole.dac").codes)
+    )
 
 
 def test_excerpt_equals_span_of_full_decode(tmp_path: Path, tiny_weights: Path, write_wav: Callable[..., Path]) -> None:
     src = write_wav("a.wav", 44100, 3.0, 1)
     assert run("encode", src, tmp_path / "a.dac", "--weights", tiny_weights) == 0
     for extra in ([], ["--resample"]):
-        assert run("decode", tmp_path / "a.dac", tmp_path / "full.wav", "--weights", tiny_weights, "--overwrite", *extra) == 0
+        assert (
+            run("decode", tmp_path / "a.dac", tmp_path / "full.wav", "--weights", tiny_weights, "--overwrite", *extra)
+            == 0
+        )
         args = ["--start", "1.25", "--duration", "0.5", "--overwrite", "--window", "0.2"]
         assert run("decode", tmp_path / "a.dac", tmp_path / "part.wav", "--weights", tiny_weights, *args, *extra) == 0
         full, rate = sf.read(str(tmp_path / "full.wav"))
@@ -108,7 +117,9 @@ def test_folder_mode_mirrors_skips_and_reports(
     assert leftovers == []
 
 
-def test_existing_output_needs_overwrite(tmp_path: Path, tiny_weights: Path, write_wav: Callable[..., Path], capsys: pytest.CaptureFixture[str]) -> None:
+def test_existing_output_needs_overwrite(
+    tmp_path: Path, tiny_weights: Path, write_wav: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     src = write_wav("a.wav")
     (tmp_path / "a.dac").write_text("keep me")
     assert run("encode", src, tmp_path / "a.dac", "--weights", tiny_weights) == 1
@@ -129,15 +140,21 @@ def test_bad_input_is_one_line_and_non_zero(tmp_path: Path, tiny_weights: Path, 
     make(src)
     proc = subprocess.run(
         [sys.executable, "-m", "dacwatch", "encode", str(src), str(tmp_path / "o.dac"), "--weights", str(tiny_weights)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("dacwatch: error:") and message.lower() in lines[0].lower(), proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("dacwatch: error:") and message.lower() in lines[0].lower(), (
+        proc.stderr
+    )
     assert not (tmp_path / "o.dac").exists()
 
 
-def test_unwritable_output_folder_is_one_clear_error(tmp_path: Path, tiny_weights: Path, write_wav: Callable[..., Path], capsys: pytest.CaptureFixture[str]) -> None:
+def test_unwritable_output_folder_is_one_clear_error(
+    tmp_path: Path, tiny_weights: Path, write_wav: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     src = write_wav("a.wav")
     blocker = tmp_path / "file-not-folder"
     blocker.write_text("x")
@@ -145,13 +162,20 @@ def test_unwritable_output_folder_is_one_clear_error(tmp_path: Path, tiny_weight
     assert "cannot create" in capsys.readouterr().err
 
 
-def test_info_json_and_verify(tmp_path: Path, tiny_weights: Path, write_wav: Callable[..., Path], capsys: pytest.CaptureFixture[str]) -> None:
+def test_info_json_and_verify(
+    tmp_path: Path, tiny_weights: Path, write_wav: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     src = write_wav("a.wav", 44100, 1.5, 2)
     assert run("encode", src, tmp_path / "a.dac", "--weights", tiny_weights) == 0
     capsys.readouterr()
     assert run("info", tmp_path / "a.dac", "--json") == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["channels"] == 2 and info["codebooks"] == 4 and info["frames"] == 130 and abs(info["duration_s"] - 1.5) < 1e-9
+    assert (
+        info["channels"] == 2
+        and info["codebooks"] == 4
+        and info["frames"] == 130
+        and abs(info["duration_s"] - 1.5) < 1e-9
+    )
     assert run("info", tmp_path / "a.dac") == 0
     assert "bitrate" in capsys.readouterr().out
     assert run("verify", src, "--weights", tiny_weights, "--window", "0.2", "--json") == 0
@@ -159,13 +183,28 @@ def test_info_json_and_verify(tmp_path: Path, tiny_weights: Path, write_wav: Cal
     assert report == {"frames_compared": 130, "frames_differing": 0, "window_s": 0.2, "batch": 1}
 
 
-def test_interrupted_encode_leaves_no_partial_output(tmp_path: Path, tiny_weights: Path, write_wav: Callable[..., Path]) -> None:
+def test_interrupted_encode_leaves_no_partial_output(
+    tmp_path: Path, tiny_weights: Path, write_wav: Callable[..., Path]
+) -> None:
     import signal
     import time
 
     src = write_wav("long.wav", 44100, 30.0, 2)
     out = tmp_path / "long.dac"
-    proc = subprocess.Popen([sys.executable, "-m", "dacwatch", "encode", str(src), str(out), "--weights", str(tiny_weights), "--window", "0.2"])
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dacwatch",
+            "encode",
+            str(src),
+            str(out),
+            "--weights",
+            str(tiny_weights),
+            "--window",
+            "0.2",
+        ]
+    )
     time.sleep(4)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) != 0

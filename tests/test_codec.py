@@ -58,8 +58,16 @@ def _lengths(codec: ChunkedCodec) -> list[int]:
     window = rf.size + 3 * hop  # the 4-frame window used below
     return sorted(
         {
-            1, hop - 1, hop, hop + 1, rf.size - 1, rf.size, rf.size + 1,
-            window - 1, window, window + 1,
+            1,
+            hop - 1,
+            hop,
+            hop + 1,
+            rf.size - 1,
+            rf.size,
+            rf.size + 1,
+            window - 1,
+            window,
+            window + 1,
             2 * rf.size + 8 * hop + 7,  # just past the whole-file cut-over
             9 * window + 123,  # many windows
         }

@@ -23,15 +23,26 @@ from dacwatch.model import ModelSpec, tiny_model
 from .conftest import noise
 
 RECORD = ModelRecord(
-    type="44khz", bitrate="8kbps", tag="0.0.1", sample_rate=44100, hop_length=512,
-    codebook_size=64, n_codebooks=4, model_codebooks=4,
+    type="44khz",
+    bitrate="8kbps",
+    tag="0.0.1",
+    sample_rate=44100,
+    hop_length=512,
+    codebook_size=64,
+    n_codebooks=4,
+    model_codebooks=4,
 )
 
 
 def meta(frames: int, channels: int = 2, **kw: object) -> Metadata:
     base: dict[str, object] = dict(
-        model=RECORD, sample_rate=48000, length=frames * 512 * 48000 // 44100, channels=channels,
-        model_length=frames * 512 - 100, loudness=-23.5, gain_db=7.5,
+        model=RECORD,
+        sample_rate=48000,
+        length=frames * 512 * 48000 // 44100,
+        channels=channels,
+        model_length=frames * 512 - 100,
+        loudness=-23.5,
+        gain_db=7.5,
     )
     base.update(kw)
     return Metadata(**base)  # type: ignore[arg-type]
@@ -140,7 +151,10 @@ def _meta_json(**changes: object) -> np.ndarray:
         ({"metadata.npy": _meta_json(version=2), "codes.npy": codes_for(20)}, "format version 2"),
         ({"metadata.npy": _meta_json(length=-5), "codes.npy": codes_for(20)}, "length must be"),
         ({"metadata.npy": _meta_json(sample_rate=0), "codes.npy": codes_for(20)}, "sample_rate must be"),
-        ({"metadata.npy": _meta_json(**{"model.n_codebooks": 6}), "codes.npy": np.zeros((20, 6, 2), np.int16)}, "6 codebooks"),
+        (
+            {"metadata.npy": _meta_json(**{"model.n_codebooks": 6}), "codes.npy": np.zeros((20, 6, 2), np.int16)},
+            "6 codebooks",
+        ),
         ({"metadata.npy": _meta_json(), "codes.npy": codes_for(21)}, "frames"),
         ({"metadata.npy": _meta_json(), "codes.npy": np.array([{"x": 1}], dtype=object)}, "pickled objects"),
         ({"metadata.npy": np.array("{not json"), "codes.npy": codes_for(20)}, "not valid JSON"),

@@ -55,12 +55,16 @@ def test_status_and_retry_work_against_the_state_of_a_running_daemon(daemon: Dae
     daemon.wait_event("job.failed")
     status = subprocess.run(
         [sys.executable, "-m", "dacwatch", "status", "--config", str(daemon.config), "--json"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert '"failed": 1' in status.stdout and "bad.wav" in status.stdout
     retried = subprocess.run(
         [sys.executable, "-m", "dacwatch", "retry", "--config", str(daemon.config), "--all"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert "re-queued 1" in retried.stdout
     daemon.wait_event("job.failed", 2)  # taken again from the inbox, and quarantined again

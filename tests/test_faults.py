@@ -55,7 +55,9 @@ def test_kill_9_at_random_points_during_50_conversions(daemon: Daemon, tmp_path:
         daemon.kill()
     daemon.start().ready()
     daemon.wait_for(lambda: len(list(daemon.done.glob("*.wav"))) == 50, timeout=180, what="50 sources done")
-    daemon.wait_for(lambda: JobQueue(daemon.state / "queue.sqlite3").counts()["done"] == 50, timeout=30, what="queue settled")
+    daemon.wait_for(
+        lambda: JobQueue(daemon.state / "queue.sqlite3").counts()["done"] == 50, timeout=30, what="queue settled"
+    )
     assert daemon.stop() == 0
     outputs = sorted(daemon.outbox.glob("*.dac"))
     assert [p.stem for p in outputs] == [f"s{i:02d}" for i in range(50)]
@@ -74,7 +76,9 @@ def test_kill_9_at_random_points_during_50_conversions(daemon: Daemon, tmp_path:
 def small_outbox(tmp_path: Path) -> Iterator[Path]:
     mount = tmp_path / "outbox"
     mount.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)], capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)], capture_output=True, text=True, check=False
+    )
     if proc.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here ({proc.stderr.strip()})")
     yield mount
@@ -118,7 +122,11 @@ def test_locked_queue_is_a_clear_error_and_nothing_is_lost(daemon: Daemon) -> No
     db = sqlite3.connect(daemon.state / "queue.sqlite3", isolation_level=None)
     db.execute("BEGIN EXCLUSIVE")
     wav(daemon.inbox / "a.wav")
-    daemon.wait_for(lambda: daemon.events("queue.unavailable") or daemon.events("queue.submit_failed"), timeout=30, what="a queue error")
+    daemon.wait_for(
+        lambda: daemon.events("queue.unavailable") or daemon.events("queue.submit_failed"),
+        timeout=30,
+        what="a queue error",
+    )
     time.sleep(1.0)
     db.execute("COMMIT")
     db.close()
@@ -158,7 +166,10 @@ def _rewrite_dac(source: Path, target: Path, codes: np.ndarray | None = None, **
         original = np.load(io.BytesIO(zf.read("codes.npy")))
     meta.update(meta_changes)
     with zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as zf:
-        for name, arr in (("metadata.npy", np.array(json.dumps(meta))), ("codes.npy", original if codes is None else codes)):
+        for name, arr in (
+            ("metadata.npy", np.array(json.dumps(meta))),
+            ("codes.npy", original if codes is None else codes),
+        ):
             buf = io.BytesIO()
             np.lib.format.write_array(buf, arr)
             zf.writestr(name, buf.getvalue())
@@ -203,7 +214,9 @@ def _hostile_corpus(inbox: Path, scratch: Path, weights: Path) -> dict[str, set[
         shutil.copy(good, case(name, {"ignored"} if name.startswith(".") else C))
     # .dac files: a real one made with the daemon's network, then damaged.
     real = scratch / "real.dac"
-    subprocess.run([sys.executable, "-m", "dacwatch", "encode", str(good), str(real), "--weights", str(weights)], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "dacwatch", "encode", str(good), str(real), "--weights", str(weights)], check=True
+    )
     shutil.copy(real, case("fine.dac", C))
     codes = np.asarray(read(real).codes).copy()
     codes[3, 1, 0] = 4000
@@ -212,7 +225,11 @@ def _hostile_corpus(inbox: Path, scratch: Path, weights: Path) -> dict[str, set[
     _rewrite_dac(real, case("negative-length.dac", Q), length=-44100)
     _rewrite_dac(real, case("format-version-9.dac", Q), version=9)
     with open(case("evil-dac-1.0.0.dac", Q), "wb") as f:
-        np.save(f, {"codes": np.zeros((1, 9, 4), np.uint16), "metadata": {"x": _Evil(scratch / "pwned-1")}}, allow_pickle=True)
+        np.save(
+            f,
+            {"codes": np.zeros((1, 9, 4), np.uint16), "metadata": {"x": _Evil(scratch / "pwned-1")}},
+            allow_pickle=True,
+        )
     with open(case("evil-seed.dac", Q), "wb") as f:
         np.savez(f, codes=np.zeros((3, 9, 1), np.int16), metadata=np.array(_Evil(scratch / "pwned-2"), dtype=object))
     with zipfile.ZipFile(case("zip-bomb.dac", Q), "w", zipfile.ZIP_DEFLATED) as zf:
@@ -234,7 +251,8 @@ def test_hostile_corpus_is_converted_or_quarantined_and_the_daemon_keeps_serving
     daemon.start().ready()
     sources = {str(daemon.inbox / name): name for name in cases if cases[name] != {"ignored"}}
     daemon.wait_for(
-        lambda: set(sources) <= set(outcomes(daemon)), timeout=120,
+        lambda: set(sources) <= set(outcomes(daemon)),
+        timeout=120,
         what=f"an outcome for every case; missing {sorted(set(sources) - set(outcomes(daemon)))}",
     )
     wav(daemon.inbox / "after.wav")  # still serving
@@ -249,7 +267,9 @@ def test_hostile_corpus_is_converted_or_quarantined_and_the_daemon_keeps_serving
             assert note["error"] and note["dacwatch_version"]
             assert os.path.lexists(daemon.failed / name)
         else:
-            output = mirror(daemon.inbox / name, daemon.inbox, daemon.outbox, ".wav" if name.endswith(".dac") else ".dac")
+            output = mirror(
+                daemon.inbox / name, daemon.inbox, daemon.outbox, ".wav" if name.endswith(".dac") else ".dac"
+            )
             assert output.exists(), name
     assert not (scratch / "pwned-1").exists() and not (scratch / "pwned-2").exists()
     # dotfiles ("...wav" starts with a dot) are never taken: left exactly as they were
@@ -259,9 +279,13 @@ def test_hostile_corpus_is_converted_or_quarantined_and_the_daemon_keeps_serving
     assert (daemon.inbox / "passwd.wav").is_symlink() and Path("/etc/passwd").read_bytes() == passwd_before
     assert str(daemon.inbox / "passwd.wav") not in outcomes(daemon)
     assert daemon.temp_files() == [] and daemon.stop() == 0
-    summary = {"tried": len(cases) + 1, "converted": sum(v == "converted" for v in table.values()),
-               "quarantined": sum(v == "quarantined" for v in table.values()), "ignored": 2,
-               "lost": len(cases) - 1 - len(table)}
+    summary = {
+        "tried": len(cases) + 1,
+        "converted": sum(v == "converted" for v in table.values()),
+        "quarantined": sum(v == "quarantined" for v in table.values()),
+        "ignored": 2,
+        "lost": len(cases) - 1 - len(table),
+    }
     print("hostile corpus:", json.dumps(summary), json.dumps(table, ensure_ascii=False))
     assert summary["lost"] == 0
 
@@ -326,7 +350,9 @@ def test_2000_files_at_once_are_converted_exactly_once_in_bounded_memory(daemon:
     assert len({e["source"] for e in done}) == 2000
     assert len(list(daemon.outbox.glob("*.dac"))) == 2000
     assert max(peak) - baseline < 300 * 2**20, (max(peak) - baseline) / 2**20
-    print(f"2000 files: burst {burst:.2f} s, all done after {time.monotonic() - started:.1f} s, peak RSS +{(max(peak) - baseline) / 2**20:.0f} MB")
+    print(
+        f"2000 files: burst {burst:.2f} s, all done after {time.monotonic() - started:.1f} s, peak RSS +{(max(peak) - baseline) / 2**20:.0f} MB"
+    )
     assert daemon.stop() == 0
 
 

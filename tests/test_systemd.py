@@ -39,7 +39,9 @@ def unit_with_real_binary(tmp_path: Path) -> Path:
 
 @needs_analyze
 def test_unit_verifies(tmp_path: Path) -> None:
-    proc = subprocess.run([analyze, "verify", str(unit_with_real_binary(tmp_path))], capture_output=True, text=True, check=False)  # type: ignore[list-item]
+    proc = subprocess.run(
+        [analyze, "verify", str(unit_with_real_binary(tmp_path))], capture_output=True, text=True, check=False
+    )  # type: ignore[list-item]
     assert proc.returncode == 0, proc.stderr
     problems = [line for line in proc.stderr.splitlines() if line.strip() and not any(k in line for k in NEWER_KEYS)]
     assert problems == []
@@ -49,7 +51,9 @@ def test_unit_verifies(tmp_path: Path) -> None:
 def test_exposure_stays_under_threshold(tmp_path: Path) -> None:
     proc = subprocess.run(
         [analyze, "security", "--offline=yes", str(unit_with_real_binary(tmp_path))],  # type: ignore[list-item]
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", proc.stdout)
     assert match, proc.stdout[-500:]
@@ -58,9 +62,7 @@ def test_exposure_stays_under_threshold(tmp_path: Path) -> None:
 
 def test_unit_has_the_promised_settings() -> None:
     text = UNIT.read_text()
-    settings = dict(
-        line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#")
-    )
+    settings = dict(line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#"))
     assert settings["Type"] == "notify" and settings["KillMode"] == "mixed" and settings["Restart"] == "on-failure"
     assert settings["ProtectSystem"] == "strict" and settings["NoNewPrivileges"] == "yes"
     assert settings["DevicePolicy"] == "closed" and "PrivateDevices" not in settings
@@ -85,9 +87,8 @@ def test_daemon_started_as_the_unit_starts_it(tmp_path: Path, tiny_weights: Path
     env |= {"PATH": "/usr/bin:/bin", "WATCHDOG_USEC": "500000"}
     config = conf / "config.toml"
     config.write_text(
-        "\n".join(
-            f'{k} = "{srv / k}"' for k in ("inbox", "outbox", "done", "failed")
-        ) + f'\nlog_format = "json"\n[model]\nweights = "{tiny_weights}"\n[codec]\ndevices = ["cpu"]\n[watch]\nsettle_seconds = 0.3\n'
+        "\n".join(f'{k} = "{srv / k}"' for k in ("inbox", "outbox", "done", "failed"))
+        + f'\nlog_format = "json"\n[model]\nweights = "{tiny_weights}"\n[codec]\ndevices = ["cpu"]\n[watch]\nsettle_seconds = 0.3\n'
     )
     sock_path = tmp_path / "notify.sock"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
