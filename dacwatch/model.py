@@ -11,7 +11,6 @@ import contextlib
 import math
 import os
 import tempfile
-import types
 import urllib.error
 import urllib.request
 import warnings
@@ -23,6 +22,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from . import kernels
 from .errors import ModelUnavailableError
 
 ModelType = Literal["44khz", "24khz", "16khz"]
@@ -150,31 +150,10 @@ def prepare_model(model: DacNet, device: str | torch.device = "cpu") -> DacNet:
         for module in model.modules():
             if isinstance(module, (nn.Conv1d, nn.ConvTranspose1d)) and hasattr(module, "weight_g"):
                 torch.nn.utils.remove_weight_norm(module)
-            if type(module).__name__ == "Snake1d":
-                module.forward = types.MethodType(_snake_forward, module)
+    kernels.install(model)
     model.eval()
     model.requires_grad_(False)
     return model.to(device)
-
-
-def snake(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """DAC's Snake activation, ``x + sin(alpha*x)**2 / (alpha + 1e-9)``, in the same
-    operations and order as ``dac.nn.layers.snake`` (so bit-identical) but in place
-    on one temporary: it is a fifth of the decoder's time, and memory-bound."""
-    t = x * alpha
-    t.sin_()
-    t.mul_(t)
-    t.mul_((alpha + 1e-9).reciprocal())
-    return t.add_(x)
-
-
-def _snake_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    if torch.is_grad_enabled():  # in-place ops are for inference only
-        from dac.nn.layers import snake as dac_snake
-
-        return dac_snake(x, self.alpha)  # type: ignore[no-any-return]
-    alpha: torch.Tensor = self.alpha  # type: ignore[assignment]
-    return snake(x, alpha)
 
 
 def model_info(model: DacNet) -> dict[str, Any]:

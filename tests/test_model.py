@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 
@@ -69,13 +70,45 @@ def test_fast_snake_is_bit_identical_to_dacs() -> None:
     import torch
     from dac.nn.layers import snake as dac_snake
 
-    from dacwatch.model import snake
+    from dacwatch.kernels import snake
 
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, 16, 5000, generator=gen) * 3
     alpha = torch.rand(1, 16, 1, generator=gen) + 0.2
     with torch.inference_mode():
         assert torch.equal(snake(x.clone(), alpha), dac_snake(x, alpha))
+
+
+@pytest.mark.parametrize("stride", [2, 4, 5, 8])
+def test_polyphase_transposed_convolution_matches_torchs(stride: int) -> None:
+    """The decoder's transposed convolutions run as ordinary convolutions over the
+    stride's phases: same output length and values (to float rounding), with and
+    without output padding, for several rows; with gradients on, torch's own."""
+    import types
+
+    import torch
+    from torch import nn
+
+    from dacwatch.kernels import _transposed_forward
+
+    torch.manual_seed(stride)
+    for bias in (True, False):
+        conv = nn.ConvTranspose1d(6, 5, 2 * stride, stride, math.ceil(stride / 2), stride % 2, bias=bias)
+        fast = nn.ConvTranspose1d(6, 5, 2 * stride, stride, math.ceil(stride / 2), stride % 2, bias=bias)
+        fast.load_state_dict(conv.state_dict())
+        fast.forward = types.MethodType(_transposed_forward, fast)  # type: ignore[method-assign]
+        for rows, n in ((1, 1), (3, 2), (2, 37)):
+            x = torch.randn(rows, 6, n)
+            with torch.inference_mode():
+                want, got = conv(x), fast(x)
+            assert got.shape == want.shape
+            assert torch.allclose(got, want, atol=1e-6, rtol=0)
+        with torch.no_grad():
+            fast.weight.mul_(2)  # a changed weight is not served from the cache
+            conv.weight.mul_(2)
+        with torch.inference_mode():
+            assert torch.allclose(fast(x), conv(x), atol=1e-5, rtol=0)
+        assert torch.equal(fast(x), conv(x))  # gradients on: torch's own layer
 
 
 def test_prepared_model_matches_dacs_own_forward() -> None:
