@@ -78,7 +78,15 @@ def _polyphase_weights(conv: nn.ConvTranspose1d) -> tuple[torch.Tensor, torch.Te
 def _transposed_forward(self: nn.ConvTranspose1d, x: torch.Tensor) -> torch.Tensor:
     (k,), (s,), (op,), (d,) = self.kernel_size, self.stride, self.output_padding, self.dilation
     p = -1 if isinstance(self.padding, str) else self.padding[0]
-    if torch.is_grad_enabled() or k != 2 * s or d != 1 or self.groups != 1 or not 0 <= op <= p or x.dim() != 3 or x.device.type != "cpu":
+    if (
+        torch.is_grad_enabled()
+        or k != 2 * s
+        or d != 1
+        or self.groups != 1
+        or not 0 <= op <= p
+        or x.dim() != 3
+        or x.device.type != "cpu"
+    ):
         return nn.ConvTranspose1d.forward(self, x)
     weight, bias = _polyphase_weights(self)
     rows, _, n = x.shape
