@@ -61,7 +61,8 @@ def _polyphase_weights(conv: nn.ConvTranspose1d) -> tuple[torch.Tensor, torch.Te
     """The transposed convolution's weights as an ordinary convolution with kernel 2
     and ``stride * out_channels`` outputs, phase-major; cached per weight tensor."""
     weight = conv.weight
-    key = (weight.data_ptr(), weight.device, weight.dtype, weight._version)
+    bias_version = None if conv.bias is None else (conv.bias.data_ptr(), conv.bias._version)
+    key = (weight.data_ptr(), weight.device, weight.dtype, weight._version, bias_version)
     cached: tuple[Any, torch.Tensor, torch.Tensor | None] | None = getattr(conv, "_dacwatch_polyphase", None)
     if cached is not None and cached[0] == key:
         return cached[1], cached[2]
