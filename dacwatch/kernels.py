@@ -9,9 +9,10 @@ the fast form assumes, so the network stays a plain DAC network.
 - The decoder's transposed convolutions (kernel twice the stride) as one
   ordinary convolution over ``stride`` phases, interleaved afterwards: oneDNN
   runs ordinary convolutions 1.3-1.7x faster than transposed ones on a CPU
-  (about 4% of a decode; other devices keep the layer's own forward). The sums run in another order than DAC's, so audio
-  differs from DAC's own decoder by about 1e-6, which decoding tolerates; the
-  encoder, whose codes must be exact, has no transposed convolutions.
+  (about 4% of a decode; other devices keep the layer's own forward). The
+  sums run in another order than DAC's, so audio differs from DAC's own
+  decoder by about 1e-6, which decoding tolerates; the encoder, whose codes
+  must be exact, has no transposed convolutions.
 """
 
 from __future__ import annotations
