@@ -113,6 +113,92 @@ def test_polyphase_transposed_convolution_matches_torchs(stride: int) -> None:
         assert torch.equal(fast(x), conv(x))  # gradients on: torch's own layer
 
 
+def test_winograd_matrices_compute_a_correlation() -> None:
+    """The Toom-Cook matrices give the correlation for F(4, 7) as used and for the
+    textbook F(2, 3), and refuse point sets of the wrong size or with repeats."""
+    import torch
+
+    from dacwatch.kernels import WINOGRAD_POINTS, winograd_matrices
+
+    gen = torch.Generator().manual_seed(0)
+    for m, r, points in ((4, 7, WINOGRAD_POINTS), (2, 3, (0, 1, -1))):
+        at, g, bt = winograd_matrices(m, r, points)
+        assert at.shape == (m, m + r - 1) and g.shape == (m + r - 1, r) and bt.shape == (m + r - 1,) * 2
+        for _ in range(5):
+            taps = torch.randn(r, generator=gen, dtype=torch.float64)
+            data = torch.randn(m + r - 1, generator=gen, dtype=torch.float64)
+            want = torch.stack([(taps * data[i : i + r]).sum() for i in range(m)])
+            assert torch.allclose(at @ ((g @ taps) * (bt @ data)), want, atol=1e-12, rtol=0)
+    with pytest.raises(ValueError, match="distinct"):
+        winograd_matrices(4, 7, (0, 1, 1, 2, -2, 3, -3, 4, -4))
+    with pytest.raises(ValueError, match="needs 7"):
+        winograd_matrices(2, 7, (0, 1))
+
+
+@pytest.mark.parametrize("dilation", [1, 3, 9])
+def test_winograd_convolution_matches_torchs(dilation: int) -> None:
+    """The decoder's kernel-7 convolutions by Winograd F(4, 7): the same output length,
+    values within float32 rounding of a float64 direct sum (the direct float32 sum is
+    about 1e-6 off), for several rows, lengths shorter than one tile (torch's own) up
+    to many tiles, with and without bias; changed weights are not served from the
+    cache; gradients on, or float64, run torch's own layer."""
+    import types
+
+    import torch
+    from torch import nn
+
+    from dacwatch.kernels import _winograd_forward, _winograd_suits
+
+    torch.manual_seed(dilation)
+    for bias in (True, False):
+        conv = nn.Conv1d(64, 72, 7, dilation=dilation, padding=3 * dilation, bias=bias)
+        fast = nn.Conv1d(64, 72, 7, dilation=dilation, padding=3 * dilation, bias=bias)
+        fast.load_state_dict(conv.state_dict())
+        assert _winograd_suits(fast)
+        fast.forward = types.MethodType(_winograd_forward, fast)  # type: ignore[method-assign]
+        reference = nn.Conv1d(64, 72, 7, dilation=dilation, padding=3 * dilation, bias=bias).double()
+        for change in (None, "weight", "bias"):
+            if change is not None and getattr(conv, change) is not None:
+                with torch.no_grad():
+                    for layer in (fast, conv):
+                        getattr(layer, change).mul_(-1.5)
+            reference.load_state_dict({k: v.double() for k, v in conv.state_dict().items()})
+            for rows, n in ((1, 1), (2, 4 * dilation + 1), (3, 37), (1, 1000), (2, 4099)):
+                x = torch.randn(rows, 64, n)
+                with torch.inference_mode():
+                    want, got = reference(x.double()), fast(x)
+                assert got.shape == want.shape and got.dtype == torch.float32
+                assert (got.double() - want).abs().max() <= 2e-5 * want.abs().max()
+        x = torch.randn(2, 64, 300)
+        assert torch.equal(fast(x), conv(x))  # gradients on: torch's own layer
+        with torch.inference_mode():
+            assert torch.equal(fast.double()(x.double()), conv.double()(x.double()))
+            fast.float(), conv.float()
+    assert not _winograd_suits(nn.Conv1d(64, 1, 7, padding=3))  # too narrow: direct is as fast
+    assert not _winograd_suits(nn.Conv1d(64, 64, 7, padding="same"))
+
+
+def test_prepared_wide_decoder_matches_dacs_own() -> None:
+    """A decoder wide enough for Winograd layers (512 channels down to 64) decodes,
+    chunked, to within 1e-5 of DAC's own decoder on the untouched network."""
+    import torch
+    from torch import nn
+
+    from dacwatch import kernels
+
+    original = tiny_model("44khz", seed=5, decoder_dim=1024)
+    prepared = prepare_model(tiny_model("44khz", seed=5, decoder_dim=1024))
+    fast = [c for c in prepared.decoder.modules() if isinstance(c, nn.Conv1d) and kernels._winograd_suits(c)]
+    assert len(fast) == 13  # the first layer and every residual unit's kernel-7 convolution
+    codes = np.random.default_rng(6).integers(0, 64, size=(120, 4, 1)).astype(np.int16)
+    with torch.inference_mode():
+        z = original.quantizer.from_codes(torch.from_numpy(codes[:, :, 0].T[None].astype(np.int64)))[0]
+        want = original.decode(z)[0].numpy()
+    got = ChunkedCodec(prepared, "cpu", decode_window_s=40 * 512 / 44100).decode(codes)
+    assert got.shape == want.shape
+    assert np.abs(got - want).max() <= 1e-5 * max(1.0, float(np.abs(want).max()))
+
+
 def test_prepared_model_matches_dacs_own_forward() -> None:
     """Folding weight norm and the in-place Snake change nothing: whole-file codes and
     audio equal DAC's own encode/decode of the untouched network."""
