@@ -71,28 +71,23 @@ def _snake_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return snake(x, alpha)
 
 
-Polyphase = tuple[torch.Tensor, torch.Tensor | None, tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None]
-
-
-def _polyphase_weights(conv: nn.ConvTranspose1d) -> Polyphase:
+def _polyphase_weights(conv: nn.ConvTranspose1d) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The transposed convolution's weights as an ordinary convolution with kernel 2
-    and ``stride * out_channels`` outputs, phase-major; cached per weight tensor
-    (with their Winograd form where the layer is wide enough to gain from it)."""
+    and ``stride * out_channels`` outputs, phase-major; cached per weight tensor."""
     weight = conv.weight
     bias_version = None if conv.bias is None else (conv.bias.data_ptr(), conv.bias._version)
     key = (weight.data_ptr(), weight.device, weight.dtype, weight._version, bias_version)
-    cached: tuple[Any, Polyphase] | None = getattr(conv, "_dacwatch_polyphase", None)
+    cached: tuple[Any, torch.Tensor, torch.Tensor | None] | None = getattr(conv, "_dacwatch_polyphase", None)
     if cached is not None and cached[0] == key:
-        return cached[1]
+        return cached[1], cached[2]
     (s,) = conv.stride
     c_in, c_out, _ = weight.shape
     # Output position q*s + r takes x[q] through tap r and x[q-1] through tap r + s.
     taps = weight.detach().reshape(c_in, c_out, 2, s).permute(3, 1, 0, 2).flip(-1)
     poly = taps.reshape(s * c_out, c_in, 2).contiguous()
     bias = None if conv.bias is None else conv.bias.detach().repeat(s)
-    wino = winograd_weights(poly) if c_in >= POLYPHASE_WINOGRAD_MIN_CHANNELS else None
-    conv._dacwatch_polyphase = (key, (poly, bias, wino))  # type: ignore[assignment]
-    return poly, bias, wino
+    conv._dacwatch_polyphase = (key, poly, bias)  # type: ignore[assignment]
+    return poly, bias
 
 
 def _transposed_forward(self: nn.ConvTranspose1d, x: torch.Tensor) -> torch.Tensor:
@@ -108,29 +103,31 @@ def _transposed_forward(self: nn.ConvTranspose1d, x: torch.Tensor) -> torch.Tens
         or x.device.type != "cpu"
     ):
         return nn.ConvTranspose1d.forward(self, x)
-    weight, bias, wino = _polyphase_weights(self)
+    weight, bias = _polyphase_weights(self)
     rows, _, n = x.shape
-    if wino is not None and x.dtype == torch.float32 and n + 1 >= WINOGRAD[2][0]:
-        phases = winograd_conv1d(x, wino, bias, 1, 1)
-    else:
-        phases = F.conv1d(x, weight, bias, padding=1)  # [rows, s * c_out, n + 1]
+    phases = F.conv1d(x, weight, bias, padding=1)  # [rows, s * c_out, n + 1]
     full = phases.reshape(rows, s, -1, n + 1).permute(0, 2, 3, 1).reshape(rows, -1, (n + 1) * s)
     length = (n + 1) * s - 2 * p + op
     return full[..., p : p + length]
 
 
-# Winograd F(m, r): m outputs of a kernel-r correlation from m + r - 1 products.
-# The interpolation points (infinity and these) were chosen by a search over small
-# fractions for the least float32 error on unit-scale data.
-WINOGRAD = {
-    2: (6, (0, 1, -1, 2, -2, Fraction(1, 2))),
-    7: (
-        4,
-        (0, 2, -2, Fraction(1, 2), Fraction(-1, 2), Fraction(5, 4), Fraction(-5, 4), Fraction(4, 5), Fraction(-4, 5)),
-    ),
-}
+# Winograd F(4, 7): four outputs of a kernel-7 correlation from ten products. The
+# ten interpolation points (nine finite and infinity) were chosen by a search over
+# small fractions for the least float32 error on unit-scale data.
+WINOGRAD_OUTPUTS = 4
+WINOGRAD_TAPS = 7
+WINOGRAD_POINTS = (
+    0,
+    2,
+    -2,
+    Fraction(1, 2),
+    Fraction(-1, 2),
+    Fraction(5, 4),
+    Fraction(-5, 4),
+    Fraction(4, 5),
+    Fraction(-4, 5),
+)
 WINOGRAD_MIN_CHANNELS = 64  # narrower layers gain nothing over the direct convolution
-POLYPHASE_WINOGRAD_MIN_CHANNELS = 512  # kernel 2 saves less: only the first two upsamplers gain
 
 
 @functools.cache
@@ -175,7 +172,7 @@ def winograd_matrices(m: int, r: int, points: tuple[Fraction | int, ...]) -> tup
 def _winograd_suits(conv: nn.Conv1d) -> bool:
     (k,), (s,) = conv.kernel_size, conv.stride
     return (
-        k == 7
+        k == WINOGRAD_TAPS
         and s == 1
         and conv.groups == 1
         and conv.padding_mode == "zeros"
@@ -184,58 +181,36 @@ def _winograd_suits(conv: nn.Conv1d) -> bool:
     )
 
 
-def winograd_weights(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A convolution's weights ``[out, in, r]`` in Winograd form, float32:
-    ``(U [a, out, in], BT [a, a], AT^T [a, m])``."""
-    r = weight.shape[-1]
-    m, points = WINOGRAD[r]
-    at, g, bt = winograd_matrices(m, r, points)
-    u = torch.einsum("pk,oik->poi", g, weight.detach().double()).float().contiguous()
-    return u, bt.float().to(weight.device), at.t().float().contiguous().to(weight.device)
-
-
-def _winograd_cached(conv: nn.Conv1d) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _winograd_weights(conv: nn.Conv1d) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(U [a, out, in], BT [a, a], AT^T [a, m])`` for this layer, float32; cached per
+    weight tensor like the polyphase weights."""
     weight = conv.weight
     key = (weight.data_ptr(), weight.device, weight.dtype, weight._version)
     cached: tuple[Any, ...] | None = getattr(conv, "_dacwatch_winograd", None)
-    if cached is None or cached[0] != key:
-        cached = (key, winograd_weights(weight))
-        conv._dacwatch_winograd = cached  # type: ignore[assignment]
-    return cached[1]  # type: ignore[no-any-return]
+    if cached is not None and cached[0] == key:
+        return cached[1], cached[2], cached[3]
+    at, g, bt = winograd_matrices(WINOGRAD_OUTPUTS, WINOGRAD_TAPS, WINOGRAD_POINTS)
+    u = torch.einsum("pk,oik->poi", g, weight.detach().double()).float().contiguous()
+    bt32 = bt.float().to(weight.device)
+    att = at.t().float().contiguous().to(weight.device)
+    conv._dacwatch_winograd = (key, u, bt32, att)  # type: ignore[assignment]
+    return u, bt32, att
 
 
 def _winograd_forward(self: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+    if torch.is_grad_enabled() or x.dim() != 3 or x.device.type != "cpu" or x.dtype != torch.float32:
+        return nn.Conv1d.forward(self, x)
     padding = self.padding
     assert not isinstance(padding, str)  # _winograd_suits rules out string padding
-    (d,), (p,), (r,) = self.dilation, padding, self.kernel_size
-    m = WINOGRAD[r][0]
-    if (
-        torch.is_grad_enabled()
-        or x.dim() != 3
-        or x.device.type != "cpu"
-        or x.dtype != torch.float32
-        or x.shape[-1] + 2 * p - (r - 1) * d < m * d  # shorter than one tile per phase
-    ):
-        return nn.Conv1d.forward(self, x)
-    return winograd_conv1d(x, _winograd_cached(self), self.bias, d, p)
-
-
-def winograd_conv1d(
-    x: torch.Tensor,
-    weights: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-    bias: torch.Tensor | None,
-    dilation: int,
-    padding: int,
-) -> torch.Tensor:
-    """``F.conv1d(x, weight, bias, padding=padding, dilation=dilation)`` for float32
-    ``x [rows, in, n]`` with ``weights = winograd_weights(weight)``."""
-    u, bt, att = weights
-    a, c_out, _ = u.shape
-    m = att.shape[1]
-    r = a - m + 1
-    d, p = dilation, padding
+    (d,), (p,) = self.dilation, padding
+    m, r = WINOGRAD_OUTPUTS, WINOGRAD_TAPS
+    a = m + r - 1
     rows, c_in, n_in = x.shape
     length = n_in + 2 * p - (r - 1) * d  # output samples
+    if length < m * d:
+        return nn.Conv1d.forward(self, x)
+    u, bt, att = _winograd_weights(self)
+    c_out = u.shape[1]
     # Dilation d splits the signal into d interleaved phases, each an undilated
     # correlation; every phase gets `tiles` tiles of m outputs.
     tiles = -(-length // (m * d))
@@ -249,13 +224,13 @@ def winograd_conv1d(
         prod = torch.bmm(u, v)  # [a, c_out, d * tiles]: the channel mixing, all the FLOPs
         if d == 1:  # output transform straight into place
             torch.mm(prod.view(a, -1).t(), att, out=out.view(-1, m))
-            if bias is not None:
-                out.add_(bias.view(c_out, 1))
+            if self.bias is not None:
+                out.add_(self.bias.view(c_out, 1))
         else:  # output transform, then interleave the phases again (adding the bias in the same pass)
             y = torch.mm(prod.view(a, -1).t(), att).view(c_out, d, tiles * m).transpose(1, 2)
             into = out.view(c_out, tiles * m, d)
-            if bias is not None:
-                torch.add(y, bias.view(c_out, 1, 1), out=into)
+            if self.bias is not None:
+                torch.add(y, self.bias.view(c_out, 1, 1), out=into)
             else:
                 into.copy_(y)
     return result[..., :length]

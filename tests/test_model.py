@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 import warnings
 from pathlib import Path
@@ -83,49 +82,46 @@ def test_fast_snake_is_bit_identical_to_dacs() -> None:
 @pytest.mark.parametrize("stride", [2, 4, 5, 8])
 def test_polyphase_transposed_convolution_matches_torchs(stride: int) -> None:
     """The decoder's transposed convolutions run as ordinary convolutions over the
-    stride's phases (by Winograd F(6, 2) when 512 channels or more come in): same
-    output length and values (to float32 rounding of a float64 reference), with and
+    stride's phases: same output length and values (to float rounding), with and
     without output padding, for several rows; with gradients on, torch's own."""
     import types
 
     import torch
     from torch import nn
 
-    from dacwatch.kernels import _polyphase_weights, _transposed_forward
+    from dacwatch.kernels import _transposed_forward
 
     torch.manual_seed(stride)
-    shape = (2 * stride, stride, math.ceil(stride / 2), stride % 2)
-    for c_in, c_out, bias in ((6, 5, True), (6, 5, False), (512, 24, True)):
-        conv = nn.ConvTranspose1d(c_in, c_out, *shape, bias=bias)
-        fast = nn.ConvTranspose1d(c_in, c_out, *shape, bias=bias)
+    for bias in (True, False):
+        conv = nn.ConvTranspose1d(6, 5, 2 * stride, stride, math.ceil(stride / 2), stride % 2, bias=bias)
+        fast = nn.ConvTranspose1d(6, 5, 2 * stride, stride, math.ceil(stride / 2), stride % 2, bias=bias)
         fast.load_state_dict(conv.state_dict())
         fast.forward = types.MethodType(_transposed_forward, fast)  # type: ignore[method-assign]
-        for change in (None, "weight", "bias"):  # changed parameters are not served from the cache
-            if change is not None and getattr(conv, change) is not None:
-                with torch.no_grad():
-                    for layer in (fast, conv):
-                        getattr(layer, change).mul_(-1.5)
-            reference = copy.deepcopy(conv).double()
-            for rows, n in ((1, 1), (3, 2), (2, 37), (1, 300)):
-                x = torch.randn(rows, c_in, n)
-                with torch.inference_mode():
-                    want, got = reference(x.double()), fast(x)
-                assert got.shape == want.shape and got.dtype == torch.float32
-                assert (got.double() - want).abs().max() <= 2e-5 * want.abs().max()
-        assert (_polyphase_weights(fast)[2] is not None) == (c_in >= 512)
+        for rows, n in ((1, 1), (3, 2), (2, 37)):
+            x = torch.randn(rows, 6, n)
+            with torch.inference_mode():
+                want, got = conv(x), fast(x)
+            assert got.shape == want.shape
+            assert torch.allclose(got, want, atol=1e-6, rtol=0)
+        for change in ("weight", "bias"):  # changed parameters are not served from the cache
+            with torch.no_grad():
+                for layer in (fast, conv):
+                    if getattr(layer, change) is not None:
+                        getattr(layer, change).add_(0.5)
+            with torch.inference_mode():
+                assert torch.allclose(fast(x), conv(x), atol=1e-5, rtol=0)
         assert torch.equal(fast(x), conv(x))  # gradients on: torch's own layer
 
 
 def test_winograd_matrices_compute_a_correlation() -> None:
-    """The Toom-Cook matrices give the correlation for each form used and for the
+    """The Toom-Cook matrices give the correlation for F(4, 7) as used and for the
     textbook F(2, 3), and refuse point sets of the wrong size or with repeats."""
     import torch
 
-    from dacwatch.kernels import WINOGRAD, winograd_matrices
+    from dacwatch.kernels import WINOGRAD_POINTS, winograd_matrices
 
     gen = torch.Generator().manual_seed(0)
-    cases = [(m, r, points) for r, (m, points) in WINOGRAD.items()] + [(2, 3, (0, 1, -1))]
-    for m, r, points in cases:
+    for m, r, points in ((4, 7, WINOGRAD_POINTS), (2, 3, (0, 1, -1))):
         at, g, bt = winograd_matrices(m, r, points)
         assert at.shape == (m, m + r - 1) and g.shape == (m + r - 1, r) and bt.shape == (m + r - 1,) * 2
         for _ in range(5):
