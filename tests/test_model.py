@@ -176,6 +176,7 @@ def test_winograd_convolution_matches_torchs(dilation: int) -> None:
             fast.float(), conv.float()
     assert not _winograd_suits(nn.Conv1d(64, 1, 7, padding=3))  # too narrow: direct is as fast
     assert not _winograd_suits(nn.Conv1d(64, 64, 7, padding="same"))
+    assert not _winograd_suits(nn.Conv1d(1024, 1536, 7, padding=3))  # too much memory for its gain
 
 
 def test_prepared_wide_decoder_matches_dacs_own() -> None:
