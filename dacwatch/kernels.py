@@ -13,15 +13,21 @@ the fast form assumes, so the network stays a plain DAC network.
   sums run in another order than DAC's, so audio differs from DAC's own
   decoder by about 1e-6, which decoding tolerates; the encoder, whose codes
   must be exact, has no transposed convolutions.
-- The decoder's wide kernel-7 convolutions (64 channels or more) by Winograd's
-  minimal filtering F(4, 7): per four outputs, ten channel-mixing products
-  instead of twenty-eight, as ten matrix products over all tiles, with the
-  small input and output transforms as matrix products too. Half the time of
-  oneDNN's direct convolution at 384-768 channels, 1.15-1.5x at 96-192 (bench/).
-  Its float32 rounding is larger than a direct sum's, about 4e-5 of the
-  output's scale per layer against 1.5e-6, and depends on where a tile starts,
-  so chunked and whole-file decoding agree to about 1e-5 rather than 1e-6:
-  far below the codec's own error, which is why only the decoder uses it.
+- The decoder's wide kernel-7 convolutions (64 channels or more, at most 8M
+  weights: the twelve residual units of a released decoder, not its first
+  layer) by Winograd's minimal filtering F(4, 7), on a CPU in float32: per four
+  outputs, ten channel-mixing products instead of twenty-eight, as ten matrix
+  products over all tiles, the small input and output transforms as matrix
+  products too. Per layer about half the time of oneDNN's direct convolution
+  at 384-768 channels and 1.15-1.5x faster at 96-192; a full-size decode about
+  1.25x faster for about 200 MB more RSS (transformed weights and workspace).
+  Its float32 rounding is larger than a direct sum's (about 4e-5 of the
+  output's scale per layer against 1.5e-6 on random data) and depends on where
+  a tile starts, so chunked and whole-file decoding differ by a few 1e-6
+  (1.4e-6 measured on the full-size network; up to 6e-7 with direct sums):
+  far below the codec's own error and the 1e-4 the tests allow. The encoder
+  keeps direct sums: its codes must be the same whichever window a frame
+  falls in.
 """
 
 from __future__ import annotations
@@ -52,6 +58,8 @@ def install(model: nn.Module) -> None:
     for module in model.modules():
         if type(module).__name__ == "Snake1d":
             module.forward = types.MethodType(_snake_forward, module)
+        elif type(module).__name__ == "ResidualUnit":
+            module.forward = types.MethodType(_residual_forward, module)
     decoder = getattr(model, "decoder", None)
     if decoder is None:
         return
@@ -69,6 +77,18 @@ def _snake_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return dac_snake(x, self.alpha)  # type: ignore[no-any-return]
     alpha: torch.Tensor = self.alpha  # type: ignore[assignment]
     return snake(x, alpha)
+
+
+def _residual_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """DAC's ``ResidualUnit.forward``, adding the skip into the block's fresh output
+    in place of a new tensor (the same sum, so bit-identical)."""
+    y: torch.Tensor = self.block(x)  # type: ignore[operator]
+    pad = (x.shape[-1] - y.shape[-1]) // 2
+    if pad > 0:
+        x = x[..., pad:-pad]
+    if torch.is_grad_enabled() or x.shape != y.shape or y.data_ptr() == x.data_ptr():
+        return x + y
+    return y.add_(x)
 
 
 def _polyphase_weights(conv: nn.ConvTranspose1d) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -187,18 +207,24 @@ def _winograd_suits(conv: nn.Conv1d) -> bool:
 
 
 def _winograd_weights(conv: nn.Conv1d) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(U [a, out, in], BT [a, a], AT^T [a, m])`` for this layer, float32; cached per
-    weight tensor like the polyphase weights."""
-    weight = conv.weight
-    key = (weight.data_ptr(), weight.device, weight.dtype, weight._version)
+    """``(U [a, out, in (+1)], BT [a, a], AT^T [a, m])`` for this layer, float32;
+    cached per weight and bias tensor like the polyphase weights. With a bias, U has
+    one more input channel carrying it: the forward feeds that channel ones, so the
+    bias rides in the channel mixing instead of taking a pass of its own."""
+    weight, bias = conv.weight, conv.bias
+    bias_version = None if bias is None else (bias.data_ptr(), bias._version)
+    key = (weight.data_ptr(), weight.device, weight.dtype, weight._version, bias_version)
     cached: tuple[Any, ...] | None = getattr(conv, "_dacwatch_winograd", None)
     if cached is not None and cached[0] == key:
         return cached[1], cached[2], cached[3]
     at, g, bt = winograd_matrices(WINOGRAD_OUTPUTS, WINOGRAD_TAPS, WINOGRAD_POINTS)
-    # U[p] = sum_k G[p, k] W[:, :, k], as one product straight into place (no float64
-    # or permuted temporaries: the widest layers' weights are tens of MB).
+    g32 = g.float().to(weight.device)
+    # U[p] = sum_k G[p, k] W[:, :, k], as one product (no float64 or permuted
+    # temporaries: the widest layers' weights are tens of MB).
     c_out, c_in, r = weight.shape
-    u = torch.mm(g.float().to(weight.device), weight.detach().reshape(-1, r).t()).view(-1, c_out, c_in)
+    u = torch.mm(g32, weight.detach().reshape(-1, r).t()).view(-1, c_out, c_in)
+    if bias is not None:  # the ones channel's kernel is the bias at tap 0
+        u = torch.cat([u, g32[:, :1, None] * bias.detach().view(1, c_out, 1)], dim=2)
     bt32 = bt.float().to(weight.device)
     att = at.t().float().contiguous().to(weight.device)
     conv._dacwatch_winograd = (key, u, bt32, att)  # type: ignore[assignment]
@@ -218,27 +244,25 @@ def _winograd_forward(self: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
     if length < m * d:
         return nn.Conv1d.forward(self, x)
     u, bt, att = _winograd_weights(self)
-    c_out = u.shape[1]
+    c_out, channels = u.shape[1:]  # channels: c_in, plus the ones channel with a bias
     # Dilation d splits the signal into d interleaved phases, each an undilated
     # correlation; every phase gets `tiles` tiles of m outputs.
     tiles = -(-length // (m * d))
     per_phase = tiles * m + r - 1
-    padded = F.pad(x, (p, d * per_phase - n_in - p))
+    padded = x.new_empty((rows, channels, d * per_phase))
+    padded[:, :c_in, :p].zero_()
+    padded[:, :c_in, p : p + n_in].copy_(x)
+    padded[:, :c_in, p + n_in :].zero_()
+    padded[:, c_in:].fill_(1.0)
     result = torch.empty((rows, c_out, tiles * m * d), dtype=x.dtype)
     for row, out in zip(padded, result, strict=True):
-        phases = row.view(c_in, per_phase, d).transpose(1, 2) if d > 1 else row[:, None]
-        windows = phases.unfold(-1, a, m).reshape(-1, a)  # [(c_in, d, tiles), a]
-        v = torch.mm(bt, windows.t()).view(a, c_in, -1)  # input transform
+        phases = row.view(channels, per_phase, d).transpose(1, 2) if d > 1 else row[:, None]
+        windows = phases.unfold(-1, a, m).reshape(-1, a)  # [(channels, d, tiles), a]
+        v = torch.mm(bt, windows.t()).view(a, channels, -1)  # input transform
         prod = torch.bmm(u, v)  # [a, c_out, d * tiles]: the channel mixing, all the FLOPs
         if d == 1:  # output transform straight into place
             torch.mm(prod.view(a, -1).t(), att, out=out.view(-1, m))
-            if self.bias is not None:
-                out.add_(self.bias.view(c_out, 1))
-        else:  # output transform, then interleave the phases again (adding the bias in the same pass)
+        else:  # output transform, then interleave the phases again
             y = torch.mm(prod.view(a, -1).t(), att).view(c_out, d, tiles * m).transpose(1, 2)
-            into = out.view(c_out, tiles * m, d)
-            if self.bias is not None:
-                torch.add(y, self.bias.view(c_out, 1, 1), out=into)
-            else:
-                into.copy_(y)
+            out.view(c_out, tiles * m, d).copy_(y)
     return result[..., :length]
