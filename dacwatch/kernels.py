@@ -20,7 +20,7 @@ the fast form assumes, so the network stays a plain DAC network.
   products over all tiles, the small input and output transforms as matrix
   products too. Per layer about half the time of oneDNN's direct convolution
   at 384-768 channels and 1.15-1.5x faster at 96-192; a full-size decode about
-  1.25x faster for about 200 MB more RSS (transformed weights and workspace).
+  1.25x faster for 200-300 MB more RSS while decoding (weights, workspace).
   Its float32 rounding is larger than a direct sum's (about 4e-5 of the
   output's scale per layer against 1.5e-6 on random data) and depends on where
   a tile starts, so chunked and whole-file decoding differ by a few 1e-6
@@ -265,7 +265,9 @@ def _winograd_forward(self: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
         phases = row.view(channels, per_phase, d).transpose(1, 2) if d > 1 else row[:, None]
         windows = phases.unfold(-1, a, m).reshape(-1, a)  # [(channels, d, tiles), a]
         v = torch.mm(bt, windows.t()).view(a, channels, -1)  # input transform
+        del windows  # each of these is 2.5x the activation: hold no more than two at once
         prod = torch.bmm(u, v)  # [a, c_out, d * tiles]: the channel mixing, all the FLOPs
+        del v
         if d == 1:  # output transform straight into place
             torch.mm(prod.view(a, -1).t(), att, out=out.view(-1, m))
         else:  # output transform, then interleave the phases again
