@@ -40,12 +40,15 @@ from __future__ import annotations
 
 import functools
 import types
+from collections.abc import Callable
 from fractions import Fraction
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+T = TypeVar("T")
 
 
 def snake(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
@@ -97,23 +100,39 @@ def _residual_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return y.add_(x)
 
 
+def _parameter_key(conv: nn.Conv1d | nn.ConvTranspose1d) -> tuple[Any, ...]:
+    """What a layer's derived weights depend on: its weight and bias tensors as they
+    are now (an in-place change bumps ``_version``)."""
+    weight, bias = conv.weight, conv.bias
+    bias_key = None if bias is None else (bias.data_ptr(), bias._version)
+    return (weight.data_ptr(), weight.device, weight.dtype, weight._version, bias_key)
+
+
+def _cached(conv: nn.Conv1d | nn.ConvTranspose1d, name: str, build: Callable[[], T]) -> T:
+    """``build()``'s result, kept on ``conv`` under ``name`` until its parameters change."""
+    key = _parameter_key(conv)
+    cached: tuple[Any, T] | None = getattr(conv, name, None)
+    if cached is None or cached[0] != key:
+        cached = (key, build())
+        setattr(conv, name, cached)
+    return cached[1]
+
+
 def _polyphase_weights(conv: nn.ConvTranspose1d) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The transposed convolution's weights as an ordinary convolution with kernel 2
     and ``stride * out_channels`` outputs, phase-major; cached per weight tensor."""
-    weight = conv.weight
-    bias_version = None if conv.bias is None else (conv.bias.data_ptr(), conv.bias._version)
-    key = (weight.data_ptr(), weight.device, weight.dtype, weight._version, bias_version)
-    cached: tuple[Any, torch.Tensor, torch.Tensor | None] | None = getattr(conv, "_dacwatch_polyphase", None)
-    if cached is not None and cached[0] == key:
-        return cached[1], cached[2]
-    (s,) = conv.stride
-    c_in, c_out, _ = weight.shape
-    # Output position q*s + r takes x[q] through tap r and x[q-1] through tap r + s.
-    taps = weight.detach().reshape(c_in, c_out, 2, s).permute(3, 1, 0, 2).flip(-1)
-    poly = taps.reshape(s * c_out, c_in, 2).contiguous()
-    bias = None if conv.bias is None else conv.bias.detach().repeat(s)
-    conv._dacwatch_polyphase = (key, poly, bias)  # type: ignore[assignment]
-    return poly, bias
+
+    def build() -> tuple[torch.Tensor, torch.Tensor | None]:
+        weight = conv.weight
+        (s,) = conv.stride
+        c_in, c_out, _ = weight.shape
+        # Output position q*s + r takes x[q] through tap r and x[q-1] through tap r + s.
+        taps = weight.detach().reshape(c_in, c_out, 2, s).permute(3, 1, 0, 2).flip(-1)
+        poly = taps.reshape(s * c_out, c_in, 2).contiguous()
+        bias = None if conv.bias is None else conv.bias.detach().repeat(s)
+        return poly, bias
+
+    return _cached(conv, "_dacwatch_polyphase", build)
 
 
 def _transposed_forward(self: nn.ConvTranspose1d, x: torch.Tensor) -> torch.Tensor:
@@ -212,29 +231,31 @@ def _winograd_suits(conv: nn.Conv1d) -> bool:
     )
 
 
-def _winograd_weights(conv: nn.Conv1d) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(U [a, out, in (+1)], BT [a, a], AT^T [a, m])`` for this layer, float32;
-    cached per weight and bias tensor like the polyphase weights. With a bias, U has
-    one more input channel carrying it: the forward feeds that channel ones, so the
-    bias rides in the channel mixing instead of taking a pass of its own."""
-    weight, bias = conv.weight, conv.bias
-    bias_version = None if bias is None else (bias.data_ptr(), bias._version)
-    key = (weight.data_ptr(), weight.device, weight.dtype, weight._version, bias_version)
-    cached: tuple[Any, ...] | None = getattr(conv, "_dacwatch_winograd", None)
-    if cached is not None and cached[0] == key:
-        return cached[1], cached[2], cached[3]
+@functools.cache
+def _winograd_transforms(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(G [a, r], BT [a, a], AT^T [a, m])`` of F(4, 7) in float32 on ``device``."""
     at, g, bt = winograd_matrices(WINOGRAD_OUTPUTS, WINOGRAD_TAPS, WINOGRAD_POINTS)
-    g32 = g.float().to(weight.device)
-    # U[p] = sum_k G[p, k] W[:, :, k], as one product (no float64 or permuted
-    # temporaries: the widest layers' weights are tens of MB).
-    c_out, c_in, r = weight.shape
-    u = torch.mm(g32, weight.detach().reshape(-1, r).t()).view(-1, c_out, c_in)
-    if bias is not None:  # the ones channel's kernel is the bias at tap 0
-        u = torch.cat([u, g32[:, :1, None] * bias.detach().view(1, c_out, 1)], dim=2)
-    bt32 = bt.float().to(weight.device)
-    att = at.t().float().contiguous().to(weight.device)
-    conv._dacwatch_winograd = (key, u, bt32, att)  # type: ignore[assignment]
-    return u, bt32, att
+    return g.float().to(device), bt.float().to(device), at.t().float().contiguous().to(device)
+
+
+def _winograd_weights(conv: nn.Conv1d) -> torch.Tensor:
+    """``U [a, out, in (+1)]`` for this layer, float32; cached per weight and bias
+    tensor like the polyphase weights. With a bias, U has one more input channel
+    carrying it: the forward feeds that channel ones, so the bias rides in the
+    channel mixing instead of taking a pass of its own."""
+
+    def build() -> torch.Tensor:
+        weight, bias = conv.weight, conv.bias
+        g = _winograd_transforms(weight.device)[0]
+        # U[p] = sum_k G[p, k] W[:, :, k], as one product (no float64 or permuted
+        # temporaries: the widest layers' weights are tens of MB).
+        c_out, c_in, r = weight.shape
+        u = torch.mm(g, weight.detach().reshape(-1, r).t()).view(-1, c_out, c_in)
+        if bias is not None:  # the ones channel's kernel is the bias at tap 0
+            u = torch.cat([u, g[:, :1, None] * bias.detach().view(1, c_out, 1)], dim=2)
+        return u
+
+    return _cached(conv, "_dacwatch_winograd", build)
 
 
 def _winograd_forward(self: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
@@ -249,7 +270,8 @@ def _winograd_forward(self: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
     length = n_in + 2 * p - (r - 1) * d  # output samples
     if length < m * d:
         return nn.Conv1d.forward(self, x)
-    u, bt, att = _winograd_weights(self)
+    u = _winograd_weights(self)
+    _, bt, att = _winograd_transforms(x.device)
     c_out, channels = u.shape[1:]  # channels: c_in, plus the ones channel with a bias
     # Dilation d splits the signal into d interleaved phases, each an undilated
     # correlation; every phase gets `tiles` tiles of m outputs.
