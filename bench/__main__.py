@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
+PRECISIONS = ("float32", "tf32", "bf16", "float32-nocudnn")
+STAMP = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M")
 
 
 def child(spec: dict[str, Any]) -> dict[str, Any]:
@@ -72,6 +74,17 @@ def write_wav(path: Path, seconds: float, channels: int, rate: int) -> None:
             f.write(block.T)
 
 
+def cpu_name() -> str:
+    """The CPU's model name (figures differ between CPUs: name it beside each)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -96,6 +109,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--seed-memory-seconds", type=float, nargs="*", default=[10.0, 30.0])
     p.add_argument("--only-long", action="store_true", help="only the long-file memory check")
+    p.add_argument(
+        "--precisions",
+        nargs="*",
+        default=None,
+        help="precision sweep against float32 on the CPU (default: float32 tf32 bf16 on a GPU, none on a CPU)",
+    )
+    p.add_argument("--precision-seconds", type=float, default=20.0, help="audio for the precision sweep")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
 
@@ -122,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "torch": torch.__version__,
         "dacwatch": __version__,
@@ -191,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             tries.setdefault(f"decode/{approach}", []).append(r)
             print(f"  decode {approach:10s} {r['x_realtime']:.2f}x realtime", file=sys.stderr)
     runs = {key: best_round(rounds) for key, rounds in tries.items()}
+    checkpoint(args, report, {"runs": runs})
     runs["encode/whole"] = {**ref, "x_realtime": audio_s / ref["wall_s"]}
     report["runs"] = runs
     pairs = {
@@ -210,6 +231,15 @@ def main(argv: list[str] | None = None) -> int:
     report["sweep"] = child(
         {**base, "task": "sweep", "input": str(work / "sweep.npy"), "windows": args.windows, "batches": args.batches}
     )["rows"]
+    checkpoint(args, report)
+
+    precisions = args.precisions if args.precisions is not None else ([] if args.device == "cpu" else PRECISIONS)
+    if precisions:
+        np.save(work / "precision.npy", synth(args.precision_seconds, args.channels, rate, seed=3))
+        report["precision"] = child(
+            {**base, "task": "precision", "input": str(work / "precision.npy"), "precisions": list(precisions)}
+        )["rows"]
+        checkpoint(args, report)
 
     # Memory: the seed holds the whole signal and decodes in one pass, so it grows with length.
     seed_mem = []
@@ -272,12 +302,23 @@ def long_files(
     return {"network": "tiny random (same strides)" if args.long_network == "tiny" else network, "rows": rows}
 
 
+def _tag(args: argparse.Namespace) -> str:
+    return ("cpu" if args.device == "cpu" else "gpu") + ("-long" if args.only_long else "")
+
+
+def checkpoint(args: argparse.Namespace, report: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
+    """The JSON so far, so a run stopped at its time limit still leaves its figures."""
+    args.out.mkdir(parents=True, exist_ok=True)
+    partial = {**report, **(extra or {}), "complete": False}
+    (args.out / f"{_tag(args)}-{STAMP}.json").write_text(json.dumps(partial, indent=2) + "\n")
+
+
 def save(args: argparse.Namespace, report: dict[str, Any], md: str) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M")
-    tag = ("cpu" if args.device == "cpu" else "gpu") + ("-long" if args.only_long else "")
-    (args.out / f"{tag}-{stamp}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / f"{tag}-{stamp}.md").write_text(md)
+    tag = _tag(args)
+    report["complete"] = True
+    (args.out / f"{tag}-{STAMP}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / f"{tag}-{STAMP}.md").write_text(md)
     (args.out / f"latest-{tag}.md").write_text(md)
     print(md)
     return 0
@@ -349,6 +390,24 @@ def markdown(r: dict[str, Any]) -> str:
         "|---|---|---|---|",
     ]
     lines += [f"| {w['window_s']:g} | {w['batch']} | {w['encode_x']:.2f} | {w['decode_x']:.2f} |" for w in r["sweep"]]
+    if any("peak_device_mb" in x for x in runs.values()):
+        lines += ["", "Peak device memory (MB, the timed pass):", "", "| run | peak device MB |", "|---|---|"]
+        lines += [f"| {k} | {x['peak_device_mb']:.0f} |" for k, x in runs.items() if "peak_device_mb" in x]
+    if r.get("precision"):
+        lines += [
+            "",
+            f"Precision sweep on {r['device']} against float32 on the CPU (same codes decoded; "
+            "chunked vs whole: frames that differ between the default windows and one whole-file pass on the device):",
+            "",
+            "| precision | encode x | decode x | frames differing from CPU float32 | codes differing | chunked vs whole | decode SNR dB | decode max diff |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {q['precision']} | {q['encode_x']:.1f} | {q['decode_x']:.1f} | {q['frames_differing_from_cpu_float32']} of {q['frames']} "
+            f"| {100 * q['codes_differing_from_cpu_float32']:.3f}% | {q['frames_chunked_vs_whole_on_device']} "
+            f"| {q['decode_snr_db_vs_cpu_float32']:.1f} | {q['decode_max_abs_diff_vs_cpu_float32']:.2g} |"
+            for q in r["precision"]
+        ]
     lines += [
         "",
         "Memory of the seed approach (stereo, peak RSS MB; grows with length):",

@@ -20,7 +20,7 @@ from dacwatch.model import DacNet, encoder_receptive_field, layer_padding
 SEED_WINDOW_S = 5.0  # the seed's window (DESIGN.md's 5 s CPU figure)
 
 
-def encode(model: DacNet, audio: np.ndarray, window_s: float = SEED_WINDOW_S) -> np.ndarray:
+def encode(model: DacNet, audio: np.ndarray, window_s: float = SEED_WINDOW_S, device: str = "cpu") -> np.ndarray:
     """``[channels, samples]`` at the model rate -> codes ``[frames, nq, channels]``.
 
     Valid convolutions over a signal zero-padded by the receptive field: the
@@ -41,15 +41,15 @@ def encode(model: DacNet, audio: np.ndarray, window_s: float = SEED_WINDOW_S) ->
             a = t0 * hop  # frame t0 starts at t0*hop - padding, i.e. t0*hop in the padded signal
             for c in range(channels):  # one window, one channel at a time
                 x = torch.from_numpy(signal[c : c + 1, a : a + rf.size + (count - 1) * hop])[:, None, :]
-                codes = model.quantizer(model.encoder(x))[1]
-                out[t0 : t0 + count, :, c] = codes[0, :, :count].numpy().T
+                codes = model.quantizer(model.encoder(x.to(device)))[1]
+                out[t0 : t0 + count, :, c] = codes[0, :, :count].cpu().numpy().T
     return out
 
 
-def decode(model: DacNet, codes: np.ndarray) -> np.ndarray:
+def decode(model: DacNet, codes: np.ndarray, device: str = "cpu") -> np.ndarray:
     """Codes ``[frames, nq, channels]`` -> audio ``[channels, samples]``, one unchunked pass."""
-    rows = torch.from_numpy(codes.transpose(2, 1, 0).astype(np.int64))
+    rows = torch.from_numpy(codes.transpose(2, 1, 0).astype(np.int64)).to(device)
     with torch.inference_mode():
         z = model.quantizer.from_codes(rows)[0]
-        audio: np.ndarray = model.decode(z)[:, 0].numpy()
+        audio: np.ndarray = model.decode(z)[:, 0].cpu().numpy()
     return audio

@@ -53,6 +53,12 @@ def _model_args(p: argparse.ArgumentParser, with_model: bool = True) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda:N")
     p.add_argument("--window", type=float, default=None, help="window length in seconds; 0 = whole file")
     p.add_argument("--batch", type=int, default=None, help="windows per forward pass")
+    p.add_argument(
+        "--precision",
+        choices=["float32", "tf32", "bf16"],
+        default="float32",
+        help="float32 is exact; tf32 and bf16 are faster on a GPU (bench/ measures how far codes move)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,6 +160,7 @@ def _pool(args: argparse.Namespace) -> Any:
         encode_window_s=window if args.command in ("encode", "verify") else None,
         decode_window_s=window if args.command == "decode" else None,
         batch_size=args.batch,
+        precision=args.precision,
     )
     return CodecPool(spec, settings)
 

@@ -20,6 +20,7 @@ are ``[frames, codebooks, channels]`` int16, time first like the container.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -50,6 +51,17 @@ GPU_ENCODE_WINDOW_S = 10.0
 GPU_DECODE_WINDOW_S = 5.0
 CPU_BATCH = 1
 GPU_BATCH = 16
+MIN_WINDOW_FRAMES = 16  # the smallest window out-of-memory recovery shrinks to
+
+# Numerics (DESIGN.md, "GPU"). float32 is exact: no TF32 in convolutions or
+# matrix products, cuDNN limited to deterministic algorithms and never
+# benchmarking (which could pick another algorithm per window shape). tf32 lets
+# cuDNN and cuBLAS use TF32 tensor cores and pick the fastest algorithm per
+# shape; bf16 runs encoder and decoder under bfloat16 autocast, with the
+# quantizer (nearest codebook entry, code lookup) kept in float32. On a CPU
+# tf32 is float32 (there is no TF32 there). Only float32 promises that the
+# codes do not depend on the windows; bench/ measures how far the others move.
+PRECISIONS: tuple[str, ...] = ("float32", "tf32", "bf16")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -60,6 +72,24 @@ def resolve_device(device: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device} was asked for but CUDA is not available")
     return dev
+
+
+def set_numerics(device: torch.device, precision: str) -> None:
+    """Set the process-wide CUDA math flags for ``precision`` (no effect on a CPU).
+
+    They are global to the process, so they are set before every forward pass of
+    a codec: one daemon runs one precision on all its devices.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if device.type != "cuda":
+        return
+    exact = precision == "float32"
+    fp32 = "ieee" if exact else "tf32"
+    torch.backends.cudnn.conv.fp32_precision = fp32  # type: ignore[attr-defined]
+    torch.backends.cuda.matmul.fp32_precision = fp32
+    torch.backends.cudnn.deterministic = exact
+    torch.backends.cudnn.benchmark = not exact
 
 
 class CodeArray(Protocol):
@@ -95,8 +125,11 @@ class ChunkedCodec:
         encode_window_s: float | None = None,
         decode_window_s: float | None = None,
         batch_size: int | None = None,
+        precision: str = "float32",
     ) -> None:
         self.device = resolve_device(device) if isinstance(device, str) else device
+        set_numerics(torch.device("cpu"), precision)  # validates the name
+        self.precision = precision
         self.model = model.to(self.device)
         gpu = self.device.type == "cuda"
         self.sample_rate = int(model.sample_rate)
@@ -126,6 +159,31 @@ class ChunkedCodec:
         if self.batch_size < 1:
             raise ValueError("batch size must be at least 1")
 
+    # ------------------------------------------------------------------ memory
+
+    def geometry(self) -> tuple[int, float, float]:
+        """``(batch, encode window s, decode window s)``: all that sets device memory."""
+        return self.batch_size, self.encode_window_s, self.decode_window_s
+
+    def shrink(self) -> bool:
+        """After running out of memory: halve the batch; at batch 1, halve the windows
+        (a whole-file window becomes the device's default first). False when batch and
+        windows are already as small as they go. Neither changes any result."""
+        if self.batch_size > 1:
+            self.batch_size //= 2
+            return True
+        gpu = self.device.type == "cuda"
+        smallest_encode = (self.rf.size + (MIN_WINDOW_FRAMES - 1) * self.hop) / self.sample_rate
+        smallest_decode = MIN_WINDOW_FRAMES * self.hop / self.sample_rate
+        encode = self.encode_window_s or (GPU_ENCODE_WINDOW_S if gpu else CPU_ENCODE_WINDOW_S)
+        decode = self.decode_window_s or (GPU_DECODE_WINDOW_S if gpu else CPU_DECODE_WINDOW_S)
+        encode = max(smallest_encode, encode / 2 if self.encode_window_s else encode)
+        decode = max(smallest_decode, decode / 2 if self.decode_window_s else decode)
+        if (encode, decode) == (self.encode_window_s, self.decode_window_s):
+            return False
+        self.encode_window_s, self.decode_window_s = encode, decode
+        return True
+
     # ------------------------------------------------------------------ geometry
 
     def frames_per_window(self) -> int:
@@ -142,12 +200,21 @@ class ChunkedCodec:
 
     # ------------------------------------------------------------------ model calls
 
+    def _numerics(self) -> contextlib.AbstractContextManager[Any]:
+        """Inference under this codec's precision: flags set, bf16 autocast where asked."""
+        set_numerics(self.device, self.precision)
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     def _encode_rows(self, rows: np.ndarray, padded: bool, n_quantizers: int) -> np.ndarray:
         """``[rows, samples]`` -> codes ``[rows, n_quantizers, frames]`` (int16)."""
         try:
             with torch.inference_mode(), layer_padding(self.model.encoder, padded):
                 x = torch.from_numpy(np.ascontiguousarray(rows)).to(self.device, self.dtype)
-                z = self.model.encoder(x[:, None, :])
+                with self._numerics():
+                    z = self.model.encoder(x[:, None, :])
+                z = z.to(self.dtype)  # the quantizer's nearest-entry search stays in full precision
                 codes = self.model.quantizer(z, n_quantizers)[1]
                 out: np.ndarray = codes.to("cpu", torch.int16).numpy()
                 return out
@@ -354,22 +421,28 @@ class ChunkedCodec:
                 codes = torch.from_numpy(rows.astype(np.int64)).to(self.device)
                 x = self.model.quantizer.from_codes(codes)[0]
                 split = self.tile_after + 1 if self.tile_samples else len(self._stages)
-                x, first = self._through(x, 0, 0, split, keep)
-                if split < len(self._stages):
-                    # Depth first: the late, high-rate stages run tile by tile so their
-                    # activations stay in cache; each tile is cropped like a window.
-                    pieces = []
-                    for a in range(keep[0], keep[1], self.tile_samples):
-                        tile = (a, min(a + self.tile_samples, keep[1]))
-                        part, at = self._crop(x, first, self._stages[split - 1][2], tile)
-                        y, y_first = self._through(part, at, split, len(self._stages), tile)
-                        pieces.append(y[..., tile[0] - y_first : tile[1] - y_first])
-                    x, first = torch.cat(pieces, dim=-1), keep[0]
+                with self._numerics():
+                    x, first = self._decode_stages(x, split, keep)
                 out = x.to("cpu", torch.float32).numpy()
         except torch.OutOfMemoryError as exc:
             raise OutOfMemoryError(f"out of memory decoding {windows} windows of {frames} frames") from exc
         shaped: np.ndarray = out.reshape(windows, channels, -1)
         return shaped, first
+
+    def _decode_stages(self, x: torch.Tensor, split: int, keep: tuple[int, int]) -> tuple[torch.Tensor, int]:
+        """Latents through the decoder's stages, cropped to ``keep`` (tiled after ``split``)."""
+        x, first = self._through(x, 0, 0, split, keep)
+        if split < len(self._stages):
+            # Depth first: the late, high-rate stages run tile by tile so their
+            # activations stay in cache; each tile is cropped like a window.
+            pieces = []
+            for a in range(keep[0], keep[1], self.tile_samples):
+                tile = (a, min(a + self.tile_samples, keep[1]))
+                part, at = self._crop(x, first, self._stages[split - 1][2], tile)
+                y, y_first = self._through(part, at, split, len(self._stages), tile)
+                pieces.append(y[..., tile[0] - y_first : tile[1] - y_first])
+            x, first = torch.cat(pieces, dim=-1), keep[0]
+        return x, first
 
     def _through(
         self, x: torch.Tensor, first: int, start: int, stop: int, keep: tuple[int, int]

@@ -52,6 +52,8 @@ class CodecConfig(_Section):
     decode_window_s: float | None = Field(default=None, ge=0)
     batch_size: int | None = Field(default=None, ge=1)
     codebooks: int | None = Field(default=None, ge=1)
+    # float32: exact (chunked equals whole-file); tf32 and bf16: faster on a GPU, by choice.
+    precision: Literal["float32", "tf32", "bf16"] = "float32"
 
 
 class OutputConfig(_Section):

@@ -39,6 +39,7 @@ from .fsio import atomic_output, ensure_dir
 from .model import DacNet, ModelSpec, layer_padding, load_model, model_info, resolve_release
 
 Progress = Callable[[float], None]  # called with seconds of audio done
+GROW_AFTER = 20  # jobs in a row without running out of memory before a step is taken back
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class CodecSettings:
     encode_window_s: float | None = None
     decode_window_s: float | None = None
     batch_size: int | None = None
+    precision: str = "float32"
 
 
 @dataclass
@@ -61,7 +63,10 @@ class CodecPool:
     cache_dir: Path | None = None
     loader: Callable[[ModelSpec, torch.device], DacNet] | None = None
     _codecs: dict[tuple[str, str, str], ChunkedCodec] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _lock: threading.RLock = field(default_factory=threading.RLock)
+    # Out-of-memory recovery: the geometries each codec had before each shrink.
+    _stack: dict[tuple[str, str, str], list[tuple[int, float, float]]] = field(default_factory=dict)
+    _successes: int = 0
 
     def __post_init__(self) -> None:
         self.device = resolve_device(self.settings.device)
@@ -83,7 +88,9 @@ class CodecPool:
                 loader = self.loader or (lambda s, d: load_model(s, d, self.cache_dir))
                 model = loader(spec, self.device)
                 s = self.settings
-                self._codecs[key] = ChunkedCodec(model, self.device, s.encode_window_s, s.decode_window_s, s.batch_size)
+                self._codecs[key] = ChunkedCodec(
+                    model, self.device, s.encode_window_s, s.decode_window_s, s.batch_size, s.precision
+                )
             return self._codecs[key]
 
     def record(self, n_codebooks: int | None = None) -> ModelRecord:
@@ -127,14 +134,41 @@ class CodecPool:
             )
         return codec
 
-    def halve_batch(self) -> int:
-        """After running out of memory: halve the batch of every loaded codec; returns the new size."""
+    def shrink(self) -> str | None:
+        """After running out of memory: a smaller batch, then smaller windows, for every
+        loaded network, and the device's cached blocks handed back. Returns the new
+        geometry, or None when nothing is left to shrink."""
         with self._lock:
-            smallest = min((c.batch_size for c in self._codecs.values()), default=1)
-            batch = max(1, smallest // 2)
-            for codec in self._codecs.values():
-                codec.batch_size = min(codec.batch_size, batch)
-            return batch
+            shrunk = False
+            for key, codec in self._codecs.items():
+                before = codec.geometry()
+                if codec.shrink():
+                    self._stack.setdefault(key, []).append(before)
+                    shrunk = True
+            self._successes = 0
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            return self._describe() if shrunk else None
+
+    def succeeded(self) -> str | None:
+        """After a job went through: once ``GROW_AFTER`` jobs in a row have since the
+        last shrink, take back one step. Returns the new geometry when it grew."""
+        with self._lock:
+            if not any(self._stack.values()):
+                return None
+            self._successes += 1
+            if self._successes < GROW_AFTER:
+                return None
+            self._successes = 0
+            for key, stack in self._stack.items():
+                if stack:
+                    codec = self._codecs[key]
+                    codec.batch_size, codec.encode_window_s, codec.decode_window_s = stack.pop()
+            return self._describe()
+
+    def _describe(self) -> str:
+        batch, encode, decode = next(iter(self._codecs.values())).geometry()
+        return f"batch {batch}, windows {encode:.3g} s encode / {decode:.3g} s decode"
 
 
 @dataclass(frozen=True)

@@ -146,6 +146,7 @@ def _transposed_forward(self: nn.ConvTranspose1d, x: torch.Tensor) -> torch.Tens
         or not 0 <= op <= p
         or x.dim() != 3
         or x.device.type != "cpu"
+        or torch.is_autocast_enabled("cpu")
     ):
         return nn.ConvTranspose1d.forward(self, x)
     weight, bias = _polyphase_weights(self)
@@ -259,7 +260,13 @@ def _winograd_weights(conv: nn.Conv1d) -> torch.Tensor:
 
 
 def _winograd_forward(self: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
-    if torch.is_grad_enabled() or x.dim() != 3 or x.device.type != "cpu" or x.dtype != torch.float32:
+    if (
+        torch.is_grad_enabled()
+        or x.dim() != 3
+        or x.device.type != "cpu"
+        or x.dtype != torch.float32
+        or torch.is_autocast_enabled("cpu")  # bf16 by choice: autocast's own convolutions
+    ):
         return nn.Conv1d.forward(self, x)
     padding = self.padding
     assert not isinstance(padding, str)  # _winograd_suits rules out string padding

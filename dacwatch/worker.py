@@ -15,6 +15,7 @@ import os
 import shutil
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +44,7 @@ def make_pool(settings: Settings, device: str) -> CodecPool:
     c = settings.codec
     return CodecPool(
         model_spec(settings),
-        CodecSettings(device, c.encode_window_s, c.decode_window_s, c.batch_size),
+        CodecSettings(device, c.encode_window_s, c.decode_window_s, c.batch_size, c.precision),
         cache_dir=settings.model.cache_dir,
     )
 
@@ -117,6 +118,9 @@ class Worker(threading.Thread):
             result = self._convert(source, job)
             self._dispose(source)
             self._record(self.queue.complete, job.id, str(result.output))
+            grown = self.pool.succeeded()
+            if grown:
+                self.log.info("codec.grown", geometry=grown)
             wall = time.monotonic() - started
             self.log.info(
                 "job.done",
@@ -187,14 +191,18 @@ class Worker(threading.Thread):
         s = self.settings
         error = " ".join(str(exc).split()) or type(exc).__name__
         fields = dict(source=str(source), error=error, attempts=job.attempts, wall_s=round(wall, 3))
+        shrunk = None
         if isinstance(exc, OutOfMemoryError):
-            self.log.warning("job.out_of_memory", batch=self.pool.halve_batch(), **fields)
+            release_frames(exc)  # the failed pass's tensors, before the cache is emptied
+            shrunk = self.pool.shrink()
+            self.log.warning("job.out_of_memory", geometry=shrunk or "smallest", **fields)
         # Transient faults are the machine's, not the file's: retried for as long
         # as they last. Anything unexpected gets max_attempts, then quarantine.
         transient = isinstance(exc, TransientError)
         permanent = isinstance(exc, PermanentError) and not transient
         if transient or (not permanent and job.attempts < s.retry.max_attempts):
-            delay = 0.0 if isinstance(exc, OutOfMemoryError) else s.retry.delay(job.attempts)
+            # Smaller batch or windows: try again at once; nothing left to shrink: back off.
+            delay = 0.0 if shrunk else s.retry.delay(job.attempts)
             self._record(self.queue.retry_later, job.id, error, delay)
             self.log.warning("job.retry_scheduled", delay_s=delay, transient=transient, **fields)
             return
@@ -238,6 +246,17 @@ class Worker(threading.Thread):
         if os.path.lexists(source):
             move_within(source, target)
         return note
+
+
+def release_frames(exc: BaseException) -> None:
+    """Drop the local variables of the frames an exception (and its causes) passed
+    through: after running out of memory they hold the failed pass's tensors."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        traceback.clear_frames(current.__traceback__)
+        current = current.__cause__ or current.__context__
 
 
 def unique(path: Path) -> Path:

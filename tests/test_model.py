@@ -218,10 +218,37 @@ def test_prepared_model_matches_dacs_own_forward() -> None:
     assert np.abs(codec.decode(ours)[0] - audio[0, 0].numpy()).max() < 1e-5
 
 
-def test_out_of_memory_halves_the_batch_down_to_one(tiny_weights: Path) -> None:
-    from dacwatch.convert import CodecPool, CodecSettings
+def test_out_of_memory_shrinks_batch_then_windows_and_grows_back(tiny_weights: Path) -> None:
+    from dacwatch.codec import MIN_WINDOW_FRAMES
+    from dacwatch.convert import GROW_AFTER, CodecPool, CodecSettings
 
     pool = CodecPool(ModelSpec(weights=tiny_weights), CodecSettings("cpu", batch_size=8))
-    pool.codec()
-    assert [pool.halve_batch() for _ in range(5)] == [4, 2, 1, 1, 1]
-    assert pool.codec().batch_size == 1
+    codec = pool.codec()
+    x = noise(2, 3 * 44100, seed=9)
+    reference = codec.encode(x)
+    geometries = [codec.geometry()]
+    while pool.shrink() is not None:
+        geometries.append(codec.geometry())
+        assert np.array_equal(codec.encode(x), reference)  # no step changes a code
+    batches = [g[0] for g in geometries]
+    assert batches[:4] == [8, 4, 2, 1] and set(batches[4:]) == {1}
+    # At batch 1 the windows halve, down to the smallest window, then nothing is left.
+    assert geometries[4][1:] == (0.5, 2.0)
+    smallest_encode = (codec.rf.size + (MIN_WINDOW_FRAMES - 1) * codec.hop) / codec.sample_rate
+    assert geometries[-1][1:] == (smallest_encode, MIN_WINDOW_FRAMES * codec.hop / codec.sample_rate)
+    assert pool.shrink() is None
+    # A run of successes takes back one step at a time, the last step first.
+    for step in reversed(geometries[:-1]):
+        assert [pool.succeeded() for _ in range(GROW_AFTER - 1)] == [None] * (GROW_AFTER - 1)
+        assert pool.succeeded() is not None
+        assert codec.geometry() == step
+    assert pool.succeeded() is None and codec.geometry() == (8, 1.0, 4.0)
+
+
+def test_whole_file_windows_shrink_to_the_device_default(tiny_weights: Path) -> None:
+    from dacwatch.convert import CodecPool, CodecSettings
+
+    pool = CodecPool(ModelSpec(weights=tiny_weights), CodecSettings("cpu", 0, 0, 1))
+    codec = pool.codec()
+    assert pool.shrink() == "batch 1, windows 1 s encode / 4 s decode"
+    assert codec.geometry() == (1, 1.0, 4.0)

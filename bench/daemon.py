@@ -1,0 +1,253 @@
+"""``python -m bench.daemon``: the daemon's throughput on a folder, against the codec alone.
+
+A real ``dacwatch run`` (a separate process) converts a folder of WAV files
+(synthetic speech-like audio, 44.1 kHz mono) on one device. Its throughput is
+the audio converted per wall second from READY to the last ``job.done``. The
+reference is the codec alone on the same audio, in memory, in this process,
+with the same device, windows, batch and precision (no reading, loudness,
+resampling or writing): the daemon's share of it is what the pipeline around
+the codec costs. Results go to ``--out`` as ``daemon-<device>-<date>.json``
+and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __main__ as bench
+
+HERE = Path(__file__).resolve().parent
+
+
+def write_folder(folder: Path, files: int, seconds: float, rate: int = 44100, distinct: int = 10) -> list[Path]:
+    """``files`` mono PCM16 WAVs of ``seconds`` each (``distinct`` different signals, cycled:
+    synthesising 200 takes longer than converting them on a GPU)."""
+    import soundfile as sf
+
+    folder.mkdir(parents=True, exist_ok=True)
+    signals = [bench.synth(seconds, 1, rate, seed=1000 + i).T for i in range(min(files, distinct))]
+    paths = []
+    for i in range(files):
+        path = folder / f"talk-{i:04d}.wav"
+        sf.write(str(path), signals[i % len(signals)], rate, subtype="PCM_16")
+        paths.append(path)
+    return paths
+
+
+def events(log: Path, name: str) -> list[dict[str, Any]]:
+    out = []
+    for line in log.read_text(errors="replace").splitlines():
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if event.get("event") == name:
+            out.append(event)
+    return out
+
+
+def stamp(event: dict[str, Any]) -> float:
+    return dt.datetime.fromisoformat(str(event["timestamp"]).replace("Z", "+00:00")).timestamp()
+
+
+def run_daemon(args: argparse.Namespace, weights: Path, work: Path, staged: list[Path]) -> dict[str, Any]:
+    """Start ``dacwatch run``, drop the files into its inbox once READY, wait for them."""
+    inbox = work / "inbox"
+    inbox.mkdir()
+    config = work / "config.toml"
+    config.write_text(
+        "\n".join(
+            [
+                f'inbox = "{inbox}"',
+                f'outbox = "{work / "outbox"}"',
+                f'done = "{work / "done"}"',
+                f'failed = "{work / "failed"}"',
+                f'state_dir = "{work / "state"}"',
+                'log_format = "json"',
+                "[model]",
+                f'weights = "{weights}"',
+                "[codec]",
+                f'devices = ["{args.device}"]',
+                f'precision = "{args.precision}"',
+                "[watch]",
+                "settle_seconds = 0.5",
+            ]
+        )
+        + "\n"
+    )
+    log = work / "daemon.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dacwatch", "run", "--config", str(config)], stdout=out, stderr=out, env=env
+        )
+    deadline = time.monotonic() + args.timeout
+    try:
+        while not events(log, "service.ready"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"the daemon did not become ready:\n{log.read_text()[-3000:]}")
+            time.sleep(0.1)
+        ready = stamp(events(log, "service.ready")[0])
+        for path in staged:  # a rename into the inbox: each file appears whole
+            os.rename(path, inbox / path.name)
+        while len(events(log, "job.done")) + len(events(log, "job.failed")) < len(staged):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    done = events(log, "job.done")
+    failed = events(log, "job.failed")
+    oom = events(log, "job.out_of_memory")
+    loaded = events(log, "model.loaded")
+    audio = sum(float(e["audio_s"]) for e in done)
+    wall = (max(stamp(e) for e in done) - ready) if done else float("nan")
+    return {
+        "files_done": len(done),
+        "files_failed": len(failed),
+        "out_of_memory_events": len(oom),
+        "finished": len(done) + len(failed) == len(staged),
+        "audio_s": audio,
+        "wall_s": wall,
+        "x_realtime": audio / wall if done else 0.0,
+        "median_job_rtf": float(np.median([e["rtf"] for e in done])) if done else None,
+        "geometry": {k: loaded[0].get(k) for k in ("encode_window_s", "batch")} if loaded else {},
+        "exit_code": proc.returncode,
+        "log_tail": log.read_text(errors="replace").splitlines()[-5:],
+    }
+
+
+def codec_only(args: argparse.Namespace, weights: Path, sources: list[Path]) -> dict[str, Any]:
+    """The codec alone on the same audio (already in memory at the model rate)."""
+    import soundfile as sf
+    import torch
+
+    from dacwatch.convert import CodecPool, CodecSettings
+    from dacwatch.model import ModelSpec
+
+    pool = CodecPool(ModelSpec(weights=weights), CodecSettings(args.device, precision=args.precision))
+    codec = pool.codec()
+    arrays = [np.ascontiguousarray(sf.read(str(p), dtype="float32")[0][None]) for p in sources]
+    codec.encode(arrays[0])  # untimed first pass
+    sync = torch.cuda.synchronize if codec.device.type == "cuda" else (lambda: None)
+    sync()
+    started = time.perf_counter()
+    for a in arrays:
+        codec.encode(a)
+    sync()
+    wall = time.perf_counter() - started
+    audio = sum(a.shape[1] for a in arrays) / codec.sample_rate
+    return {"files": len(arrays), "audio_s": audio, "wall_s": wall, "x_realtime": audio / wall}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.daemon", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--device", default="cpu", help="the daemon's one device: cpu or cuda:N")
+    p.add_argument("--weights", type=Path, help="real DAC weights (default: random full-size 44 kHz network)")
+    p.add_argument("--tiny", action="store_true", help="tiny random network (smoke test, not for figures)")
+    p.add_argument("--files", type=int, default=200)
+    p.add_argument("--seconds", type=float, default=30.0, help="length of each file")
+    p.add_argument("--reference-files", type=int, default=20, help="files the codec-only reference encodes")
+    p.add_argument("--precision", default="float32")
+    p.add_argument("--timeout", type=float, default=300.0, help="stop the daemon after this many seconds")
+    p.add_argument("--out", type=Path, default=bench.RESULTS)
+    args = p.parse_args(argv)
+
+    from dacwatch import __version__
+    from dacwatch.model import full_size_model, tiny_model
+
+    work = Path(tempfile.mkdtemp(prefix="dacwatch-bench-daemon-"))
+    try:
+        weights = args.weights
+        if weights is None:
+            weights = work / "weights.pth"
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                (tiny_model() if args.tiny else full_size_model("44khz")).save(str(weights), package=False)
+        staged = write_folder(work / "staged", args.files, args.seconds)
+        reference_sources = [work / "reference" / p.name for p in staged[: args.reference_files]]
+        (work / "reference").mkdir()
+        for src, dst in zip(staged, reference_sources, strict=False):
+            shutil.copyfile(src, dst)
+        daemon = run_daemon(args, weights, work, staged)
+        reference = codec_only(args, weights, reference_sources)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    import torch
+
+    report = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
+        "cpu": bench.cpu_name(),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "dacwatch": __version__,
+        "network": "real weights"
+        if args.weights
+        else ("tiny random" if args.tiny else "full-size 44 kHz, random weights"),
+        "files": args.files,
+        "seconds_per_file": args.seconds,
+        "precision": args.precision,
+        "command": " ".join(["python -m bench.daemon", *(sys.argv[1:] if argv is None else argv)]),
+        "daemon": daemon,
+        "codec_only": reference,
+        "daemon_share_of_codec_only": daemon["x_realtime"] / reference["x_realtime"],
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    tag = "cpu" if args.device == "cpu" else "gpu"
+    name = f"daemon-{tag}-{bench.STAMP}"
+    (args.out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    md = markdown(report)
+    (args.out / f"{name}.md").write_text(md)
+    print(md)
+    return 0 if daemon["finished"] and daemon["files_failed"] == 0 else 1
+
+
+def markdown(r: dict[str, Any]) -> str:
+    d, c = r["daemon"], r["codec_only"]
+    return "\n".join(
+        [
+            f"# dacwatch daemon throughput, {r['date']}",
+            "",
+            f"`{r['command']}`",
+            "",
+            f"{r['network']}; device {r['device']} ({r['cpu']}, {r['cores']} cores); torch {r['torch']}; "
+            f"dacwatch {r['dacwatch']}; precision {r['precision']}.",
+            "",
+            "| | files | audio s | wall s | x realtime |",
+            "|---|---|---|---|---|",
+            f"| daemon: folder of {r['files']} x {r['seconds_per_file']:g} s WAV, READY to last job.done "
+            f"| {d['files_done']} done, {d['files_failed']} failed | {d['audio_s']:.0f} | {d['wall_s']:.1f} | {d['x_realtime']:.1f} |",
+            f"| codec alone, same audio in memory | {c['files']} | {c['audio_s']:.0f} | {c['wall_s']:.1f} | {c['x_realtime']:.1f} |",
+            "",
+            f"The daemon reaches {100 * r['daemon_share_of_codec_only']:.0f}% of the codec-only throughput "
+            f"(out-of-memory events: {d['out_of_memory_events']}; all files finished: {d['finished']}).",
+            "",
+        ]
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""The GPU device kit, dry-run on the CPU with the tiny network, so it does not rot
+between the sessions that are lent a GPU (bench/README.md, "GPU")."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_device_kit_dry_run_on_cpu(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "KIT_WHEELS": str(tmp_path / "no-wheels")}
+    proc = subprocess.run(
+        [str(ROOT / "bench" / "device" / "run"), "--device", "cpu", "--tiny"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=420,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = (out / "summary.txt").read_text()
+    for step in ("env", "tests", "bench", "daemon"):
+        assert f"{step}: exit 0 in" in summary, summary + (out / "steps.log").read_text()[-3000:]
+    # What comes back from a device call: at most 8 files, none deeper than two folders.
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert len(files) <= 7, files
+    bench = json.loads(next(out.glob("cpu-*.json")).read_text())
+    assert bench["complete"] and bench["runs"]["encode/dacwatch"]["frames_differing"] == 0
+    assert {row["precision"] for row in bench["precision"]} == {"float32", "bf16"}
+    exact = next(row for row in bench["precision"] if row["precision"] == "float32")
+    assert exact["frames_differing_from_cpu_float32"] == 0 and exact["frames_chunked_vs_whole_on_device"] == 0
+    daemon = json.loads(next(out.glob("daemon-cpu-*.json")).read_text())
+    assert daemon["daemon"]["files_done"] == 3 and daemon["daemon"]["finished"]
+    assert daemon["codec_only"]["x_realtime"] > 0
+
+
+def test_device_kit_fails_fast_without_out() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "OUT"}
+    proc = subprocess.run(
+        [str(ROOT / "bench" / "device" / "run"), "--device", "cpu"], env=env, capture_output=True, text=True, check=False
+    )
+    assert proc.returncode != 0 and "OUT must name the folder" in proc.stderr
