@@ -28,11 +28,11 @@ def test_device_kit_dry_run_on_cpu(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = (out / "summary.txt").read_text()
-    for step in ("env", "tests", "bench", "daemon"):
+    for step in ("env", "tests", "bench", "daemon", "profile"):
         assert f"{step}: exit 0 in" in summary, summary + (out / "steps.log").read_text()[-3000:]
     # What comes back from a device call: at most 8 files, none deeper than two folders.
     files = [p for p in out.rglob("*") if p.is_file()]
-    assert len(files) <= 7, files
+    assert len(files) <= 8, files
     bench = json.loads(next(out.glob("cpu-*.json")).read_text())
     assert bench["complete"] and bench["runs"]["encode/dacwatch"]["frames_differing"] == 0
     assert {row["precision"] for row in bench["precision"]} == {"float32", "bf16"}
