@@ -63,7 +63,12 @@ class OutputConfig(_Section):
 
 
 class WatchConfig(_Section):
+    # Only where writers cannot be seen (polling, a file found by a scan under the
+    # hardened unit): how long size and mtime must hold still.
     settle_seconds: float = Field(default=2.0, ge=0)
+    # Look for processes holding a candidate open for writing in /proc, as fuser
+    # does (only sees what this process may see; events and settle cover the rest).
+    writer_check: bool = True
     polling: bool = False
     poll_interval_s: float = Field(default=2.0, gt=0)
     reconcile_interval_s: float = Field(default=60.0, gt=0)

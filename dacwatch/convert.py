@@ -39,6 +39,7 @@ from .fsio import atomic_output, ensure_dir
 from .model import DacNet, ModelSpec, layer_padding, load_model, model_info, resolve_release
 
 Progress = Callable[[float], None]  # called with seconds of audio done
+Check = Callable[[], None]  # raises if the output must not be renamed into place
 GROW_AFTER = 20  # jobs in a row without running out of memory before a step is taken back
 
 
@@ -195,16 +196,24 @@ def encode_file(
     n_codebooks: int | None = None,
     overwrite: bool = True,
     progress: Progress | None = None,
+    before_rename: Check | None = None,
 ) -> Result:
-    """Audio file -> ``.dac`` (format 1), through a temporary file renamed into place."""
+    """Audio file -> ``.dac`` (format 1), through a temporary file renamed into place
+    (``before_rename`` runs just before the rename and may stop it)."""
     try:
-        return _encode_file(pool, source, output, n_codebooks, overwrite, progress)
+        return _encode_file(pool, source, output, n_codebooks, overwrite, progress, before_rename)
     except PermanentError as exc:
         raise _naming(source, exc) from exc
 
 
 def _encode_file(
-    pool: CodecPool, source: Path, output: Path, n_codebooks: int | None, overwrite: bool, progress: Progress | None
+    pool: CodecPool,
+    source: Path,
+    output: Path,
+    n_codebooks: int | None,
+    overwrite: bool,
+    progress: Progress | None,
+    before_rename: Check | None,
 ) -> Result:
     codec = pool.codec()
     ensure_dir(output.parent)  # fail before the work, not after it
@@ -229,7 +238,7 @@ def _encode_file(
                 gain_db=gain,
                 dacwatch_version=__version__,
             )
-            with atomic_output(output, overwrite) as tmp, open(tmp, "wb") as f:
+            with atomic_output(output, overwrite, before_rename) as tmp, open(tmp, "wb") as f:
                 write_dac(f, metadata, spill)
             frames = spill.frames
     finally:
@@ -261,6 +270,7 @@ def decode_file(
     duration_s: float | None = None,
     overwrite: bool = True,
     progress: Progress | None = None,
+    before_rename: Check | None = None,
 ) -> Result:
     """``.dac`` file -> audio, through a temporary file renamed into place.
 
@@ -270,7 +280,16 @@ def decode_file(
     """
     try:
         return _decode_file(
-            pool, source, output, fmt or OutputFormat(), resample, start_s, duration_s, overwrite, progress
+            pool,
+            source,
+            output,
+            fmt or OutputFormat(),
+            resample,
+            start_s,
+            duration_s,
+            overwrite,
+            progress,
+            before_rename,
         )
     except PermanentError as exc:
         raise _naming(source, exc) from exc
@@ -286,6 +305,7 @@ def _decode_file(
     duration_s: float | None,
     overwrite: bool,
     progress: Progress | None,
+    before_rename: Check | None,
 ) -> Result:
     dac = read_dac(source)
     ensure_dir(output.parent)
@@ -299,7 +319,7 @@ def _decode_file(
     last = total if duration_s is None else min(total, first + round(duration_s * rate))
     blocks = _decoded(codec, dac, rate, first, last)
     blocks = _progressed(blocks, rate, progress)
-    with atomic_output(output, overwrite) as tmp:
+    with atomic_output(output, overwrite, before_rename) as tmp:
         written = write_audio(tmp, blocks, rate, meta.channels, fmt, frames_hint=last - first)
     return Result("decode", output, written / rate, dac.frames)
 

@@ -25,6 +25,11 @@ class OutOfMemoryError(TransientError):
     """The device ran out of memory: retry, first with a smaller batch."""
 
 
+class SourceChanged(DacwatchError):
+    """The source changed while it was being converted: the output is dropped, and the
+    new version is a job of its own."""
+
+
 class ModelUnavailableError(DacwatchError):
     """The requested model cannot be loaded (no weights, offline, bad file)."""
 

@@ -6,8 +6,8 @@ import contextlib
 import errno
 import os
 import secrets
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import PermanentError, TransientError
@@ -44,8 +44,13 @@ def ensure_dir(path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_output(final: Path, overwrite: bool = True) -> Iterator[Path]:
+def atomic_output(
+    final: Path, overwrite: bool = True, before_rename: Callable[[], None] | None = None
+) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; on success it becomes ``final`` whole.
+
+    ``before_rename`` runs after the data is on disk and just before the rename;
+    whatever it raises stops the rename (and the temporary file is removed).
 
     The temporary name is a dotfile with our prefix (the watcher ignores it
     and startup sweeps leftovers); data and folder are fsynced so a crash
@@ -60,6 +65,8 @@ def atomic_output(final: Path, overwrite: bool = True) -> Iterator[Path]:
             os.fsync(fd)
         finally:
             os.close(fd)
+        if before_rename is not None:
+            before_rename()
         if overwrite:
             os.replace(tmp, final)
         else:
@@ -95,16 +102,23 @@ def sweep_temp_files(root: Path) -> list[Path]:
 
 @dataclass(frozen=True)
 class Identity:
-    """What makes a file the same file: a change in any part makes it a new job."""
+    """What makes a file the same file: a change in any part makes it a new job.
+
+    ``dev`` only says where to look for the file's writers; it is not part of
+    the identity (and not stored in the queue)."""
 
     size: int
     mtime_ns: int
     inode: int
+    dev: int = field(default=0, compare=False)
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> Identity:
+        return cls(st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
 
 
 def identity(path: Path) -> Identity:
-    st = os.stat(path, follow_symlinks=False)
-    return Identity(st.st_size, st.st_mtime_ns, st.st_ino)
+    return Identity.of(os.stat(path, follow_symlinks=False))
 
 
 def within(root: Path, path: Path) -> bool:

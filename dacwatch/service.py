@@ -135,6 +135,7 @@ class Service:
             s.watch.poll_interval_s,
             s.watch.reconcile_interval_s,
             logs.get("dacwatch.watcher"),
+            s.watch.writer_check,
         )
         for worker in self.workers:
             worker.start()

@@ -9,6 +9,7 @@ stable files. The reconcile scan finds everything again, so a lost event
 
 from __future__ import annotations
 
+import enum
 import os
 import queue as stdqueue
 import stat as stmod
@@ -20,9 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from .fsio import TEMP_PREFIX, Identity, within
+from .writers import FileKey, WriterScan, scan_writers
 
 IGNORED_SUFFIXES = (".part", ".partial", ".tmp", ".temp", ".crdownload", ".download", ".swp", "~")
 
+QUIET_S = 0.5  # even with nobody writing, a file's size and mtime must hold this long
 Clock = Callable[[], float]
 Probe = Callable[[Path], "Identity | None"]
 
@@ -35,7 +38,7 @@ def probe(path: Path) -> Identity | None:
         return None
     if stmod.S_ISDIR(st.st_mode):
         return None
-    return Identity(st.st_size, st.st_mtime_ns, st.st_ino)
+    return Identity.of(st)
 
 
 @dataclass(frozen=True)
@@ -67,61 +70,128 @@ class IgnoreRules:
         return None
 
 
+class Seen(enum.Enum):
+    """What the watcher learnt about a path."""
+
+    SCAN = "scan"  # found by a scan, or a polling observer's difference: no writer seen
+    CHANGED = "changed"  # created, attributes changed: look again
+    OPENED = "opened"  # IN_OPEN: by anyone, for reading or writing
+    MODIFIED = "modified"  # IN_MODIFY: a writer holds it open
+    CLOSED_WRITE = "closed_write"  # IN_CLOSE_WRITE: a writer closed it
+    CLOSED_NOWRITE = "closed_nowrite"  # IN_CLOSE_NOWRITE: a reader closed it
+    MOVED_IN = "moved_in"  # renamed into place: delivered whole
+
+
 @dataclass
 class _Pending:
     identity: Identity
     since: float  # when this identity was first seen
-    closed: bool = False
+    events: bool = False  # inotify told us of this file's opens and closes
+    opens: int = 0  # opens minus closes seen (inotify coalesces repeats: a hint, not a count)
+    writing: bool = False  # modified since a writer last closed it
+    closed: bool = False  # a writer closed it, or it was renamed into place
+
+
+WriterCheck = Callable[[list[FileKey]], WriterScan]
 
 
 @dataclass
 class Debouncer:
-    """Decides when a candidate is complete: closed after writing, or unchanged in
-    size and mtime for ``settle_s``; and in both cases still unchanged when taken.
+    """Decides when a candidate is complete: when no process holds it open for writing.
 
-    Clock and probe are injected so tests need no sleeps.
+    In order of trust: a scan of ``/proc`` that could see every process (no
+    writer: complete once its size and mtime stay put for a moment); inotify's
+    events for this file (modified and not closed since: a writer is between
+    writes, however long it stalls; closed after writing with nothing else
+    open: complete at once); else, where writers cannot be seen (polling on a
+    network share, a file found by a scan under the hardened unit), size and
+    mtime unchanged for ``settle_s``. An empty file is never complete. In every
+    case the file must still be unchanged at the moment it is taken.
+
+    Clock, probe and writer check are injected so tests need no sleeps.
     """
 
     settle_s: float
     clock: Clock = time.monotonic
     probe: Probe = probe
+    writers: WriterCheck | None = scan_writers
+    quiet_s: float = QUIET_S
     _pending: dict[Path, _Pending] = field(default_factory=dict)
 
-    def _identity(self, path: Path) -> Identity | None:
-        return self.probe(path)
-
-    def seen(self, path: Path, closed: bool = False) -> None:
-        """An event (or the scan) saw ``path``; ``closed`` if it was closed after writing."""
-        ident = self._identity(path)
+    def seen(self, path: Path, what: Seen = Seen.SCAN) -> None:
+        """An event or a scan saw ``path``."""
+        ident = self.probe(path)
         if ident is None:
             self._pending.pop(path, None)
             return
         entry = self._pending.get(path)
-        if entry is None or entry.identity != ident:
-            self._pending[path] = _Pending(ident, self.clock(), closed)
-        elif closed:
-            entry.closed = True
+        if entry is None:
+            entry = self._pending[path] = _Pending(ident, self.clock())
+        elif entry.identity != ident:
+            entry.identity, entry.since = ident, self.clock()
+        if what in (Seen.SCAN, Seen.CHANGED):
+            return
+        entry.events = True
+        if what is Seen.OPENED:
+            entry.opens += 1
+        elif what is Seen.MODIFIED:
+            entry.writing = True
+        elif what in (Seen.CLOSED_WRITE, Seen.CLOSED_NOWRITE):
+            entry.opens = max(0, entry.opens - 1)
+            if what is Seen.CLOSED_WRITE:
+                entry.writing, entry.closed = False, True
+        elif what is Seen.MOVED_IN:
+            entry.writing, entry.closed = False, True
 
     def due(self) -> list[tuple[Path, Identity]]:
         """Paths that are complete now, with the identity they had when judged so."""
         now = self.clock()
-        ready: list[tuple[Path, Identity]] = []
+        stable: list[tuple[Path, _Pending]] = []
         for path, entry in list(self._pending.items()):
-            ident = self._identity(path)
+            ident = self.probe(path)
             if ident is None:
                 del self._pending[path]
             elif ident != entry.identity:
-                self._pending[path] = _Pending(ident, now)
-            elif entry.closed or now - entry.since >= self.settle_s:
+                entry.identity, entry.since = ident, now
+            elif ident.size > 0 and now - entry.since >= min(self.quiet_s, self.settle_s):
+                stable.append((path, entry))
+        if not stable:
+            return []
+        scan = self.writers([(e.identity.dev, e.identity.inode) for _, e in stable]) if self.writers else None
+        ready: list[tuple[Path, Identity]] = []
+        for path, entry in stable:
+            if self._complete(entry, now, scan):
                 del self._pending[path]
-                ready.append((path, ident))
+                ready.append((path, entry.identity))
         return ready
+
+    def _complete(self, entry: _Pending, now: float, scan: WriterScan | None) -> bool:
+        key = (entry.identity.dev, entry.identity.inode)
+        if scan is not None and key in scan.writers:
+            return False
+        if scan is not None and scan.complete:
+            return True  # every process seen, none writing it
+        settled = now - entry.since >= self.settle_s
+        if not entry.events:
+            return settled
+        if entry.writing:
+            return False  # modified, not closed since: a writer is between writes
+        return (entry.closed and entry.opens == 0) or settled
 
     def __len__(self) -> int:
         return len(self._pending)
 
 
 Submit = Callable[[Path, Identity], Any]
+
+# watchdog's event types (inotify) -> what they tell about writers.
+_SEEN = {
+    "opened": Seen.OPENED,
+    "modified": Seen.MODIFIED,
+    "closed": Seen.CLOSED_WRITE,
+    "closed_no_write": Seen.CLOSED_NOWRITE,
+    "moved": Seen.MOVED_IN,
+}
 
 
 class Watcher(threading.Thread):
@@ -136,32 +206,35 @@ class Watcher(threading.Thread):
         poll_interval_s: float = 2.0,
         reconcile_interval_s: float = 60.0,
         log: Any = None,
+        writer_check: bool = True,
     ) -> None:
         super().__init__(name="dacwatch-watcher", daemon=True)
         self.rules = rules
         self.submit = submit
-        self.debouncer = Debouncer(settle_s)
+        self.debouncer = Debouncer(settle_s, writers=scan_writers if writer_check else None)
         self.polling = polling
         self.poll_interval_s = poll_interval_s
         self.reconcile_interval_s = reconcile_interval_s
         self.log = log
         self.heartbeat = time.monotonic()
         self.error: BaseException | None = None
-        self._events: stdqueue.SimpleQueue[tuple[Path, bool]] = stdqueue.SimpleQueue()
+        self._events: stdqueue.SimpleQueue[tuple[Path, Seen]] = stdqueue.SimpleQueue()
         self._stopping = threading.Event()
         self._rescan = threading.Event()
         self._observer: Any = None
 
     # the observer's side: never blocks, never touches the disk
     def _on_event(self, event: Any) -> None:
-        from watchdog.events import FileClosedEvent, FileMovedEvent
-
         if event.is_directory:
             if event.event_type in ("created", "moved"):
                 self._rescan.set()  # a folder moved in brings files no event announced
             return
-        path = event.dest_path if isinstance(event, FileMovedEvent) else event.src_path
-        self._events.put((Path(os.fsdecode(path)), isinstance(event, FileClosedEvent)))
+        moved = event.event_type == "moved"
+        path = event.dest_path if moved else event.src_path
+        # A polling observer's "events" are differences between two listings: they
+        # say nothing about writers.
+        what = Seen.SCAN if self.polling else _SEEN.get(event.event_type, Seen.CHANGED)
+        self._events.put((Path(os.fsdecode(path)), what))
 
     def start_observer(self) -> None:
         from watchdog.events import FileSystemEventHandler
@@ -215,14 +288,14 @@ class Watcher(threading.Thread):
                 self._observer.stop()
                 self._observer.join(timeout=5)
 
-    def _drain(self, events: stdqueue.SimpleQueue[tuple[Path, bool]], limit: int = 10000) -> None:
+    def _drain(self, events: stdqueue.SimpleQueue[tuple[Path, Seen]], limit: int = 10000) -> None:
         for _ in range(limit):
             try:
-                path, closed = events.get_nowait()
+                path, what = events.get_nowait()
             except stdqueue.Empty:
                 return
             if self.rules.ignored(path) is None:
-                self.debouncer.seen(path, closed)
+                self.debouncer.seen(path, what)
 
     def stop(self) -> None:
         self._stopping.set()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import os
 import shutil
@@ -25,7 +26,7 @@ from . import __version__
 from .audio import OutputFormat, check_regular_file
 from .config import Settings
 from .convert import CodecPool, CodecSettings, Result, decode_file, encode_file
-from .errors import OutOfMemoryError, PermanentError, TransientError
+from .errors import OutOfMemoryError, PermanentError, SourceChanged, TransientError
 from .fsio import atomic_output, ensure_dir, identity, mirror, within
 from .model import ModelSpec
 from .queue import CRASHED, Job, JobQueue, QueueError
@@ -116,6 +117,12 @@ class Worker(threading.Thread):
                 # The process died during each of these attempts: stop the crash loop.
                 raise PermanentError(f"the daemon died {job.attempts - 1} times converting this file")
             result = self._convert(source, job)
+            try:
+                self._unchanged(source, job)  # never move or delete a version that was not converted
+            except SourceChanged:
+                with contextlib.suppress(FileNotFoundError):
+                    result.output.unlink()
+                raise
             self._dispose(source)
             self._record(self.queue.complete, job.id, str(result.output))
             grown = self.pool.succeeded()
@@ -135,6 +142,11 @@ class Worker(threading.Thread):
         except Cancelled:
             self._record(self.queue.requeue, job.id)
             self.log.info("job.requeued", source=str(source), reason="shutdown")
+        except SourceChanged as exc:
+            # The watcher submits the new version (its writes bring events, and the
+            # reconcile scan finds it in any case) as a job of its own.
+            self._record(self.queue.drop, job.id)
+            self.log.info("job.superseded", source=str(source), reason=str(exc))
         except QueueError:
             raise  # _record gave up only because of a shutdown; the job is recovered at boot
         except Exception as exc:
@@ -158,14 +170,24 @@ class Worker(threading.Thread):
                 self.log.info("job.vanished", source=str(source))
             return False
         if source.is_symlink() and not within(self.settings.inbox, source):
-            self.queue.drop(job.id)  # never read, never moved
+            self._record(self.queue.drop, job.id)  # never read, never moved
             self.log.warning("job.ignored", source=str(source), reason="symlink pointing outside the inbox")
             return False
         if now != job.identity:
-            self.queue.drop(job.id)  # the watcher submits the new content as its own job
-            self.log.info("job.superseded", source=str(source))
+            self._record(self.queue.drop, job.id)  # the watcher submits the new content as its own job
+            self.log.info("job.superseded", source=str(source), reason="changed before it was taken")
             return False
         return True
+
+    @staticmethod
+    def _unchanged(source: Path, job: Job) -> None:
+        """Raise :class:`SourceChanged` unless ``source`` is still the version the job names."""
+        try:
+            now = identity(source)
+        except FileNotFoundError:
+            raise SourceChanged(f"{source} vanished while it was converted") from None
+        if now != job.identity:
+            raise SourceChanged(f"{source} changed while it was converted (size {job.identity.size} -> {now.size})")
 
     def _output_of(self, source: Path) -> Path:
         s = self.settings
@@ -181,10 +203,13 @@ class Worker(threading.Thread):
         if owner is not None and owner != job.path:
             # talk.wav and talk.mp3 both want talk.dac: never overwrite another source's output.
             target = unique(target)
+        check = functools.partial(self._unchanged, source, job)
         if source.suffix.lower() == ".dac":
             fmt = OutputFormat(s.output.format, s.output.sample_format)
-            return decode_file(self.pool, source, target, fmt, resample=s.output.resample, progress=self._tick)
-        return encode_file(self.pool, source, target, s.codec.codebooks, progress=self._tick)
+            return decode_file(
+                self.pool, source, target, fmt, resample=s.output.resample, progress=self._tick, before_rename=check
+            )
+        return encode_file(self.pool, source, target, s.codec.codebooks, progress=self._tick, before_rename=check)
 
     def _settle(self, job: Job, source: Path, exc: Exception, wall: float) -> None:
         """The one place where a failure becomes quarantine or retry."""

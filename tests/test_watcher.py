@@ -6,7 +6,8 @@ import os
 from pathlib import Path
 
 from dacwatch.fsio import TEMP_PREFIX, Identity
-from dacwatch.watcher import Debouncer, IgnoreRules
+from dacwatch.watcher import Debouncer, IgnoreRules, Seen
+from dacwatch.writers import FileKey, WriterScan
 
 
 class FakeFiles:
@@ -26,7 +27,7 @@ class FakeFiles:
 
 def test_a_growing_file_is_taken_only_once_it_settles() -> None:
     fs = FakeFiles()
-    d = Debouncer(settle_s=2.0, clock=fs.clock, probe=fs.probe)
+    d = Debouncer(settle_s=2.0, clock=fs.clock, probe=fs.probe, writers=None)
     p = Path("/in/a.wav")
     for step in range(10):  # written in pieces every second: never quiet for 2 s
         fs.now = step
@@ -42,7 +43,7 @@ def test_a_growing_file_is_taken_only_once_it_settles() -> None:
 
 def test_changes_seen_only_by_the_check_still_reset_the_timer() -> None:
     fs = FakeFiles()
-    d = Debouncer(settle_s=2.0, clock=fs.clock, probe=fs.probe)
+    d = Debouncer(settle_s=2.0, clock=fs.clock, probe=fs.probe, writers=None)
     p = Path("/in/a.wav")
     fs.write(p, 1)
     d.seen(p)
@@ -58,17 +59,109 @@ def test_changes_seen_only_by_the_check_still_reset_the_timer() -> None:
 
 def test_closed_after_write_is_complete_at_once_if_unchanged() -> None:
     fs = FakeFiles()
-    d = Debouncer(settle_s=60.0, clock=fs.clock, probe=fs.probe)
+    d = Debouncer(settle_s=60.0, clock=fs.clock, probe=fs.probe, writers=None)
     p = Path("/in/a.wav")
     fs.write(p, 5)
+    for what in (Seen.OPENED, Seen.MODIFIED, Seen.CLOSED_WRITE):
+        d.seen(p, what)
+    fs.now = 0.5  # a moment of quiet, far less than settle_s
+    assert d.due() == [(p, fs.files[p])]
+
+
+def stalling_writer(d: Debouncer, fs: FakeFiles, p: Path) -> None:
+    """curl from a server that stalls: opened, written, then silent for a long time."""
+    fs.write(p, 3_500_000)
+    for what in (Seen.OPENED, Seen.MODIFIED):
+        d.seen(p, what)
+    fs.now = 600.0  # ten minutes without a byte
+
+
+def test_a_writer_that_stalls_is_never_taken_while_it_holds_the_file() -> None:
+    fs = FakeFiles()
+    d = Debouncer(settle_s=2.0, clock=fs.clock, probe=fs.probe, writers=None)
+    p = Path("/in/talk.wav")
+    stalling_writer(d, fs, p)
+    assert d.due() == []  # settle_s passed long ago: the events say a writer is there
+    fs.write(p, 3_840_000)
+    d.seen(p, Seen.MODIFIED)
+    d.seen(p, Seen.CLOSED_WRITE)
+    fs.now = 601.0
+    assert d.due() == [(p, fs.files[p])]
+
+
+def test_an_empty_file_is_never_complete() -> None:
+    fs = FakeFiles()
+    d = Debouncer(settle_s=1.0, clock=fs.clock, probe=fs.probe, writers=lambda keys: WriterScan(frozenset(), True))
+    p = Path("/in/rec.mp3")
+    fs.write(p, 0)  # ffmpeg before its first flush
+    d.seen(p, Seen.OPENED)
+    d.seen(p, Seen.CLOSED_WRITE)
+    fs.now = 3600.0
+    assert d.due() == [] and len(d) == 1
+    fs.write(p, 169_000)
+    d.seen(p, Seen.MODIFIED)
+    fs.now = 3601.0
+    assert d.due() == [(p, fs.files[p])]  # no process writes it (the /proc scan saw all)
+
+
+def test_readers_alone_fall_back_to_the_settle_time() -> None:
+    fs = FakeFiles()
+    d = Debouncer(settle_s=2.0, clock=fs.clock, probe=fs.probe, writers=None)
+    p = Path("/in/a.wav")
+    fs.write(p, 10)
+    d.seen(p)  # found by the startup scan: no events yet
+    d.seen(p, Seen.OPENED)  # someone reads it (or opened it to write, not written yet)
+    fs.now = 1.0
+    assert d.due() == []
+    fs.now = 2.0
+    assert d.due() == [(p, fs.files[p])]
+
+
+def test_a_file_renamed_into_place_is_complete_at_once() -> None:
+    fs = FakeFiles()
+    d = Debouncer(settle_s=60.0, clock=fs.clock, probe=fs.probe, writers=None)
+    p = Path("/in/a.wav")
+    fs.write(p, 10)
+    d.seen(p, Seen.MOVED_IN)
+    fs.now = 0.5
+    assert d.due() == [(p, fs.files[p])]
+
+
+def fixed_scan(writers: set[FileKey], complete: bool) -> object:
+    def scan(keys: list[FileKey]) -> WriterScan:
+        return WriterScan(frozenset(k for k in keys if k in writers), complete)
+
+    return scan
+
+
+def test_the_writer_check_overrides_events_and_settling() -> None:
+    fs = FakeFiles()
+    p = Path("/in/talk.wav")
+    held: set[FileKey] = {(0, 1)}
+    d = Debouncer(settle_s=2.0, clock=fs.clock, probe=fs.probe, writers=fixed_scan(held, False))  # type: ignore[arg-type]
+    fs.write(p, 10)
+    d.seen(p)  # no events (say, it was opened before the daemon started)
+    fs.now = 100.0
+    assert d.due() == []  # settled long ago, but a process has it open for writing
+    held.clear()
+    assert d.due() == [(p, fs.files[p])]  # the scan could not see everyone: settle time rules
+
+
+def test_a_complete_scan_with_no_writer_needs_no_settle_time() -> None:
+    fs = FakeFiles()
+    d = Debouncer(settle_s=60.0, clock=fs.clock, probe=fs.probe, writers=fixed_scan(set(), True))  # type: ignore[arg-type]
+    p = Path("/in/a.wav")
+    fs.write(p, 10)
     d.seen(p)
-    d.seen(p, closed=True)
+    fs.now = 0.2
+    assert d.due() == []  # size and mtime must hold for a moment first
+    fs.now = 0.6
     assert d.due() == [(p, fs.files[p])]
 
 
 def test_vanished_files_are_forgotten() -> None:
     fs = FakeFiles()
-    d = Debouncer(settle_s=1.0, clock=fs.clock, probe=fs.probe)
+    d = Debouncer(settle_s=1.0, clock=fs.clock, probe=fs.probe, writers=None)
     p = Path("/in/a.wav")
     fs.write(p, 5)
     d.seen(p)
