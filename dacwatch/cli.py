@@ -263,17 +263,21 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from .container import read, summarize
+    from .container import ModelRecord, read, summarize
 
     summary = summarize(read(args.input))
     if args.json:
         print(json.dumps(asdict(summary)))
         return 0
     m = summary.model
+    record = ModelRecord(**m)
+    geometry = f"{m['sample_rate']} Hz, hop {m['hop_length']}" if m["hop_length"] else "geometry unknown"
+    guess = f" (by its codebook count: DAC {m['type']} {m['bitrate']}?)" if not record.named and m["hop_length"] else ""
     loud = "n/a" if summary.loudness_lufs is None else f"{summary.loudness_lufs:.1f} LUFS"
     print(f"{summary.path}")
     print(f"  format     {summary.format}")
-    print(f"  model      DAC {m['type']} {m['bitrate']} tag {m['tag']} ({m['sample_rate']} Hz, hop {m['hop_length']})")
+    print(f"  model      {record.describe()}{guess} ({geometry})")
+    print(f"  weights    {m['weights'] or 'not recorded'}")
     print(f"  duration   {summary.duration_s:.3f} s at {summary.sample_rate} Hz")
     print(f"  channels   {summary.channels}")
     print(f"  frames     {summary.frames}")

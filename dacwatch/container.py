@@ -47,9 +47,20 @@ class ContainerError(PermanentError):
     """A ``.dac`` file that cannot be read; the message names the file and the fault."""
 
 
+LOCAL_TAG = "local"  # the tag of a network loaded from a weights file of one's own
+
+
 @dataclass(frozen=True)
 class ModelRecord:
-    """Which network made the codes, and its geometry."""
+    """Which network made the codes, and its geometry.
+
+    ``tag`` is a release's tag, ``"local"`` for a weights file of one's own
+    (``weights_file`` names it), or empty for an older file that names no model
+    (its type and bitrate are then only a guess from the codebook count, or
+    ``"unknown"``, and the sample rate and hop 0 when there is no guess).
+    ``weights`` is the fingerprint of the exact weights (``model.fingerprint``);
+    files written before it was recorded have none.
+    """
 
     type: str
     bitrate: str
@@ -59,6 +70,20 @@ class ModelRecord:
     codebook_size: int
     n_codebooks: int  # codebooks stored in the file (may be fewer than the model has)
     model_codebooks: int  # codebooks the model has
+    weights: str | None = None
+    weights_file: str | None = None
+
+    @property
+    def named(self) -> bool:
+        """Whether the file says which model made it."""
+        return bool(self.tag)
+
+    def describe(self) -> str:
+        if not self.named:
+            return "an unnamed model"
+        if self.tag == LOCAL_TAG:
+            return f"the weights file {self.weights_file or '(unnamed)'}"
+        return f"DAC {self.type} {self.bitrate} tag {self.tag}"
 
 
 @dataclass(frozen=True)
@@ -133,6 +158,12 @@ class Metadata:
         positive_int("model_length", self.model_length, allow_zero=True)
         if m.n_codebooks > m.model_codebooks:
             raise ContainerError(f"{where}: {m.n_codebooks} codebooks stored but the model has {m.model_codebooks}")
+        for name in ("weights", "weights_file"):
+            value = getattr(m, name)
+            if value is not None and not (isinstance(value, str) and 0 < len(value) <= 4096):
+                raise ContainerError(f"{where}: model.{name} must be a short string or null, not {value!r}")
+        if not m.named:
+            raise ContainerError(f"{where}: the metadata names no model (model.tag is empty)")
         if m.codebook_size > np.iinfo(np.int16).max + 1:
             raise ContainerError(f"{where}: codebook size {m.codebook_size} does not fit int16 codes")
         if self.loudness is not None and not (isinstance(self.loudness, (int, float)) and math.isfinite(self.loudness)):
@@ -152,6 +183,7 @@ class LegacyLayout:
     chunk_length: int | None = None  # frames per chunk (DAC 1.0.0)
     padding: bool = True  # layer padding DAC 1.0.0 used for those chunks
     input_db: tuple[float, ...] = ()  # DAC 1.0.0's loudness per signal, restored as it does
+    derived_length: bool = True  # model_length is frames x hop (the file does not say)
 
 
 @dataclass
@@ -166,6 +198,13 @@ class DacFile:
     @property
     def frames(self) -> int:
         return int(self.codes.shape[0])
+
+    def bind(self, model: ModelRecord) -> DacFile:
+        """This file read as made by ``model`` (for an older file that names none)."""
+        length = self.metadata.model_length
+        if self.legacy is not None and self.legacy.derived_length:
+            length = self.frames * model.hop_length
+        return replace(self, metadata=replace(self.metadata, model=model, model_length=length))
 
     def iter_code_blocks(self, frames: int = 65536) -> Iterator[np.ndarray]:
         for i in range(0, self.frames, frames):
@@ -441,26 +480,33 @@ _MODEL_BY_CODEBOOKS = {
 
 
 def _legacy_model(n_codebooks: int, where: str, hint: dict[str, Any] | None = None) -> ModelRecord:
+    """What an older file says of its model: the seed's files may name a released one;
+    DAC 1.0.0's never do, so the codebook count gives a guess, and the decoder uses
+    the model the user names when it fits (``CodecPool.codec_for``)."""
     hint = hint or {}
     if "model_type" in hint:
         mt = str(hint["model_type"])
         bitrate = str(hint.get("model_bitrate", "8kbps"))
         guess = next((v for v in _MODEL_BY_CODEBOOKS.values() if v[0] == mt and v[1] == bitrate), None)
+        if guess is None:
+            raise ContainerError(f"{where}: names DAC model {mt} {bitrate}, which was never released")
+        tag = str(hint.get("model_tag", "latest"))
     else:
         guess = _MODEL_BY_CODEBOOKS.get(n_codebooks)
+        tag = ""  # unnamed
     if guess is None:
-        raise ContainerError(f"{where}: cannot tell which DAC model made {n_codebooks} codebooks of codes")
+        return ModelRecord("unknown", "unknown", "", 0, 0, 1024, n_codebooks, n_codebooks)
     mt, bitrate, sr, hop = guess
     model_cb = max(k for k, v in _MODEL_BY_CODEBOOKS.items() if v[:2] == (mt, bitrate))
     return ModelRecord(
         type=mt,
         bitrate=bitrate,
-        tag=str(hint.get("model_tag", "latest")),
+        tag=tag,
         sample_rate=sr,
         hop_length=hop,
         codebook_size=1024,
         n_codebooks=n_codebooks,
-        model_codebooks=model_cb,
+        model_codebooks=max(model_cb, n_codebooks),
     )
 
 
@@ -571,8 +617,14 @@ def _read_seed(path: Path, meta_pickle: _PickledNpy, codes_info: zipfile.ZipInfo
     )
     # The seed normalised to DAC's -16 LUFS before encoding, as DAC does.
     metadata = _legacy_metadata(obj, codes, where, model_length, normalized_to=SEED_NORMALIZED_LUFS)
-    _check_shape(codes, replace(metadata, model=replace(metadata.model, n_codebooks=codes.shape[1])), where)
-    return DacFile(metadata=metadata, codes=codes, legacy=LegacyLayout(kind="seed"), path=path)
+    if model.hop_length:
+        _check_shape(codes, replace(metadata, model=replace(metadata.model, n_codebooks=codes.shape[1])), where)
+    return DacFile(
+        metadata=metadata,
+        codes=codes,
+        legacy=LegacyLayout(kind="seed", derived_length=not isinstance(length_at_model, (int, np.integer))),
+        path=path,
+    )
 
 
 @dataclass

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,12 +31,22 @@ from .audio import (
     write_audio,
 )
 from .codec import ChunkedCodec, resolve_device
-from .container import CodeSpill, DacFile, Metadata, ModelRecord
+from .container import LOCAL_TAG, CodeSpill, DacFile, Metadata, ModelRecord
 from .container import read as read_dac
 from .container import write as write_dac
-from .errors import ModelUnavailableError, PermanentError
+from .errors import ModelMismatchError, ModelUnavailableError, PermanentError
 from .fsio import atomic_output, ensure_dir
-from .model import DacNet, ModelSpec, layer_padding, load_model, model_info, resolve_release
+from .model import (
+    ARCHITECTURE_BY_RATE,
+    DacNet,
+    ModelSpec,
+    fingerprint,
+    layer_padding,
+    load_model,
+    model_info,
+    resolve_release,
+    short,
+)
 
 Progress = Callable[[float], None]  # called with seconds of audio done
 Check = Callable[[], None]  # raises if the output must not be renamed into place
@@ -95,9 +105,15 @@ class CodecPool:
             return self._codecs[key]
 
     def record(self, n_codebooks: int | None = None) -> ModelRecord:
+        """What a file encoded with the configured network says of it: the release's
+        name, or the weights file's, and the weights' fingerprint either way."""
         codec = self.codec()
         mtype, bitrate, tag = self.key(self.spec)
         info = model_info(codec.model)
+        weights_file = None
+        if self.spec.weights is not None:
+            tag, weights_file = LOCAL_TAG, self.spec.weights.name
+            mtype = ARCHITECTURE_BY_RATE.get(info["sample_rate"], mtype)
         return ModelRecord(
             type=mtype,
             bitrate=bitrate,
@@ -107,33 +123,108 @@ class CodecPool:
             codebook_size=info["codebook_size"],
             n_codebooks=n_codebooks or info["n_codebooks"],
             model_codebooks=info["n_codebooks"],
+            weights=fingerprint(codec.model),
+            weights_file=weights_file,
         )
 
     def codec_for(self, record: ModelRecord) -> ChunkedCodec:
-        """The network a file was made with; never a different one."""
+        """The network a file was made with, never a different one: the same weights
+        (by fingerprint) when the file records them, else the release it names. An
+        older file that names no model gets the configured network if it fits."""
+        if not record.named:
+            return self._unnamed(record)
+        codec = self._by_fingerprint(record.weights) if record.weights else None
+        if codec is None:
+            if record.tag == LOCAL_TAG:
+                here = self.codec()
+                raise ModelMismatchError(
+                    f"the file was made with {record.describe()} (weights {short(record.weights)}), which is not "
+                    f"loaded here: this host has {self.spec.describe()} (weights {short(fingerprint(here.model))}); "
+                    "decode it with --weights (daemon: model.weights) naming that file"
+                )
+            codec = self._release(record)
+        self._check_geometry(codec, record)
+        return codec
+
+    def _by_fingerprint(self, weights: str | None) -> ChunkedCodec | None:
+        self.codec()  # the configured network first
+        with self._lock:
+            return next((c for c in self._codecs.values() if fingerprint(c.model) == weights), None)
+
+    def _release(self, record: ModelRecord) -> ChunkedCodec:
         try:
             spec = ModelSpec(record.type, record.bitrate, record.tag)
         except ValueError as exc:
             raise PermanentError(f"the file names an unknown model: {exc}") from exc
-        if self.key(spec) == self.key(self.spec):
-            codec = self.codec()
-        else:
-            try:
-                codec = self.codec(spec)
-            except ModelUnavailableError as exc:
-                raise ModelUnavailableError(
-                    f"the file was made with DAC {record.type} {record.bitrate} tag {record.tag}, "
-                    f"which is not available here: {exc}"
-                ) from exc
-        info = model_info(codec.model)
-        mismatch = [k for k in ("sample_rate", "hop_length", "codebook_size") if info[k] != getattr(record, k)]
-        if mismatch or record.n_codebooks > info["n_codebooks"]:
-            raise PermanentError(
-                f"the file's model ({record.type} {record.bitrate} {record.tag}: "
-                f"{record.sample_rate} Hz, hop {record.hop_length}, {record.n_codebooks} of {record.model_codebooks} "
-                f"codebooks of {record.codebook_size}) does not match the network loaded for it"
+        try:
+            # The configured network when it carries the name (a file from before
+            # fingerprints were recorded is trusted to mean it; a newer one is checked).
+            codec = self.codec() if self.key(spec) == self.key(self.spec) else self.codec(spec)
+        except ModelUnavailableError as exc:
+            raise ModelUnavailableError(
+                f"the file was made with {record.describe()}, which is not available here: {exc}"
+            ) from exc
+        if record.weights and fingerprint(codec.model) != record.weights:
+            raise ModelMismatchError(
+                f"the file was made with {record.describe()} weights {short(record.weights)}, but the weights "
+                f"of that name here are {short(fingerprint(codec.model))} (a different download or a retrained "
+                "file); decode it with --weights (daemon: model.weights) naming the weights it was made with"
             )
         return codec
+
+    def _unnamed(self, record: ModelRecord) -> ChunkedCodec:
+        """An older file that names no model: the configured one if the codes fit it,
+        else the release its codebook count suggests."""
+        configured = self.codec()
+        misfit = self._misfit(configured, record)
+        if misfit is None:
+            return configured
+        if record.hop_length:  # a release's geometry was guessed from the codebook count
+            codec = self._release(replace(record, tag="latest"))
+            self._check_geometry(codec, record)
+            return codec
+        raise ModelMismatchError(
+            f"the file does not say which DAC model made its {record.n_codebooks} codebooks of codes, and "
+            f"{self.spec.describe()} does not fit ({misfit}); name the model that made it with --model-type, "
+            "--model-bitrate and --model-tag or --weights (daemon: the model.* keys)"
+        )
+
+    @staticmethod
+    def _misfit(codec: ChunkedCodec, record: ModelRecord) -> str | None:
+        """Why ``record``'s codes cannot come from ``codec``'s network (None if they can)."""
+        info = model_info(codec.model)
+        for key in ("sample_rate", "hop_length"):
+            wanted = getattr(record, key)
+            if wanted and wanted != info[key]:
+                return f"{key.replace('_', ' ')} {info[key]}, the file's is {wanted}"
+        if record.codebook_size != info["codebook_size"]:
+            return f"codebooks of {info['codebook_size']} entries, the file's have {record.codebook_size}"
+        if record.n_codebooks > info["n_codebooks"]:
+            return f"{info['n_codebooks']} codebooks, the file has {record.n_codebooks}"
+        return None
+
+    def _check_geometry(self, codec: ChunkedCodec, record: ModelRecord) -> None:
+        misfit = self._misfit(codec, record)
+        if misfit is not None:
+            raise PermanentError(
+                f"the file's model ({record.describe()}: {record.sample_rate} Hz, hop {record.hop_length}, "
+                f"{record.n_codebooks} of {record.model_codebooks} codebooks of {record.codebook_size}) "
+                f"does not match the network loaded for it ({misfit})"
+            )
+
+    def bound(self, dac: DacFile) -> tuple[ChunkedCodec, DacFile]:
+        """The network for ``dac``, and ``dac`` read as made by it (older files name none)."""
+        codec = self.codec_for(dac.metadata.model)
+        if dac.metadata.model.named:
+            return codec, dac
+        info = model_info(codec.model)
+        record = replace(
+            dac.metadata.model,
+            sample_rate=info["sample_rate"],
+            hop_length=info["hop_length"],
+            model_codebooks=info["n_codebooks"],
+        )
+        return codec, dac.bind(record)
 
     def shrink(self) -> str | None:
         """After running out of memory: a smaller batch, then smaller windows, for every
@@ -307,10 +398,9 @@ def _decode_file(
     progress: Progress | None,
     before_rename: Check | None,
 ) -> Result:
-    dac = read_dac(source)
+    codec, dac = pool.bound(read_dac(source))
     ensure_dir(output.parent)
     meta = dac.metadata
-    codec = pool.codec_for(meta.model)
     rate = meta.sample_rate if resample else codec.sample_rate
     total = meta.length if resample else meta.model_length
     if start_s < 0 or (duration_s is not None and duration_s < 0):
@@ -326,8 +416,8 @@ def _decode_file(
 
 def decode_array(pool: CodecPool, dac: DacFile, resample: bool = False) -> np.ndarray:
     """The decoded audio of ``dac`` as one array ``[channels, samples]`` (for tests and verify)."""
+    codec, dac = pool.bound(dac)
     meta = dac.metadata
-    codec = pool.codec_for(meta.model)
     rate = meta.sample_rate if resample else codec.sample_rate
     total = meta.length if resample else meta.model_length
     parts = list(_decoded(codec, dac, rate, 0, total))

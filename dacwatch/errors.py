@@ -34,5 +34,10 @@ class ModelUnavailableError(DacwatchError):
     """The requested model cannot be loaded (no weights, offline, bad file)."""
 
 
+class ModelMismatchError(PermanentError):
+    """A file's codes were made by a network other than any this host may use for it:
+    decoding would give wrong audio, so it is refused, naming the network needed."""
+
+
 class ConfigError(DacwatchError):
     """The configuration is missing or invalid."""

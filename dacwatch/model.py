@@ -8,6 +8,8 @@ model's ``Conv1d``/``ConvTranspose1d`` layers, never hard-coded per model.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import math
 import os
 import tempfile
@@ -33,6 +35,7 @@ ModelBitrate = Literal["8kbps", "16kbps"]
 DacNet = Any
 
 MODEL_TYPES: tuple[str, ...] = ("44khz", "24khz", "16khz")
+ARCHITECTURE_BY_RATE = {44100: "44khz", 24000: "24khz", 16000: "16khz"}
 MODEL_BITRATES: tuple[str, ...] = ("8kbps", "16kbps")
 
 
@@ -141,10 +144,43 @@ def load_model(spec: ModelSpec, device: str | torch.device = "cpu", cache_dir: P
     return prepare_model(model, device)
 
 
+FINGERPRINT_ATTR = "dacwatch_weights"
+
+
+def fingerprint(model: DacNet) -> str:
+    """``sha256:<hex>`` of the network's weights as loaded: every tensor of its state
+    dict (name, dtype, shape, bytes, in name order) and its sample rate and hop.
+
+    The same weights file gives the same fingerprint on any host and device, after
+    any save and load; retrained or fine-tuned weights of the same shape do not.
+    Taken before :func:`prepare_model` folds weight norm (folding rounds
+    differently on different hardware), and kept on the model.
+    """
+    known: str | None = getattr(model, FINGERPRINT_ATTR, None)
+    if known is not None:
+        return known
+    digest = hashlib.sha256()
+    digest.update(json.dumps(model_info(model), sort_keys=True).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        data = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}|{data.dtype}|{tuple(data.shape)}|".encode())
+        digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    value = "sha256:" + digest.hexdigest()
+    setattr(model, FINGERPRINT_ATTR, value)
+    return value
+
+
+def short(weights: str | None) -> str:
+    """A fingerprint shortened for people (``sha256:1a2b3c4d5e6f``)."""
+    return "unrecorded" if not weights else weights[:19]
+
+
 def prepare_model(model: DacNet, device: str | torch.device = "cpu") -> DacNet:
-    """Put a DAC network in inference shape: eval mode, weight norm folded, on ``device``."""
+    """Put a DAC network in inference shape: eval mode, weight norm folded, on ``device``
+    (its weights' :func:`fingerprint` taken first)."""
     if not getattr(model, "padding", True):
         raise ModelUnavailableError("the model's layer padding is switched off; load a fresh copy")
+    fingerprint(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for module in model.modules():

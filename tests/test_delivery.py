@@ -77,9 +77,7 @@ def test_curl_ffmpeg_and_rsync_deliveries_are_taken_only_when_complete(
     tmp_path: Path, tiny_weights: Path, stalling_server: tuple[str, bytes], writer_check: bool
 ) -> None:
     url, served = stalling_server
-    d = Daemon(
-        tmp_path / "d", tiny_weights, watch__settle_seconds=SETTLE_S, watch__writer_check=writer_check
-    ).start()
+    d = Daemon(tmp_path / "d", tiny_weights, watch__settle_seconds=SETTLE_S, watch__writer_check=writer_check).start()
     try:
         d.ready()
         # -re: ffmpeg reads its input in real time, so it writes for 4 s (MP3 stays 0 bytes at first).

@@ -46,6 +46,10 @@ def test_device_kit_dry_run_on_cpu(tmp_path: Path) -> None:
 def test_device_kit_fails_fast_without_out() -> None:
     env = {k: v for k, v in os.environ.items() if k != "OUT"}
     proc = subprocess.run(
-        [str(ROOT / "bench" / "device" / "run"), "--device", "cpu"], env=env, capture_output=True, text=True, check=False
+        [str(ROOT / "bench" / "device" / "run"), "--device", "cpu"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert proc.returncode != 0 and "OUT must name the folder" in proc.stderr
