@@ -35,7 +35,7 @@ needs = pytest.mark.skipif(
 class _StallingHandler(http.server.BaseHTTPRequestHandler):
     body = b""
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:
         self.send_response(200)
         self.send_header("Content-Length", str(len(self.body)))
         self.send_header("Content-Type", "audio/wav")

@@ -98,7 +98,7 @@ def test_a_release_name_with_other_weights_behind_it_is_refused(tmp_path: Path, 
     encode_file(CodecPool(release, CodecSettings("cpu"), cache_dir=made), wav, tmp_path / "t.dac")
     dac = container.read(tmp_path / "t.dac")
     assert (dac.metadata.model.tag, dac.metadata.model.weights_file) == ("0.0.1", None)
-    with pytest.raises(ModelMismatchError, match="tag 0.0.1 weights sha256:"):
+    with pytest.raises(ModelMismatchError, match=r"tag 0\.0\.1 weights sha256:"):
         decode_array(CodecPool(release, CodecSettings("cpu"), cache_dir=here), dac)
     decode_array(CodecPool(release, CodecSettings("cpu"), cache_dir=made), dac)
 
@@ -142,5 +142,5 @@ def test_dac_1_0_0_file_that_fits_no_named_model_says_how_to_name_it(tmp_path: P
         warnings.simplefilter("ignore")
         path, _ = dac_1_0_0_file(DAC.load(str(weights)).eval(), tmp_path, None)
     small = save(tiny_model(seed=6, n_codebooks=4, codebook_size=1024), tmp_path / "w4.pth")
-    with pytest.raises(ModelMismatchError, match="5 codebooks of codes.*4 codebooks, the file has 5.*--weights"):
+    with pytest.raises(ModelMismatchError, match=r"5 codebooks of codes.*4 codebooks, the file has 5.*--weights"):
         decode_array(CodecPool(ModelSpec(weights=small), CodecSettings("cpu")), container.read(path))
