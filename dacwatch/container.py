@@ -16,18 +16,21 @@ library only.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
 import os
 import pickle
 import struct
+import subprocess
+import sys
 import tempfile
 import zipfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import IO, Any, BinaryIO, Literal
 
 import numpy as np
 
@@ -40,6 +43,7 @@ CODES_ENTRY = "codes.npy"
 METADATA_ENTRY = "metadata.npy"
 MAX_METADATA_BYTES = 1 << 20  # metadata is a few hundred bytes; anything huge is hostile
 MAX_LEGACY_BYTES = 1 << 30
+CHILD_TIMEOUT_S = 60.0  # for reading one older file's pickle in a throwaway process
 SEED_NORMALIZED_LUFS = -16.0  # DAC 1.0.0 files are read whole, as DAC does; refuse bombs
 
 
@@ -429,45 +433,264 @@ def _npy_from_bytes(data: bytes, where: str, entry: str) -> np.ndarray | _Pickle
         raise ContainerError(f"{where}: {entry} is damaged ({exc})") from exc
 
 
-_ALLOWED_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("_codecs", "encode"),  # how protocol 2 spells bytes; turns a str into bytes, nothing more
-}
+# Older files are pickles. The unpickler below resolves the few globals numpy's own
+# pickles name to stand-ins of ours, and builds every array from its raw bytes with
+# a validated plain dtype (np.frombuffer), object arrays only from lists of
+# already-built values. Nothing from the file ever reaches numpy's own
+# ndarray/dtype constructors or __setstate__, whose flags and buffers it could
+# forge (an object array over raw bytes crashes the process).
+MAX_LEGACY_ELEMENTS = 1 << 31
+_PLAIN_KINDS = "biufcUS"  # bool, integers, floats, complex, fixed strings: no pointers inside
+
+
+def _refuse(where: str, what: str) -> ContainerError:
+    return ContainerError(f"{where}: refusing a pickle that {what} (nothing in it was run)")
+
+
+class _DtypeStub:
+    """``numpy.dtype(name, align, copy)`` from a pickle: only a name and a byte order."""
+
+    def __init__(self, where: str, name: Any = None, *_args: Any) -> None:
+        self.where, self.name = where, name
+        self.byteorder: Any = "="
+        self.structured = False
+
+    def __setstate__(self, state: Any) -> None:
+        # numpy's state: (version, byteorder, subarray, names, fields, elsize, alignment, flags);
+        # only the byte order is taken, never the flags.
+        if not isinstance(state, tuple) or len(state) < 2:
+            raise _refuse(self.where, "holds a damaged dtype")
+        self.byteorder = state[1]
+        self.structured = any(part is not None for part in state[2:5])
+
+    def resolve(self, allow_object: bool = False) -> np.dtype[Any]:
+        if self.structured or not isinstance(self.name, str) or len(self.name) > 16:
+            raise _refuse(self.where, f"asks for the dtype {self.name!r} (only plain numbers and strings)")
+        try:
+            dt = np.dtype(self.name)
+        except (TypeError, ValueError) as exc:
+            raise _refuse(self.where, f"asks for the unknown dtype {self.name!r}") from exc
+        if dt.kind == "O" and allow_object:
+            return dt
+        if dt.kind not in _PLAIN_KINDS or dt.fields is not None or dt.subdtype is not None:
+            raise _refuse(self.where, f"asks for the dtype {dt} (only plain numbers and strings)")
+        if self.byteorder in ("<", ">") and dt.itemsize > 1:
+            dt = dt.newbyteorder(self.byteorder)
+        return dt
+
+
+class _ArrayStub:
+    """``numpy.core.multiarray._reconstruct(ndarray, ...)`` then ``BUILD``: the state is
+    checked and the array built by :meth:`__setstate__`, then swapped in by ``_finish``."""
+
+    where = ""
+
+    def __init__(self, *_args: Any) -> None:  # ndarray(...) called directly: a forged buffer
+        raise _refuse(self.where, "calls numpy.ndarray directly")
+
+    def __setstate__(self, state: Any) -> None:
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise _refuse(self.where, "holds a damaged array")
+        shape, dtype, fortran, raw = state[-4:]
+        if (
+            not isinstance(shape, tuple)
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)
+            or not isinstance(dtype, _DtypeStub)
+        ):
+            raise _refuse(self.where, "holds an array with a damaged shape or dtype")
+        count = math.prod(shape)
+        if count > MAX_LEGACY_ELEMENTS:
+            raise _refuse(self.where, f"holds an array of {count} elements")
+        dt = dtype.resolve(allow_object=True)
+        order: Literal["C", "F"] = "F" if fortran else "C"
+        if dt.kind == "O":
+            if not isinstance(raw, list) or len(raw) != count:
+                raise _refuse(self.where, "builds an object array from raw bytes")
+            flat = np.empty(count, dtype=object)
+            for i, item in enumerate(raw):
+                flat[i] = item
+            self.array = flat.reshape(shape, order=order)
+            return
+        self.array = _array_from_bytes(raw, dt, shape, order, self.where)
+
+
+def _array_from_bytes(
+    raw: Any, dt: np.dtype[Any], shape: tuple[int, ...], order: Literal["C", "F"], where: str
+) -> np.ndarray:
+    if isinstance(raw, str):  # protocol 0-2 spell bytes as latin-1 text
+        raw = raw.encode("latin1")
+    if isinstance(raw, (bytearray, memoryview, pickle.PickleBuffer)):
+        raw = bytes(raw)
+    if not isinstance(raw, bytes) or len(raw) != math.prod(shape) * dt.itemsize:
+        raise _refuse(where, f"holds {len(raw) if isinstance(raw, bytes) else 'no'} bytes for an array {shape} of {dt}")
+    return np.frombuffer(raw, dtype=dt).reshape(shape, order=order).copy(order="K")
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-    """Builds plain containers, numbers, strings and numpy arrays/scalars; refuses every other global."""
+    """Builds plain containers, numbers, strings and numpy arrays/scalars (through the
+    stand-ins above); refuses every other global before anything of it runs."""
 
     def __init__(self, file: IO[bytes], where: str) -> None:
         super().__init__(file, encoding="latin1")
         self.where = where
+        stub = type("_Array", (_ArrayStub,), {"where": where})
+
+        def reconstruct(cls: Any, shape: Any = None, typecode: Any = None) -> _ArrayStub:
+            if cls is not stub:
+                raise _refuse(where, "reconstructs something other than a plain numpy array")
+            made: _ArrayStub = stub.__new__(stub)
+            return made
+
+        def scalar(dtype: Any, raw: Any = None) -> Any:
+            if not isinstance(dtype, _DtypeStub):
+                raise _refuse(where, "builds a numpy scalar without a dtype")
+            return _array_from_bytes(raw, dtype.resolve(), (), "C", where)[()]
+
+        def frombuffer(buf: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
+            if not isinstance(dtype, _DtypeStub) or not isinstance(shape, tuple) or order not in ("C", "F"):
+                raise _refuse(where, "holds a damaged array")
+            if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
+                raise _refuse(where, "holds an array with a damaged shape")
+            return _array_from_bytes(buf, dtype.resolve(), shape, order, where)
+
+        def latin1(text: Any, encoding: Any = "latin1") -> bytes:
+            if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+                raise _refuse(where, "encodes text in an unexpected way")
+            return text.encode("latin1")
+
+        def to_bytes(source: Any = b"", *args: Any) -> bytes:
+            if isinstance(source, int):  # bytes(n) would allocate n bytes
+                raise _refuse(where, "sizes a bytes object by a number")
+            return bytes(source, *args)
+
+        self._globals: dict[tuple[str, str], Any] = {
+            ("numpy", "ndarray"): stub,
+            ("__builtin__", "bytes"): to_bytes,  # how protocols 0-2 spell bytes
+            ("builtins", "bytes"): to_bytes,
+            ("numpy", "dtype"): functools.partial(_DtypeStub, where),
+            ("_codecs", "encode"): latin1,  # how protocol 2 spells bytes
+        }
+        for core in ("numpy.core", "numpy._core"):
+            self._globals[(f"{core}.multiarray", "_reconstruct")] = reconstruct
+            self._globals[(f"{core}.multiarray", "scalar")] = scalar
+            self._globals[(f"{core}.numeric", "_frombuffer")] = frombuffer
 
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _ALLOWED_GLOBALS:
-            module = module.replace("numpy.core.", "numpy._core.") if hasattr(np, "_core") else module
-            return super().find_class(module, name)
-        raise ContainerError(
-            f"{self.where}: refusing a pickle that asks for {module}.{name}; "
-            "only plain data and numpy arrays are accepted (nothing in it was run)"
-        )
+        found = self._globals.get((module, name))
+        if found is None:
+            raise ContainerError(
+                f"{self.where}: refusing a pickle that asks for {module}.{name}; "
+                "only plain data and numpy arrays are accepted (nothing in it was run)"
+            )
+        return found
 
     def persistent_load(self, pid: Any) -> Any:
         raise ContainerError(f"{self.where}: refusing a pickle with persistent references")
 
 
-def safe_unpickle(payload: bytes, where: str) -> Any:
-    """Unpickle ``payload`` admitting only plain data and numpy arrays."""
+def _finish(obj: Any, where: str, memo: dict[int, Any]) -> Any:
+    """The unpickled value with every stand-in replaced by what it stands for."""
+    key = id(obj)
+    if key in memo:
+        return memo[key]
+    if isinstance(obj, _ArrayStub):
+        array = getattr(obj, "array", None)
+        if array is None:
+            raise _refuse(where, "holds an array without its data")
+        memo[key] = array
+        if array.dtype.kind == "O":
+            flat = array.reshape(-1)
+            for i in range(flat.size):
+                flat[i] = _finish(flat[i], where, memo)
+        return array
+    if isinstance(obj, _DtypeStub):
+        memo[key] = obj.resolve()
+        return memo[key]
+    if isinstance(obj, dict):
+        out: dict[Any, Any] = {}
+        memo[key] = out
+        for k, v in obj.items():
+            out[_finish(k, where, memo)] = _finish(v, where, memo)
+        return out
+    if isinstance(obj, list):
+        items: list[Any] = []
+        memo[key] = items
+        items.extend(_finish(v, where, memo) for v in obj)
+        return items
+    if isinstance(obj, (tuple, set, frozenset)):
+        memo[key] = type(obj)(_finish(v, where, memo) for v in obj)
+        return memo[key]
+    if obj is None or isinstance(obj, (str, bytes, bytearray, int, float, complex, np.ndarray, np.generic)):
+        return obj
+    raise _refuse(where, f"builds a {type(obj).__name__}")
+
+
+def _unpickle(payload: bytes, where: str) -> Any:
     try:
-        return _RestrictedUnpickler(io.BytesIO(payload), where).load()
+        return _finish(_RestrictedUnpickler(io.BytesIO(payload), where).load(), where, {})
     except ContainerError:
         raise
+    except RecursionError as exc:
+        raise ContainerError(f"{where}: refusing a pickle nested too deeply") from exc
     except Exception as exc:
         raise ContainerError(f"{where}: damaged pickle ({type(exc).__name__}: {exc})") from exc
+
+
+def _touch(obj: Any, seen: set[int]) -> None:
+    """Reach every value, as the reader will (a forged object crashes here, in the child)."""
+    if id(obj) in seen:
+        return
+    seen.add(id(obj))
+    repr(obj)
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            _touch(k, seen)
+            _touch(v, seen)
+    elif isinstance(obj, (list, tuple, set, frozenset)):
+        for v in obj:
+            _touch(v, seen)
+    elif isinstance(obj, np.ndarray) and obj.dtype.hasobject:
+        for v in obj.reshape(-1):
+            _touch(v, seen)
+
+
+def _child_main() -> None:
+    """``python -m dacwatch.container``: unpickle stdin in this throwaway process."""
+    where = sys.argv[1] if len(sys.argv) > 1 else "file"
+    try:
+        _touch(_unpickle(sys.stdin.buffer.read(), where), set())
+    except ContainerError as exc:
+        print(str(exc), file=sys.stderr)
+        sys.exit(3)
+
+
+def safe_unpickle(payload: bytes, where: str) -> Any:
+    """Unpickle ``payload`` admitting only plain data and numpy arrays.
+
+    It is unpickled first in a short-lived child process: whatever numpy or the
+    pickle machinery might still do wrong with a forged file (crash, hang), that
+    process pays for it, not the daemon.
+    """
+    try:
+        child = subprocess.run(
+            [sys.executable, "-m", "dacwatch.container", where],
+            input=payload,
+            capture_output=True,
+            timeout=CHILD_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise ContainerError(f"{where}: reading its pickle took longer than {CHILD_TIMEOUT_S:g} s; refusing") from exc
+    if child.returncode == 3:
+        raise ContainerError(child.stderr.decode(errors="replace").strip())
+    if child.returncode < 0:
+        raise ContainerError(
+            f"{where}: its pickle crashed the process reading it (signal {-child.returncode}); refusing it"
+        )
+    if child.returncode != 0:
+        tail = child.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no message"]
+        raise ContainerError(f"{where}: its pickle could not be read ({tail[0]})")
+    return _unpickle(payload, where)
 
 
 # DAC 1.0.0 files do not name their model; the number of codebooks does.
@@ -667,3 +890,7 @@ def summarize(dac: DacFile) -> Summary:
         dacwatch_version=m.dacwatch_version,
         extra=extra,
     )
+
+
+if __name__ == "__main__":
+    _child_main()
