@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -226,10 +226,12 @@ class LoudnessMeter:
         return Measurement(loudness=value if math.isfinite(value) else None, peak=self.peak, frames=self.frames)
 
 
-def measure(reader: AudioReader, where: str = "input") -> Measurement:
-    """Pass one: loudness and peak, refusing NaN or infinite samples."""
+def measure(reader: AudioReader, where: str = "input", tick: Callable[[], None] | None = None) -> Measurement:
+    """Pass one: loudness and peak, refusing NaN or infinite samples (``tick`` after each block)."""
     meter = LoudnessMeter(reader.info.sample_rate, reader.info.channels)
     for block in reader.blocks():
+        if tick is not None:
+            tick()
         if not np.isfinite(block).all():
             raise AudioError(
                 f"{where}: has NaN or infinite samples near {meter.frames / reader.info.sample_rate:.3f} s"

@@ -356,7 +356,28 @@ def _config_check(args: argparse.Namespace) -> int:
     settings = _settings(args)
     text = describe(settings, as_json=args.json)
     print(text)
+    for line in _check_runtime(settings):
+        print(line, file=sys.stderr)
     return 0
+
+
+def _check_runtime(settings: Any) -> list[str]:
+    """What the file alone cannot tell: do the devices exist, and does the model (when its
+    weights are on this host) have what the configuration asks of it. Raises ConfigError."""
+    from .errors import ModelUnavailableError
+    from .model import weights_path
+    from .service import resolve_devices
+    from .worker import check_against_model, make_pool, model_spec
+
+    devices = resolve_devices(settings.codec.devices)
+    lines = [f"devices: {', '.join(devices)}"]
+    try:
+        weights_path(model_spec(settings), settings.model.cache_dir, download=False)
+    except ModelUnavailableError as exc:
+        return [*lines, f"model: not checked ({exc}; it is fetched at the first start)"]
+    pool = make_pool(settings, "cpu")
+    check_against_model(settings, pool)
+    return [*lines, f"model: {pool.spec.describe()}, {pool.codec().n_codebooks} codebooks: the configuration fits"]
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -29,7 +30,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from .errors import OutOfMemoryError, PermanentError
+from .errors import ConfigError, OutOfMemoryError, PermanentError
 from .model import (
     DacNet,
     DecoderContext,
@@ -64,13 +65,29 @@ MIN_WINDOW_FRAMES = 16  # the smallest window out-of-memory recovery shrinks to
 PRECISIONS: tuple[str, ...] = ("float32", "tf32", "bf16")
 
 
+DEVICE_NAMES = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+
+
+def devices_present() -> str:
+    """The devices this host has, for error messages: ``cpu, cuda:0 (NVIDIA H100 80GB HBM3)``."""
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    gpus = [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(count)]
+    return ", ".join(["cpu", *gpus])
+
+
 def resolve_device(device: str) -> torch.device:
-    """``auto`` is the first CUDA device when there is one, else the CPU."""
+    """``auto`` is the first CUDA device when there is one, else the CPU; ``cuda`` is
+    ``cuda:0``. Anything else, or a GPU this host does not have, is a :class:`ConfigError`
+    naming the devices present."""
+    if not DEVICE_NAMES.match(device):
+        raise ConfigError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N (here: {devices_present()})")
     if device == "auto":
         return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device} was asked for but CUDA is not available")
+    dev = torch.device("cuda:0" if device == "cuda" else device)
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (dev.index or 0) >= count:
+            raise ConfigError(f"device {device} does not exist on this host (here: {devices_present()})")
     return dev
 
 

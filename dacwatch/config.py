@@ -11,7 +11,7 @@ import json
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -46,14 +46,26 @@ class ModelConfig(_Section):
         return self
 
 
+DEVICE_PATTERN = r"^(auto|cpu|cuda|cuda:\d+)$"  # whether the GPU exists is checked at startup
+
+
 class CodecConfig(_Section):
-    devices: list[str] = Field(default_factory=lambda: ["auto"], min_length=1)
+    devices: list[Annotated[str, Field(pattern=DEVICE_PATTERN)]] = Field(default_factory=lambda: ["auto"], min_length=1)
     encode_window_s: float | None = Field(default=None, ge=0)
     decode_window_s: float | None = Field(default=None, ge=0)
     batch_size: int | None = Field(default=None, ge=1)
     codebooks: int | None = Field(default=None, ge=1)
     # float32: exact (chunked equals whole-file); tf32 and bf16: faster on a GPU, by choice.
     precision: Literal["float32", "tf32", "bf16"] = "float32"
+
+    @model_validator(mode="after")
+    def _devices_distinct(self) -> CodecConfig:
+        if "auto" in self.devices and len(self.devices) > 1:
+            raise ValueError("'auto' stands for every GPU (or the CPU) and cannot be listed with others")
+        named = ["cuda:0" if d == "cuda" else d for d in self.devices]
+        if len(set(named)) != len(named):
+            raise ValueError(f"a device is listed twice: {self.devices}")
+        return self
 
 
 class OutputConfig(_Section):
@@ -98,6 +110,10 @@ class Settings(BaseSettings):
     state_dir: Path = Field(default_factory=_default_state_dir)
     on_success: Literal["keep", "move", "delete"] = "move"
     stop_timeout_s: float = Field(default=30.0, ge=0)
+    # A job that reports no progress for this long before its first block (loading a
+    # model, a slow share), or for ten times its longest gap between blocks (at least
+    # a tenth of this) afterwards, counts as hung: systemd's watchdog is no longer fed.
+    stall_timeout_s: float = Field(default=600.0, gt=0)
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     model: ModelConfig = ModelConfig()
@@ -176,6 +192,8 @@ def _explain(error: Any) -> str:
     msg = str(error.get("msg", "invalid"))
     if error.get("type") == "extra_forbidden":
         msg = "unknown key"
+    elif error.get("type") == "string_pattern_mismatch" and "devices" in loc:
+        msg = f"unknown device {error.get('input')!r}: use auto, cpu, cuda or cuda:N"
     return f"{key} (env {env}): {msg}"
 
 

@@ -34,7 +34,7 @@ from .codec import ChunkedCodec, resolve_device
 from .container import LOCAL_TAG, CodeSpill, DacFile, Metadata, ModelRecord
 from .container import read as read_dac
 from .container import write as write_dac
-from .errors import ModelMismatchError, ModelUnavailableError, PermanentError
+from .errors import ModelMismatchError, ModelUnavailableError, OutOfMemoryError, PermanentError
 from .fsio import atomic_output, ensure_dir
 from .model import (
     ARCHITECTURE_BY_RATE,
@@ -97,7 +97,10 @@ class CodecPool:
         with self._lock:
             if key not in self._codecs:
                 loader = self.loader or (lambda s, d: load_model(s, d, self.cache_dir))
-                model = loader(spec, self.device)
+                try:
+                    model = loader(spec, self.device)
+                except torch.OutOfMemoryError as exc:
+                    raise OutOfMemoryError(f"out of memory loading {spec.describe()} onto {self.device}") from exc
                 s = self.settings
                 self._codecs[key] = ChunkedCodec(
                     model, self.device, s.encode_window_s, s.decode_window_s, s.batch_size, s.precision
@@ -343,7 +346,7 @@ def _prepared(
     """Pass one over the file (loudness, peak); then pass two as a stream of blocks at
     the model's ``rate``, normalised as DAC normalises before encoding."""
     info = reader.info
-    measurement = measure(reader, str(source))
+    measurement = measure(reader, str(source), None if progress is None else lambda: progress(0.0))
     if measurement.frames == 0:
         raise AudioError(f"{source}: holds no samples")
     gain = measurement.gain_db()
@@ -463,11 +466,14 @@ def _decoded_dac_1_0_0(codec: ChunkedCodec, dac: DacFile, rate: int, first: int,
     codes = np.asarray(dac.codes)
     parts = []
     model = codec.model
-    with torch.inference_mode(), layer_padding(model, legacy.padding):
-        for i in range(0, codes.shape[0], legacy.chunk_length):
-            chunk = codec._checked(codes[i : i + legacy.chunk_length])
-            rows = torch.from_numpy(chunk.transpose(2, 1, 0).astype(np.int64)).to(codec.device)
-            parts.append(model.decoder(model.quantizer.from_codes(rows)[0]).to("cpu", torch.float32))
+    try:
+        with torch.inference_mode(), layer_padding(model, legacy.padding):
+            for i in range(0, codes.shape[0], legacy.chunk_length):
+                chunk = codec._checked(codes[i : i + legacy.chunk_length])
+                rows = torch.from_numpy(chunk.transpose(2, 1, 0).astype(np.int64)).to(codec.device)
+                parts.append(model.decoder(model.quantizer.from_codes(rows)[0]).to("cpu", torch.float32))
+    except torch.OutOfMemoryError as exc:
+        raise OutOfMemoryError(f"out of memory decoding DAC 1.0.0 chunks of {legacy.chunk_length} frames") from exc
     with torch.inference_mode():
         signal = AudioSignal(torch.cat(parts, dim=-1), codec.sample_rate)
         signal.normalize(torch.tensor(legacy.input_db, dtype=torch.float32))

@@ -152,11 +152,13 @@ class JobQueue:
                 raise QueueError(f"queue database {self.path} is locked: {exc}") from exc
             try:
                 yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            else:
                 self._db.execute("COMMIT")
+            except BaseException as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.OperationalError):  # locked, disk I/O: a fault of the moment
+                    raise QueueError(f"queue database {self.path}: {exc}") from exc
+                raise
 
     # ------------------------------------------------------------------ transitions
 
@@ -183,8 +185,12 @@ class JobQueue:
         """Take the oldest due queued job and mark it running (attempts + 1)."""
         now = time.time()
         with self._tx() as db:
+            # Due jobs in the order they became due: a job sent back to be retried
+            # (not_before = when it failed, or later) waits behind every job queued before
+            # that, so one that keeps failing never starves the rest.
             row = db.execute(
-                "SELECT id FROM jobs WHERE status = 'queued' AND not_before <= ? ORDER BY id LIMIT 1", (now,)
+                "SELECT id FROM jobs WHERE status = 'queued' AND not_before <= ? ORDER BY not_before, id LIMIT 1",
+                (now,),
             ).fetchone()
             if row is None:
                 return None
@@ -210,22 +216,39 @@ class JobQueue:
     def fail(self, job_id: int, error: str) -> None:
         self._finish(job_id, Status.FAILED, error=error)
 
-    def retry_later(self, job_id: int, error: str, delay_s: float) -> None:
+    def retry_later(self, job_id: int, error: str, delay_s: float, counted: bool = True) -> None:
+        """Back to the queue, due in ``delay_s``, behind the jobs already due. An attempt
+        that is not ``counted`` (retrying out of memory with a smaller batch) is given back."""
         now = time.time()
         with self._tx() as db:
             db.execute(
-                "UPDATE jobs SET status = 'queued', last_error = ?, not_before = ?, updated_at = ?, worker = NULL "
-                "WHERE id = ?",
-                (error, now + delay_s, now, job_id),
+                "UPDATE jobs SET status = 'queued', last_error = ?, not_before = ?, updated_at = ?, worker = NULL, "
+                "output = NULL, attempts = attempts - ? WHERE id = ?",
+                (error, now + delay_s, now, 0 if counted else 1, job_id),
             )
+
+    def reserve_output(self, job_id: int, path: str, candidates: list[str]) -> str:
+        """Claim an output name for a running job: the first of ``candidates`` that no other
+        source's job (running or done) holds; '' if all are held. In one transaction, so
+        two workers (or two hosts on one database) never claim the same name."""
+        with self._tx() as db:
+            for name in candidates:
+                taken = db.execute(
+                    "SELECT 1 FROM jobs WHERE output = ? AND path != ? AND status IN ('running', 'done') LIMIT 1",
+                    (name, path),
+                ).fetchone()
+                if not taken:
+                    db.execute("UPDATE jobs SET output = ? WHERE id = ?", (name, job_id))
+                    return name
+        return ""
 
     def requeue(self, job_id: int) -> None:
         """Give a job back unfinished (shutdown): the interrupted attempt does not count."""
         now = time.time()
         with self._tx() as db:
             db.execute(
-                "UPDATE jobs SET status = 'queued', attempts = MAX(0, attempts - 1), updated_at = ?, worker = NULL "
-                "WHERE id = ? AND status = 'running'",
+                "UPDATE jobs SET status = 'queued', attempts = MAX(0, attempts - 1), updated_at = ?, worker = NULL, "
+                "output = NULL WHERE id = ? AND status = 'running'",
                 (now, job_id),
             )
 
@@ -239,7 +262,7 @@ class JobQueue:
         now = time.time()
         with self._tx() as db:
             cur = db.execute(
-                "UPDATE jobs SET status = 'queued', worker = NULL, updated_at = ?, "
+                "UPDATE jobs SET status = 'queued', worker = NULL, updated_at = ?, output = NULL, "
                 "last_error = ? WHERE status = 'running'",
                 (now, CRASHED),
             )
@@ -264,40 +287,40 @@ class JobQueue:
 
     # ------------------------------------------------------------------ reading
 
-    def output_owner(self, output: str) -> str | None:
-        """The source path of a finished job that wrote ``output``, if any."""
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
-            row = self._db.execute(
-                "SELECT path FROM jobs WHERE output = ? AND status = 'done' ORDER BY id DESC LIMIT 1", (output,)
-            ).fetchone()
-        return None if row is None else str(row["path"])
+            try:
+                yield self._db
+            except sqlite3.OperationalError as exc:
+                raise QueueError(f"queue database {self.path} cannot be read: {exc}") from exc
 
     def get(self, job_id: int) -> Job | None:
-        with self._lock:
-            row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        with self._read() as db:
+            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return Job.from_row(row) if row else None
 
     def jobs(self, status: Status | None = None) -> list[Job]:
-        with self._lock:
+        with self._read() as db:
             if status is None:
-                rows = self._db.execute("SELECT * FROM jobs ORDER BY id").fetchall()
+                rows = db.execute("SELECT * FROM jobs ORDER BY id").fetchall()
             else:
-                rows = self._db.execute("SELECT * FROM jobs WHERE status = ? ORDER BY id", (status.value,)).fetchall()
+                rows = db.execute("SELECT * FROM jobs WHERE status = ? ORDER BY id", (status.value,)).fetchall()
         return [Job.from_row(r) for r in rows]
 
     def counts(self) -> dict[str, int]:
-        with self._lock:
-            rows = self._db.execute("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status").fetchall()
+        with self._read() as db:
+            rows = db.execute("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status").fetchall()
         out = {s.value: 0 for s in Status}
         out.update({r["status"]: r["n"] for r in rows})
         return out
 
     def report(self, failures: int = 10) -> dict[str, Any]:
-        with self._lock:
-            running = self._db.execute(
+        with self._read() as db:
+            running = db.execute(
                 "SELECT path, attempts, worker, started_at FROM jobs WHERE status = 'running' ORDER BY id"
             ).fetchall()
-            failed = self._db.execute(
+            failed = db.execute(
                 "SELECT path, attempts, last_error, finished_at FROM jobs WHERE status = 'failed' "
                 "ORDER BY finished_at DESC LIMIT ?",
                 (failures,),

@@ -25,7 +25,7 @@ from .errors import DacwatchError
 from .fsio import sweep_temp_files
 from .queue import JobQueue
 from .watcher import IgnoreRules, Watcher
-from .worker import Worker, make_pool
+from .worker import Worker, check_against_model, make_pool
 
 
 class Notifier:
@@ -71,12 +71,15 @@ def watchdog_interval() -> float | None:
 
 
 def resolve_devices(devices: list[str]) -> list[str]:
-    if devices == ["auto"]:
-        import torch
+    """The workers' devices: every GPU (else the CPU) for ``auto``; each one named must exist."""
+    import torch
 
+    from .codec import resolve_device
+
+    if devices == ["auto"]:
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         return [f"cuda:{i}" for i in range(count)] or ["cpu"]
-    return devices
+    return [str(resolve_device(d)) for d in devices]
 
 
 class Service:
@@ -89,6 +92,7 @@ class Service:
         self.queue: JobQueue | None = None
         self.watcher: Watcher | None = None
         self.workers: list[Worker] = []
+        self.failed = False  # every worker stopped: exit 1 so the supervisor restarts us
 
     # signal handlers: flags only
     def on_signal(self, signum: int, _frame: FrameType | None) -> None:
@@ -113,6 +117,7 @@ class Service:
             pool = make_pool(s, device)
             started = time.monotonic()
             codec = pool.codec()  # load now: READY means the model is warm
+            check_against_model(s, pool)
             self.log.info(
                 "model.loaded",
                 device=device,
@@ -152,12 +157,21 @@ class Service:
             assert self.watcher is not None
             self.watcher.debouncer.seen(path)  # try again on the next round
 
+    def problems(self) -> list[str]:
+        """What is wrong now: a dead or hung watcher or worker (systemd's watchdog is
+        fed only while this is empty, so systemd restarts a hung daemon)."""
+        found = []
+        if self.watcher is None or not self.watcher.healthy():
+            found.append("the watcher is not running")
+        for w in self.workers:
+            if not w.is_alive() or w.error is not None:
+                found.append(f"worker {w.device} stopped: {w.error or 'ended'}")
+            elif (stall := w.stalled()) is not None:
+                found.append(f"worker {w.device} looks hung: {stall}")
+        return found
+
     def healthy(self) -> bool:
-        return (
-            self.watcher is not None
-            and self.watcher.healthy()
-            and all(w.is_alive() and w.error is None for w in self.workers)
-        )
+        return not self.problems()
 
     def status_line(self) -> str:
         assert self.queue is not None
@@ -172,14 +186,21 @@ class Service:
         period = watchdog_interval()
         last_status = ""
         next_ping = 0.0
+        reported: list[str] = []
         while not self.stopping.is_set():
             now = time.monotonic()
-            healthy = self.healthy()
-            if period is not None and healthy and now >= next_ping:
+            problems = self.problems()
+            if period is not None and not problems and now >= next_ping:
                 self.notify("WATCHDOG=1")
                 next_ping = now + period
-            if not healthy:
-                self.log.error("service.unhealthy", watcher_alive=bool(self.watcher and self.watcher.is_alive()))
+            if problems != reported:  # once per change, not once a second
+                if problems:
+                    self.log.error("service.unhealthy", problems=problems)
+                reported = problems
+            if self.workers and not any(w.is_alive() for w in self.workers):
+                self.log.error("service.no_workers", problems=problems)
+                self.failed = True
+                return
             try:
                 line = self.status_line()
             except DacwatchError as exc:
@@ -242,7 +263,7 @@ def run(settings: Settings, early_signals: list[int] | None = None) -> int:
         log.info("service.ready", workers=[w.device for w in service.workers])
         service.loop()
         service.shutdown(settings.stop_timeout_s)
-        return 0
+        return 1 if service.failed else 0
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -20,16 +20,30 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from . import __version__
 from .audio import OutputFormat, check_regular_file
 from .config import Settings
 from .convert import CodecPool, CodecSettings, Result, decode_file, encode_file
-from .errors import OutOfMemoryError, PermanentError, SourceChanged, TransientError
+from .errors import (
+    ConfigError,
+    ModelUnavailableError,
+    OutOfMemoryError,
+    PermanentError,
+    SourceChanged,
+    TransientError,
+)
 from .fsio import atomic_output, ensure_dir, identity, mirror, within
 from .model import ModelSpec
 from .queue import CRASHED, Job, JobQueue, QueueError
+
+T = TypeVar("T")
+UNEXPECTED_IN_A_ROW = 3  # unexpected failures in a row after which a worker stops taking work
+
+
+class WorkerStopped(Exception):
+    """A worker stopped taking work after unexpected failures in a row."""
 
 
 class Cancelled(Exception):
@@ -39,6 +53,18 @@ class Cancelled(Exception):
 def model_spec(settings: Settings) -> ModelSpec:
     m = settings.model
     return ModelSpec(m.type, m.bitrate, m.tag, m.weights)
+
+
+def check_against_model(settings: Settings, pool: CodecPool) -> None:
+    """What only the loaded network can tell: a :class:`ConfigError` (before READY, so no
+    file is ever blamed for it) if the configuration asks for more than it has."""
+    codec = pool.codec()
+    wanted = settings.codec.codebooks
+    if wanted is not None and wanted > codec.n_codebooks:
+        raise ConfigError(
+            f"codec.codebooks (env DACWATCH_CODEC__CODEBOOKS) is {wanted}, but {pool.spec.describe()} "
+            f"has {codec.n_codebooks} codebooks"
+        )
 
 
 def make_pool(settings: Settings, device: str) -> CodecPool:
@@ -54,6 +80,8 @@ def make_pool(settings: Settings, device: str) -> CodecPool:
 class Current:
     path: str
     started: float
+    ticks: int = 0  # progress reports so far
+    longest_gap: float = 0.0  # the longest time between two of them, seconds
 
 
 class Worker(threading.Thread):
@@ -69,6 +97,7 @@ class Worker(threading.Thread):
         self.current: Current | None = None
         self.heartbeat = time.monotonic()
         self.error: BaseException | None = None
+        self.unexpected_in_a_row = 0
 
     def run(self) -> None:
         try:
@@ -84,16 +113,29 @@ class Worker(threading.Thread):
                     self.draining.wait(0.2)
                     continue
                 self.process(job)
+                if self.unexpected_in_a_row >= UNEXPECTED_IN_A_ROW:
+                    # Not the files: something in this process is wrong. Stop taking
+                    # work (the jobs stay queued, the files in place) and say so.
+                    raise WorkerStopped(
+                        f"{self.unexpected_in_a_row} unexpected failures in a row; "
+                        "the last one's traceback is in the log (job.unexpected_error)"
+                    )
+        except WorkerStopped as exc:
+            self.error = exc
+            self.log.error("worker.stopped", reason=str(exc))
         except BaseException as exc:
             self.error = exc
             self.log.exception("worker.crashed")
 
     def _record(self, action: Callable[..., None], *args: Any) -> None:
         """Write a job's outcome, waiting out a locked database: the outcome must not be lost."""
+        self._queue_call(action, *args)
+
+    def _queue_call(self, action: Callable[..., T], *args: Any) -> T:
+        """``action(*args)``, retried while the database is locked or unreachable."""
         while True:
             try:
-                action(*args)
-                return
+                return action(*args)
             except QueueError as exc:
                 self.heartbeat = time.monotonic()
                 self.log.error("queue.unavailable", error=str(exc), retrying=True)
@@ -101,14 +143,39 @@ class Worker(threading.Thread):
                     raise
 
     def _tick(self, _seconds: float = 0.0) -> None:
-        self.heartbeat = time.monotonic()
+        now = time.monotonic()
+        if self.current is not None:
+            if self.current.ticks:  # the wait for the first report is not a gap between two
+                self.current.longest_gap = max(self.current.longest_gap, now - self.heartbeat)
+            self.current.ticks += 1
+        self.heartbeat = now
         if self.abort.is_set():
             raise Cancelled("stop requested")
+
+    def stalled(self, now: float | None = None) -> str | None:
+        """Why this worker looks hung (no progress for longer than its job allows), or None.
+
+        Work reports progress after every block it reads, decodes or writes. Before
+        its first block a job may load another model or read a slow share, so it gets
+        ``stall_timeout_s``; after that, ten times the longest gap between its blocks
+        so far, at least a tenth of ``stall_timeout_s``. Between jobs the loop beats
+        every 0.2 s.
+        """
+        now = time.monotonic() if now is None else now
+        current = self.current
+        first = self.settings.stall_timeout_s
+        bound = first if current is None or current.ticks == 0 else max(first / 10, 10 * current.longest_gap)
+        silent = now - self.heartbeat
+        if silent <= bound:
+            return None
+        what = f"converting {current.path}" if current is not None else "between jobs"
+        return f"no progress for {silent:.0f} s {what} (allowed {bound:.0f} s)"
 
     def process(self, job: Job) -> None:
         s = self.settings
         source = s.inbox / job.path
-        self.current = Current(job.path, time.monotonic())
+        self.heartbeat = time.monotonic()
+        self.current = Current(job.path, self.heartbeat)
         started = time.monotonic()
         try:
             if not self._still_there(job, source):
@@ -125,6 +192,7 @@ class Worker(threading.Thread):
                 raise
             self._dispose(source)
             self._record(self.queue.complete, job.id, str(result.output))
+            self.unexpected_in_a_row = 0
             grown = self.pool.succeeded()
             if grown:
                 self.log.info("codec.grown", geometry=grown)
@@ -189,6 +257,20 @@ class Worker(threading.Thread):
         if now != job.identity:
             raise SourceChanged(f"{source} changed while it was converted (size {job.identity.size} -> {now.size})")
 
+    def _reserve(self, source: Path, job: Job) -> Path:
+        """The output name this job may write, claimed in the queue (README, "Output names"):
+        ``talk.dac`` for ``talk.wav``; if another source holds it (``talk.flac`` was first),
+        ``talk.wav.dac``, then ``talk.wav.1.dac``...; never another source's output."""
+        first = self._output_of(source)
+        qualified = first.with_name(f"{source.name}{first.suffix}")
+        numbered = [qualified.with_name(f"{source.name}.{i}{first.suffix}") for i in range(1, 100)]
+        claimed = self._queue_call(
+            self.queue.reserve_output, job.id, job.path, [str(first), str(qualified), *map(str, numbered)]
+        )
+        if not claimed:
+            raise TransientError(f"no free output name for {source}: {first} and 100 others belong to other sources")
+        return Path(claimed)
+
     def _output_of(self, source: Path) -> Path:
         s = self.settings
         if source.suffix.lower() == ".dac":
@@ -198,11 +280,7 @@ class Worker(threading.Thread):
     def _convert(self, source: Path, job: Job) -> Result:
         s = self.settings
         check_regular_file(source)
-        target = self._output_of(source)
-        owner = self.queue.output_owner(str(target))
-        if owner is not None and owner != job.path:
-            # talk.wav and talk.mp3 both want talk.dac: never overwrite another source's output.
-            target = unique(target)
+        target = self._reserve(source, job)
         check = functools.partial(self._unchanged, source, job)
         if source.suffix.lower() == ".dac":
             fmt = OutputFormat(s.output.format, s.output.sample_format)
@@ -212,31 +290,47 @@ class Worker(threading.Thread):
         return encode_file(self.pool, source, target, s.codec.codebooks, progress=self._tick, before_rename=check)
 
     def _settle(self, job: Job, source: Path, exc: Exception, wall: float) -> None:
-        """The one place where a failure becomes quarantine or retry."""
+        """The one place where a failure becomes quarantine, retry or giving up.
+
+        Only the file's own faults (:class:`PermanentError`) quarantine it. Faults of
+        the moment (out of memory, disk full, a model not available now) are retried
+        with backoff; so is anything unexpected (a bug, a configuration the checks
+        missed), which is logged with its traceback. After ``retry.max_attempts`` the
+        job gives up and the file stays where it is (``dacwatch retry`` takes it up
+        again); several unexpected failures in a row stop this worker.
+        """
         s = self.settings
         error = " ".join(str(exc).split()) or type(exc).__name__
         fields = dict(source=str(source), error=error, attempts=job.attempts, wall_s=round(wall, 3))
-        shrunk = None
         if isinstance(exc, OutOfMemoryError):
             release_frames(exc)  # the failed pass's tensors, before the cache is emptied
             shrunk = self.pool.shrink()
             self.log.warning("job.out_of_memory", geometry=shrunk or "smallest", **fields)
-        # Transient faults are the machine's, not the file's: retried for as long
-        # as they last. Anything unexpected gets max_attempts, then quarantine.
-        transient = isinstance(exc, TransientError)
-        permanent = isinstance(exc, PermanentError) and not transient
-        if transient or (not permanent and job.attempts < s.retry.max_attempts):
-            # Smaller batch or windows: try again at once; nothing left to shrink: back off.
-            delay = 0.0 if shrunk else s.retry.delay(job.attempts)
-            self._record(self.queue.retry_later, job.id, error, delay)
-            self.log.warning("job.retry_scheduled", delay_s=delay, transient=transient, **fields)
+            if shrunk:  # a smaller batch or window: again at once, the attempt not counted
+                self._record(self.queue.retry_later, job.id, error, 0.0, False)
+                self.log.info("job.retry_scheduled", delay_s=0.0, transient=True, **fields)
+                return
+        if isinstance(exc, PermanentError):
+            self._quarantine_job(job, source, error, fields)
             return
+        transient = isinstance(exc, (TransientError, ModelUnavailableError))
+        if not transient:
+            self.unexpected_in_a_row += 1
+            self.log.error("job.unexpected_error", exc_info=exc, in_a_row=self.unexpected_in_a_row, **fields)
+        if job.attempts >= s.retry.max_attempts:
+            self._record(self.queue.fail, job.id, f"gave up after {job.attempts} attempts: {error}")
+            self.log.error("job.gave_up", kept=str(source), transient=transient, **fields)
+            return
+        delay = s.retry.delay(job.attempts)
+        self._record(self.queue.retry_later, job.id, error, delay)
+        self.log.warning("job.retry_scheduled", delay_s=delay, transient=transient, **fields)
+
+    def _quarantine_job(self, job: Job, source: Path, error: str, fields: dict[str, Any]) -> None:
         try:
             note = self.quarantine(source, error, job.attempts)
         except TransientError as move_exc:
-            self._record(
-                self.queue.retry_later, job.id, f"{error}; quarantine failed: {move_exc}", s.retry.delay(job.attempts)
-            )
+            delay = self.settings.retry.delay(job.attempts)
+            self._record(self.queue.retry_later, job.id, f"{error}; quarantine failed: {move_exc}", delay)
             self.log.error("job.quarantine_failed", **fields)
             return
         self._record(self.queue.fail, job.id, error)
