@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -116,6 +116,9 @@ class CodeArray(Protocol):
     def shape(self) -> tuple[int, ...]: ...
 
     def __getitem__(self, key: slice) -> np.ndarray: ...
+
+
+RowPass = Callable[[np.ndarray, bool], np.ndarray]  # ([rows, samples], layer padding) -> [rows, K, frames]
 
 
 @dataclass
@@ -224,29 +227,41 @@ class ChunkedCodec:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def _latent_pass(self, rows: np.ndarray, padded: bool) -> torch.Tensor:
+        """``[rows, samples]`` -> the encoder's continuous latents ``z`` ``[rows, D, frames]``
+        (on the device, in the network's dtype)."""
+        with layer_padding(self.model.encoder, padded):
+            x = torch.from_numpy(np.ascontiguousarray(rows)).to(self.device, self.dtype)
+            with self._numerics():
+                z: torch.Tensor = self.model.encoder(x[:, None, :])
+            return z.to(self.dtype)  # the quantizer's nearest-entry search stays in full precision
+
     def _encode_rows(self, rows: np.ndarray, padded: bool, n_quantizers: int) -> np.ndarray:
         """``[rows, samples]`` -> codes ``[rows, n_quantizers, frames]`` (int16)."""
         try:
-            with torch.inference_mode(), layer_padding(self.model.encoder, padded):
-                x = torch.from_numpy(np.ascontiguousarray(rows)).to(self.device, self.dtype)
-                with self._numerics():
-                    z = self.model.encoder(x[:, None, :])
-                z = z.to(self.dtype)  # the quantizer's nearest-entry search stays in full precision
-                codes = self.model.quantizer(z, n_quantizers)[1]
+            with torch.inference_mode():
+                codes = self.model.quantizer(self._latent_pass(rows, padded), n_quantizers)[1]
                 out: np.ndarray = codes.to("cpu", torch.int16).numpy()
                 return out
         except torch.OutOfMemoryError as exc:
             raise OutOfMemoryError(f"out of memory encoding {rows.shape[0]} rows of {rows.shape[1]} samples") from exc
 
-    def _run_encode(self, windows: Sequence[_Window], padded: bool, n_quantizers: int) -> Iterator[np.ndarray]:
-        """Encode windows of equal length in batches; yield kept codes ``[frames, nq, C]`` per window."""
+    def _latent_rows(self, rows: np.ndarray, padded: bool) -> np.ndarray:
+        """``[rows, samples]`` -> latents ``[rows, D, frames]`` as float64."""
+        with torch.inference_mode():
+            out: np.ndarray = self._latent_pass(rows, padded).to("cpu", torch.float64).numpy()
+            return out
+
+    def _run_encode(self, windows: Sequence[_Window], padded: bool, per_rows: RowPass) -> Iterator[np.ndarray]:
+        """Run windows of equal length in batches through ``per_rows`` (``[rows, samples]`` ->
+        ``[rows, K, frames]``); yield what each window keeps, ``[frames, K, C]``."""
         for i in range(0, len(windows), self.batch_size):
             group = windows[i : i + self.batch_size]
             channels = group[0].samples.shape[0]
             rows = np.concatenate([w.samples for w in group], axis=0)
-            codes = self._encode_rows(rows, padded, n_quantizers)
-            codes = codes.reshape(len(group), channels, n_quantizers, -1)
-            for w, c in zip(group, codes, strict=True):
+            out = per_rows(rows, padded)
+            out = out.reshape(len(group), channels, out.shape[1], -1)
+            for w, c in zip(group, out, strict=True):
                 yield np.ascontiguousarray(c[..., w.skip : w.skip + w.count].transpose(2, 1, 0))
 
     def _check_quantizers(self, n_quantizers: int | None) -> int:
@@ -272,6 +287,15 @@ class ChunkedCodec:
             return np.zeros((0, nq, channels), dtype=np.int16)
         return np.concatenate(chunks, axis=0)
 
+    def latents(self, audio: np.ndarray) -> np.ndarray:
+        """The encoder's continuous latents ``[frames, D, channels]`` (float64) of ``[channels,
+        samples]``, cut into windows exactly as :meth:`encode` cuts them: equal to one
+        whole-file pass at every frame, which tiny codebooks alone would not show."""
+        step = max(1, self.sample_rate)
+        blocks = (audio[:, i : i + step] for i in range(0, audio.shape[1], step))
+        parts = list(self._windows(blocks, audio.shape[0], self._latent_rows))
+        return np.concatenate(parts, axis=0) if parts else np.zeros((0, 0, audio.shape[0]))
+
     def encode_stream(
         self, blocks: Iterable[np.ndarray], channels: int, n_quantizers: int | None = None
     ) -> Iterator[np.ndarray]:
@@ -280,6 +304,10 @@ class ChunkedCodec:
         Memory is bounded by the window and batch size, not by the stream's length.
         """
         nq = self._check_quantizers(n_quantizers)
+        yield from self._windows(blocks, channels, lambda rows, padded: self._encode_rows(rows, padded, nq))
+
+    def _windows(self, blocks: Iterable[np.ndarray], channels: int, per_rows: RowPass) -> Iterator[np.ndarray]:
+        """The exact windowing (module doc) of a stream, each batch through ``per_rows``."""
         rf, hop = self.rf, self.hop
         n = self.frames_per_window()
         buf = _RollingBuffer(channels)
@@ -296,7 +324,7 @@ class ChunkedCodec:
 
         if n == 0:
             fill(np.iinfo(np.int64).max)
-            yield from self._encode_whole(buf, nq)
+            yield from self._encode_whole(buf, per_rows)
             return
 
         t_lo = math.ceil(rf.padding / hop)  # first interior frame
@@ -305,12 +333,12 @@ class ChunkedCodec:
         # Decide between the split plan and one whole-file pass: the split
         # plan needs the file to be longer than both edge windows.
         if not fill(first_len + window_len + 2 * hop):
-            yield from self._encode_whole(buf, nq)
+            yield from self._encode_whole(buf, per_rows)
             return
 
         if first_len:
             samples = buf.get(0, first_len)
-            yield from self._run_encode([_Window(0, 0, t_lo, samples)], True, nq)
+            yield from self._run_encode([_Window(0, 0, t_lo, samples)], True, per_rows)
         next_frame = t_lo
         pending: list[_Window] = []
 
@@ -325,7 +353,7 @@ class ChunkedCodec:
                 pending.append(interior(next_frame, n))
                 next_frame += n
                 if len(pending) == self.batch_size:
-                    yield from self._run_encode(pending, False, nq)
+                    yield from self._run_encode(pending, False, per_rows)
                     pending.clear()
                     buf.discard_before(rf.first(next_frame - n))
             if not fill(buf.end + 1):
@@ -348,15 +376,15 @@ class ChunkedCodec:
             next_frame = t_hi + 1
         # Equal lengths batch together; a short last window runs on its own.
         for same in _group_by_length(pending):
-            yield from self._run_encode(same, False, nq)
+            yield from self._run_encode(same, False, per_rows)
 
         if next_frame < total:
             start = max(0, (rf.first(next_frame) // hop) * hop)
             skip = next_frame - start // hop
             last = _Window(next_frame, skip, total - next_frame, buf.get(start, padded_len))
-            yield from self._run_encode([last], True, nq)
+            yield from self._run_encode([last], True, per_rows)
 
-    def _encode_whole(self, buf: _RollingBuffer, nq: int) -> Iterator[np.ndarray]:
+    def _encode_whole(self, buf: _RollingBuffer, per_rows: RowPass) -> Iterator[np.ndarray]:
         """One padded pass over everything buffered, exactly what DAC's own forward does."""
         length = buf.end
         if length == 0:
@@ -364,7 +392,7 @@ class ChunkedCodec:
         padded_len = _ceil_to(length, self.hop)
         buf.append(np.zeros((buf.channels, padded_len - length), dtype=np.float32))
         samples = buf.get(0, padded_len)
-        yield from self._run_encode([_Window(0, 0, padded_len // self.hop, samples)], True, nq)
+        yield from self._run_encode([_Window(0, 0, padded_len // self.hop, samples)], True, per_rows)
 
     # ------------------------------------------------------------------ decoding
 

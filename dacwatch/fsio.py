@@ -6,6 +6,7 @@ import contextlib
 import errno
 import os
 import secrets
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,17 +105,19 @@ def sweep_temp_files(root: Path) -> list[Path]:
 class Identity:
     """What makes a file the same file: a change in any part makes it a new job.
 
-    ``dev`` only says where to look for the file's writers; it is not part of
-    the identity (and not stored in the queue)."""
+    ``dev`` and ``regular`` only say where to look for the file's writers and
+    whether there can be any; they are not part of the identity (nor stored in
+    the queue)."""
 
     size: int
     mtime_ns: int
     inode: int
     dev: int = field(default=0, compare=False)
+    regular: bool = field(default=True, compare=False)  # a FIFO or device is no file being written
 
     @classmethod
     def of(cls, st: os.stat_result) -> Identity:
-        return cls(st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+        return cls(st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, stat.S_ISREG(st.st_mode))
 
 
 def identity(path: Path) -> Identity:

@@ -147,18 +147,21 @@ class Debouncer:
         """Paths that are complete now, with the identity they had when judged so."""
         now = self.clock()
         stable: list[tuple[Path, _Pending]] = []
+        ready: list[tuple[Path, Identity]] = []
         for path, entry in list(self._pending.items()):
             ident = self.probe(path)
             if ident is None:
                 del self._pending[path]
             elif ident != entry.identity:
                 entry.identity, entry.since = ident, now
+            elif not ident.regular:  # a FIFO or device: the worker refuses it at once
+                del self._pending[path]
+                ready.append((path, ident))
             elif ident.size > 0 and now - entry.since >= min(self.quiet_s, self.settle_s):
                 stable.append((path, entry))
         if not stable:
-            return []
+            return ready
         scan = self.writers([(e.identity.dev, e.identity.inode) for _, e in stable]) if self.writers else None
-        ready: list[tuple[Path, Identity]] = []
         for path, entry in stable:
             if self._complete(entry, now, scan):
                 del self._pending[path]

@@ -184,6 +184,7 @@ class Worker(threading.Thread):
                 # The process died during each of these attempts: stop the crash loop.
                 raise PermanentError(f"the daemon died {job.attempts - 1} times converting this file")
             result = self._convert(source, job)
+            crash_point("after_rename")
             try:
                 self._unchanged(source, job)  # never move or delete a version that was not converted
             except SourceChanged:
@@ -191,7 +192,9 @@ class Worker(threading.Thread):
                     result.output.unlink()
                 raise
             self._dispose(source)
+            crash_point("after_dispose")
             self._record(self.queue.complete, job.id, str(result.output))
+            crash_point("after_commit")
             self.unexpected_in_a_row = 0
             grown = self.pool.succeeded()
             if grown:
@@ -365,6 +368,17 @@ class Worker(threading.Thread):
         if os.path.lexists(source):
             move_within(source, target)
         return note
+
+
+CRASH_AT = "DACWATCH_CRASH_AT"
+
+
+def crash_point(step: str) -> None:
+    """Die here at once, as ``kill -9`` would, when ``$DACWATCH_CRASH_AT`` names this step:
+    the recovery tests restart from each step between the rename of the output and the
+    record of the job, which random kills almost never hit."""
+    if os.environ.get(CRASH_AT) == step:
+        os._exit(86)
 
 
 def release_frames(exc: BaseException) -> None:
