@@ -44,12 +44,34 @@ AUDIO_SUFFIXES = frozenset(
 )
 
 
+def _env(key: str, default: str | None) -> str | None:
+    """The daemon's setting ``model.<key>`` from the environment (``DACWATCH_MODEL__<KEY>``):
+    one-shot commands read the same variables, so one export serves every command."""
+    return os.environ.get(f"DACWATCH_MODEL__{key.upper()}") or default
+
+
 def _model_args(p: argparse.ArgumentParser, with_model: bool = True) -> None:
     if with_model:
-        p.add_argument("--model-type", choices=["44khz", "24khz", "16khz"], default="44khz")
-        p.add_argument("--model-bitrate", choices=["8kbps", "16kbps"], default="8kbps")
-        p.add_argument("--model-tag", default="latest")
-    p.add_argument("--weights", type=Path, help="a local DAC weights file (offline hosts)")
+        p.add_argument(
+            "--model-type",
+            choices=["44khz", "24khz", "16khz"],
+            default=_env("type", "44khz"),
+            help="env DACWATCH_MODEL__TYPE",
+        )
+        p.add_argument(
+            "--model-bitrate",
+            choices=["8kbps", "16kbps"],
+            default=_env("bitrate", "8kbps"),
+            help="env DACWATCH_MODEL__BITRATE",
+        )
+        p.add_argument("--model-tag", default=_env("tag", "latest"), help="env DACWATCH_MODEL__TAG")
+    weights = _env("weights", None)
+    p.add_argument(
+        "--weights",
+        type=Path,
+        default=Path(weights) if weights else None,
+        help="a local DAC weights file (offline hosts; env DACWATCH_MODEL__WEIGHTS)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda:N")
     p.add_argument("--window", type=float, default=None, help="window length in seconds; 0 = whole file")
     p.add_argument("--batch", type=int, default=None, help="windows per forward pass")
@@ -162,7 +184,8 @@ def _pool(args: argparse.Namespace) -> Any:
         batch_size=args.batch,
         precision=args.precision,
     )
-    return CodecPool(spec, settings)
+    cache = _env("cache_dir", None)
+    return CodecPool(spec, settings, cache_dir=Path(cache) if cache else None)
 
 
 def _pairs(src: Path, dst: Path, wanted: Callable[[Path], bool], suffix: str) -> Iterator[tuple[Path, Path]]:

@@ -120,8 +120,9 @@ def weights_path(spec: ModelSpec, cache_dir: Path | None = None, download: bool 
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         raise ModelUnavailableError(
             f"could not download the weights of {spec.describe()} ({exc}); on an offline host, "
-            f"copy the weights file to {path} or point at it with --weights PATH "
-            f"(config key model.weights, env DACWATCH_MODEL__WEIGHTS)"
+            f"copy the weights file to {path}, or point at it: env DACWATCH_MODEL__WEIGHTS=PATH "
+            f"(every command), --weights PATH (encode, decode, verify) or model.weights in the "
+            f"config file (run)"
         ) from exc
     return path
 

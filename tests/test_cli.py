@@ -211,3 +211,24 @@ def test_interrupted_encode_leaves_no_partial_output(
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(TEMP_PREFIX)] == []
     assert os.path.exists(src)
+
+
+def test_one_shot_commands_read_the_weights_from_the_environment(tmp_path: Path, tiny_weights: Path) -> None:
+    """One export serves the daemon and the one-shot commands alike (and the offline
+    error says exactly what works where)."""
+    source = tmp_path / "a.wav"
+    sf.write(str(source), tone(16000, 0.5), 16000)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DACWATCH_")}
+    env["HOME"] = str(tmp_path / "home")  # an empty weights cache
+    cli = [sys.executable, "-m", "dacwatch", "encode", str(source), str(tmp_path / "a.dac"), "--device", "cpu"]
+    offline = subprocess.run(cli, env=env, capture_output=True, text=True)
+    assert offline.returncode != 0
+    assert "DACWATCH_MODEL__WEIGHTS=PATH (every command), --weights PATH (encode, decode, verify)" in offline.stderr
+    subprocess.run(cli, env={**env, "DACWATCH_MODEL__WEIGHTS": str(tiny_weights)}, check=True)
+    decoded = subprocess.run(
+        [sys.executable, "-m", "dacwatch", "decode", str(tmp_path / "a.dac"), str(tmp_path / "b.wav")],
+        env={**env, "DACWATCH_MODEL__WEIGHTS": str(tiny_weights)},
+        capture_output=True,
+        text=True,
+    )
+    assert decoded.returncode == 0, decoded.stderr
