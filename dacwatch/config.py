@@ -109,6 +109,8 @@ class Settings(BaseSettings):
     failed: Path = Path("/srv/dacwatch/failed")
     state_dir: Path = Field(default_factory=_default_state_dir)
     on_success: Literal["keep", "move", "delete"] = "move"
+    # Make missing folders at startup (with a warning); false: refuse to start instead.
+    create_folders: bool = True
     stop_timeout_s: float = Field(default=30.0, ge=0)
     # A job that reports no progress for this long before its first block (loading a
     # model, a slow share), or for ten times its longest gap between blocks (at least

@@ -21,7 +21,7 @@ from typing import Any
 
 from . import __version__, logs
 from .config import Settings
-from .errors import DacwatchError
+from .errors import ConfigError, DacwatchError
 from .fsio import sweep_temp_files
 from .queue import JobQueue
 from .watcher import IgnoreRules, Watcher
@@ -102,8 +102,7 @@ class Service:
 
     def startup(self) -> None:
         s = self.settings
-        for folder in (s.inbox, s.outbox, s.done, s.failed, s.state_dir):
-            folder.mkdir(parents=True, exist_ok=True)
+        self._folders()
         for folder in (s.outbox, s.failed, s.done):
             for leftover in sweep_temp_files(folder):
                 self.log.info("startup.removed_temp_file", path=str(leftover))
@@ -145,6 +144,25 @@ class Service:
         for worker in self.workers:
             worker.start()
         self.watcher.start()
+
+    def _folders(self) -> None:
+        """Say where everything is; make what is missing (with a warning) or refuse."""
+        s = self.settings
+        folders = {"inbox": s.inbox, "outbox": s.outbox, "done": s.done, "failed": s.failed, "state_dir": s.state_dir}
+        for name, folder in folders.items():
+            if folder.is_dir():
+                continue
+            if not s.create_folders:
+                raise ConfigError(
+                    f"{name} {folder} does not exist: create it, or set create_folders = true "
+                    "(env DACWATCH_CREATE_FOLDERS) to have it made"
+                )
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(f"{name} {folder} does not exist and cannot be made: {exc.strerror}") from exc
+            self.log.warning("startup.folder_created", folder=name, path=str(folder.absolute()))
+        self.log.info("service.folders", **{k: str(v.absolute()) for k, v in folders.items()})
 
     def _submit(self, path: Path, ident: Any) -> None:
         assert self.queue is not None

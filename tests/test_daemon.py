@@ -204,3 +204,21 @@ def test_sigterm_while_starting_exits_0_without_ready(daemon: Daemon) -> None:
     time.sleep(0.5)  # still importing torch: before any handler of the service exists
     assert daemon.stop() == 0
     assert "READY=1" not in daemon.messages()
+
+
+def test_folders_are_logged_and_a_missing_one_is_made_with_a_warning(daemon: Daemon) -> None:
+    daemon.start().ready()
+    folders = daemon.events("service.folders")[0]
+    assert folders["inbox"] == str(daemon.inbox) and folders["outbox"] == str(daemon.outbox)
+    created = {e["folder"] for e in daemon.events("startup.folder_created")}
+    assert created == {"outbox", "done", "failed", "state_dir"}  # the fixture made only the inbox
+    assert daemon.stop() == 0
+
+
+@pytest.mark.parametrize("daemon", [{"create_folders": False}], indirect=True)
+def test_a_mistyped_folder_refuses_to_start_when_asked_to(daemon: Daemon) -> None:
+    daemon.start()
+    assert daemon.proc is not None and daemon.proc.wait(timeout=60) == 1
+    error = daemon.events("service.startup_failed")[0]["error"]
+    assert f"outbox {daemon.outbox} does not exist" in error and "create_folders" in error
+    assert not daemon.outbox.exists()

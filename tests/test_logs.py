@@ -54,7 +54,10 @@ def test_one_canonical_line_per_file_and_no_thread_left_behind(tmp_path: Path, t
     assert done[0]["rtf"] > 0 and done[0]["log_level"] == "info"
     assert set(failed[0]) - {"event", "log_level"} == FAILED_FIELDS and failed[0]["log_level"] == "error"
     assert failed[0]["quarantined"] == str(settings.failed / "bad.wav.error.json")
-    assert [e["event"] for e in logs if e["event"].startswith("service.")][-2:] == ["service.stopping", "service.stopped"]
+    assert [e["event"] for e in logs if e["event"].startswith("service.")][-2:] == [
+        "service.stopping",
+        "service.stopped",
+    ]
     deadline = time.monotonic() + 10
     while (left := set(threading.enumerate()) - before) and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -129,3 +129,57 @@ def test_daemon_started_as_the_unit_starts_it(tmp_path: Path, tiny_weights: Path
     assert messages.count("WATCHDOG=1") >= 2
     assert any(m.startswith("STATUS=") and "done 1" in m for m in messages)
     assert messages[-1] == "STOPPING=1"
+
+
+def exposure(unit: Path) -> float:
+    proc = subprocess.run(
+        [analyze, "security", "--offline=yes", str(unit)],  # type: ignore[list-item]
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", proc.stdout)
+    assert match, proc.stdout[-500:]
+    return float(match.group(1))
+
+
+@needs_analyze
+def test_the_offline_drop_in_really_removes_internet_sockets(tmp_path: Path) -> None:
+    """A drop-in's lines come after the unit's, as lines appended to it do: allow-lists
+    merge, so only a drop-in that resets the list first takes AF_INET away."""
+    base = unit_with_real_binary(tmp_path)
+    text = base.read_text()
+    drop_in = (UNIT.parent / "offline.conf").read_text()
+    variants = {}
+    for name, extra in (("offline", drop_in), ("without the reset", "[Service]\nRestrictAddressFamilies=AF_UNIX\n")):
+        folder = tmp_path / name.replace(" ", "-")
+        folder.mkdir()
+        (folder / "dacwatch.service").write_text(text + "\n" + extra)
+        variants[name] = exposure(folder / "dacwatch.service")
+    assert variants["without the reset"] == exposure(base)  # the advice it replaces did nothing
+    assert variants["offline"] <= exposure(base) - 0.3
+    out = subprocess.run(
+        [analyze, "security", "--offline=yes", str(tmp_path / "offline" / "dacwatch.service")],  # type: ignore[list-item]
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    assert re.search(r"✓ RestrictAddressFamilies=~AF_\(INET\|INET6\)", out)
+
+
+@pytest.mark.skipif(shutil.which("systemd-tmpfiles") is None, reason="systemd-tmpfiles is not installed")
+def test_tmpfiles_make_a_shared_setgid_inbox(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "passwd").write_text("dacwatch:x:990:990::/var/lib/dacwatch:/usr/sbin/nologin\n")
+    (tmp_path / "etc" / "group").write_text("dacwatch:x:990:\n")
+    config = UNIT.parent / "dacwatch.tmpfiles"
+    subprocess.run(["systemd-tmpfiles", "--create", f"--root={tmp_path}", str(config)], check=True)
+    srv = tmp_path / "srv" / "dacwatch"
+    modes = {p.name: (p.stat().st_mode & 0o7777, p.stat().st_uid, p.stat().st_gid) for p in [srv, *srv.iterdir()]}
+    assert modes == {
+        "dacwatch": (0o750, 990, 990),
+        "inbox": (0o2770, 990, 990),
+        "outbox": (0o2750, 990, 990),
+        "done": (0o2750, 990, 990),
+        "failed": (0o2750, 990, 990),
+    }
