@@ -104,7 +104,7 @@ def run_daemon(args: argparse.Namespace, weights: Path, work: Path, staged: list
         ready = stamp(events(log, "service.ready")[0])
         for path in staged:  # a rename into the inbox: each file appears whole
             os.rename(path, inbox / path.name)
-        while len(events(log, "job.done")) + len(events(log, "job.failed")) < len(staged):
+        while sum(len(events(log, e)) for e in ("job.done", "job.failed", "job.gave_up")) < len(staged):
             if proc.poll() is not None or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
@@ -116,7 +116,7 @@ def run_daemon(args: argparse.Namespace, weights: Path, work: Path, staged: list
             except subprocess.TimeoutExpired:
                 proc.kill()
     done = events(log, "job.done")
-    failed = events(log, "job.failed")
+    failed = events(log, "job.failed") + events(log, "job.gave_up")
     oom = events(log, "job.out_of_memory")
     loaded = events(log, "model.loaded")
     audio = sum(float(e["audio_s"]) for e in done)

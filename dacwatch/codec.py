@@ -102,7 +102,9 @@ def set_numerics(device: torch.device, precision: str) -> None:
     if device.type != "cuda":
         return
     exact = precision == "float32"
-    fp32 = "ieee" if exact else "tf32"
+    # bf16 runs the network under autocast; what stays in float32 (the quantizer's
+    # search and code lookup) stays IEEE.
+    fp32 = "tf32" if precision == "tf32" else "ieee"
     torch.backends.cudnn.conv.fp32_precision = fp32  # type: ignore[attr-defined]
     torch.backends.cuda.matmul.fp32_precision = fp32
     torch.backends.cudnn.deterministic = exact
@@ -464,6 +466,7 @@ class ChunkedCodec:
         try:
             with torch.inference_mode():
                 codes = torch.from_numpy(rows.astype(np.int64)).to(self.device)
+                set_numerics(self.device, self.precision)
                 x = self.model.quantizer.from_codes(codes)[0]
                 split = self.tile_after + 1 if self.tile_samples else len(self._stages)
                 with self._numerics():

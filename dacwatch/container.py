@@ -175,6 +175,14 @@ class Metadata:
         if not (isinstance(self.gain_db, (int, float)) and math.isfinite(self.gain_db)):
             raise ContainerError(f"{where}: gain_db must be a finite number")
 
+    def check_lengths(self, where: str) -> None:
+        """The original length must be the duration the codes hold (a forged length would
+        have a decoder pad terabytes of silence)."""
+        coded = self.model_length / self.model.sample_rate
+        claimed = self.length / self.sample_rate
+        if abs(claimed - coded) > max(1.0, 0.01 * coded):
+            raise ContainerError(f"{where}: claims {claimed:.3f} s of audio but its codes hold {coded:.3f} s; refusing")
+
     def expected_frames(self) -> int:
         return -(-self.model_length // self.model.hop_length)
 
@@ -300,7 +308,7 @@ def read(path: str | os.PathLike[str], mmap: bool = True) -> DacFile:
     except OSError as exc:
         raise ContainerError(f"{where}: cannot be read ({exc.strerror or exc})") from exc
     if magic == b"\x93NUMPY":
-        return _read_dac_1_0_0(path)
+        return _legacy(_read_dac_1_0_0, path)
     if magic[:4] != b"PK\x03\x04":
         raise ContainerError(f"{where}: not a .dac file (neither a zip container nor a DAC 1.0.0 .npy)")
     try:
@@ -322,13 +330,28 @@ def read(path: str | os.PathLike[str], mmap: bool = True) -> DacFile:
 
     meta_array = _npy_from_bytes(meta_bytes, where, METADATA_ENTRY)
     if isinstance(meta_array, _PickledNpy):
-        return _read_seed(path, meta_array, codes_info)
+        return _legacy(lambda p: _read_seed(p, meta_array, codes_info), path)
     if meta_array.dtype.kind != "U" or meta_array.ndim != 0:
         raise ContainerError(f"{where}: metadata must be a unicode scalar, found {meta_array.dtype} {meta_array.shape}")
     metadata = Metadata.from_json(str(meta_array[()]), where)
     codes = _open_codes(path, codes_info, mmap, where, dtype=np.dtype("<i2"))
     _check_shape(codes, metadata, where)
+    metadata.check_lengths(where)
     return DacFile(metadata=metadata, codes=codes, path=path)
+
+
+def _legacy(reader: Any, path: Path) -> DacFile:
+    """An older layout's reader: whatever its unpickled values make fail (an array where
+    a string was expected, say) is the file's fault, not ours."""
+    try:
+        dac: DacFile = reader(path)
+    except ContainerError:
+        raise
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError) as exc:
+        raise ContainerError(f"{path}: not a valid older .dac file ({type(exc).__name__}: {exc})") from exc
+    if dac.frames == 0:
+        raise ContainerError(f"{path}: holds no codes")
+    return dac
 
 
 def _check_shape(codes: np.ndarray, metadata: Metadata, where: str) -> None:
@@ -673,7 +696,8 @@ def safe_unpickle(payload: bytes, where: str) -> Any:
     """
     try:
         child = subprocess.run(
-            [sys.executable, "-m", "dacwatch.container", where],
+            # -P: the current folder (perhaps the untrusted file's own) is not put on the path.
+            [sys.executable, "-P", "-m", "dacwatch.container", where],
             input=payload,
             capture_output=True,
             timeout=CHILD_TIMEOUT_S,

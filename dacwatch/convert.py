@@ -83,13 +83,13 @@ class CodecPool:
         self.device = resolve_device(self.settings.device)
 
     def key(self, spec: ModelSpec) -> tuple[str, str, str]:
+        """Which loaded network ``spec`` means: a weights file of one's own is itself, never
+        the release of its type (a file naming the release may need the release beside it)."""
+        if spec.weights is not None:
+            return LOCAL_TAG, str(spec.weights), ""
         # "latest" is recorded as the release it means today, so a file keeps
         # naming the network that made it after a newer release appears.
-        try:
-            tag = resolve_release(spec)[0]
-        except ModelUnavailableError:
-            tag = spec.tag  # a local weights file with a tag of its own
-        return spec.model_type, spec.model_bitrate, tag
+        return spec.model_type, spec.model_bitrate, resolve_release(spec)[0]
 
     def codec(self, spec: ModelSpec | None = None) -> ChunkedCodec:
         spec = spec or self.spec
@@ -111,12 +111,13 @@ class CodecPool:
         """What a file encoded with the configured network says of it: the release's
         name, or the weights file's, and the weights' fingerprint either way."""
         codec = self.codec()
-        mtype, bitrate, tag = self.key(self.spec)
         info = model_info(codec.model)
+        mtype, bitrate, tag = self.key(self.spec)
         weights_file = None
         if self.spec.weights is not None:
             tag, weights_file = LOCAL_TAG, self.spec.weights.name
-            mtype = ARCHITECTURE_BY_RATE.get(info["sample_rate"], mtype)
+            mtype = ARCHITECTURE_BY_RATE.get(info["sample_rate"], self.spec.model_type)
+            bitrate = self.spec.model_bitrate
         return ModelRecord(
             type=mtype,
             bitrate=bitrate,
@@ -159,10 +160,14 @@ class CodecPool:
             spec = ModelSpec(record.type, record.bitrate, record.tag)
         except ValueError as exc:
             raise PermanentError(f"the file names an unknown model: {exc}") from exc
+        named_here = (self.spec.model_type, self.spec.model_bitrate) == (record.type, record.bitrate)
         try:
-            # The configured network when it carries the name (a file from before
-            # fingerprints were recorded is trusted to mean it; a newer one is checked).
-            codec = self.codec() if self.key(spec) == self.key(self.spec) else self.codec(spec)
+            if record.weights is None and self.spec.weights is not None and named_here:
+                # A file from before fingerprints were recorded, when weights of one's own
+                # were recorded under their release's name: the configured file is trusted.
+                codec = self.codec()
+            else:
+                codec = self.codec(spec)
         except ModelUnavailableError as exc:
             raise ModelUnavailableError(
                 f"the file was made with {record.describe()}, which is not available here: {exc}"
@@ -291,11 +296,13 @@ def encode_file(
     overwrite: bool = True,
     progress: Progress | None = None,
     before_rename: Check | None = None,
+    written: Callable[[], None] | None = None,
 ) -> Result:
     """Audio file -> ``.dac`` (format 1), through a temporary file renamed into place
-    (``before_rename`` runs just before the rename and may stop it)."""
+    (``written`` runs once the data is written, ``before_rename`` just before the rename,
+    which it may stop)."""
     try:
-        return _encode_file(pool, source, output, n_codebooks, overwrite, progress, before_rename)
+        return _encode_file(pool, source, output, n_codebooks, overwrite, progress, before_rename, written)
     except PermanentError as exc:
         raise _naming(source, exc) from exc
 
@@ -308,6 +315,7 @@ def _encode_file(
     overwrite: bool,
     progress: Progress | None,
     before_rename: Check | None,
+    written: Callable[[], None] | None,
 ) -> Result:
     codec = pool.codec()
     ensure_dir(output.parent)  # fail before the work, not after it
@@ -332,8 +340,11 @@ def _encode_file(
                 gain_db=gain,
                 dacwatch_version=__version__,
             )
-            with atomic_output(output, overwrite, before_rename) as tmp, open(tmp, "wb") as f:
-                write_dac(f, metadata, spill)
+            with atomic_output(output, overwrite, before_rename) as tmp:
+                with open(tmp, "wb") as f:
+                    write_dac(f, metadata, spill)
+                if written is not None:
+                    written()
             frames = spill.frames
     finally:
         reader.close()
@@ -365,6 +376,7 @@ def decode_file(
     overwrite: bool = True,
     progress: Progress | None = None,
     before_rename: Check | None = None,
+    written: Callable[[], None] | None = None,
 ) -> Result:
     """``.dac`` file -> audio, through a temporary file renamed into place.
 
@@ -384,6 +396,7 @@ def decode_file(
             overwrite,
             progress,
             before_rename,
+            written,
         )
     except PermanentError as exc:
         raise _naming(source, exc) from exc
@@ -400,6 +413,7 @@ def _decode_file(
     overwrite: bool,
     progress: Progress | None,
     before_rename: Check | None,
+    written: Callable[[], None] | None,
 ) -> Result:
     codec, dac = pool.bound(read_dac(source))
     ensure_dir(output.parent)
@@ -413,8 +427,10 @@ def _decode_file(
     blocks = _decoded(codec, dac, rate, first, last)
     blocks = _progressed(blocks, rate, progress)
     with atomic_output(output, overwrite, before_rename) as tmp:
-        written = write_audio(tmp, blocks, rate, meta.channels, fmt, frames_hint=last - first)
-    return Result("decode", output, written / rate, dac.frames)
+        samples = write_audio(tmp, blocks, rate, meta.channels, fmt, frames_hint=last - first)
+        if written is not None:
+            written()
+    return Result("decode", output, samples / rate, dac.frames)
 
 
 def decode_array(pool: CodecPool, dac: DacFile, resample: bool = False) -> np.ndarray:

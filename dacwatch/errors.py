@@ -34,9 +34,10 @@ class ModelUnavailableError(DacwatchError):
     """The requested model cannot be loaded (no weights, offline, bad file)."""
 
 
-class ModelMismatchError(PermanentError):
+class ModelMismatchError(DacwatchError):
     """A file's codes were made by a network other than any this host may use for it:
-    decoding would give wrong audio, so it is refused, naming the network needed."""
+    decoding would give wrong audio, so it is refused, naming the network needed. Not
+    the file's fault (it is the host's weights), so the daemon keeps the file."""
 
 
 class ConfigError(DacwatchError):

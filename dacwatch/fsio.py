@@ -105,23 +105,22 @@ def sweep_temp_files(root: Path) -> list[Path]:
 class Identity:
     """What makes a file the same file: a change in any part makes it a new job.
 
-    ``dev`` and ``regular`` only say where to look for the file's writers and
-    whether there can be any; they are not part of the identity (nor stored in
-    the queue)."""
+    ``regular`` only says whether the file can have writers at all; it is not
+    part of the identity (nor stored in the queue)."""
 
     size: int
     mtime_ns: int
     inode: int
-    dev: int = field(default=0, compare=False)
     regular: bool = field(default=True, compare=False)  # a FIFO or device is no file being written
 
     @classmethod
     def of(cls, st: os.stat_result) -> Identity:
-        return cls(st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, stat.S_ISREG(st.st_mode))
+        return cls(st.st_size, st.st_mtime_ns, st.st_ino, stat.S_ISREG(st.st_mode))
 
 
 def identity(path: Path) -> Identity:
-    return Identity.of(os.stat(path, follow_symlinks=False))
+    """The identity of what ``path`` names (a symlink's target: what is read and written)."""
+    return Identity.of(os.stat(path))
 
 
 def within(root: Path, path: Path) -> bool:

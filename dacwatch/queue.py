@@ -68,6 +68,7 @@ class Job:
     status: Status
     attempts: int
     last_error: str | None
+    output: str | None = None  # the output name it holds (claimed, or written)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
@@ -78,6 +79,7 @@ class Job:
             status=Status(row["status"]),
             attempts=row["attempts"],
             last_error=row["last_error"],
+            output=row["output"],
         )
 
 
@@ -175,9 +177,9 @@ class JobQueue:
                 return False
             db.execute("DELETE FROM jobs WHERE path = ? AND status = 'queued'", (path,))
             db.execute(
-                "INSERT INTO jobs (path, size, mtime_ns, inode, status, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, 'queued', ?, ?)",
-                (path, ident.size, ident.mtime_ns, ident.inode, now, now),
+                "INSERT INTO jobs (path, size, mtime_ns, inode, status, not_before, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)",
+                (path, ident.size, ident.mtime_ns, ident.inode, now, now, now),
             )
             return True
 
@@ -185,9 +187,9 @@ class JobQueue:
         """Take the oldest due queued job and mark it running (attempts + 1)."""
         now = time.time()
         with self._tx() as db:
-            # Due jobs in the order they became due: a job sent back to be retried
-            # (not_before = when it failed, or later) waits behind every job queued before
-            # that, so one that keeps failing never starves the rest.
+            # Due jobs in the order they became due (not_before: when it was queued, or
+            # when a retry is due): a job sent back waits behind the jobs queued before
+            # that moment and goes ahead of those queued after it, so neither starves.
             row = db.execute(
                 "SELECT id FROM jobs WHERE status = 'queued' AND not_before <= ? ORDER BY not_before, id LIMIT 1",
                 (now,),
@@ -229,12 +231,13 @@ class JobQueue:
 
     def reserve_output(self, job_id: int, path: str, candidates: list[str]) -> str:
         """Claim an output name for a running job: the first of ``candidates`` that no other
-        source's job (running or done) holds; '' if all are held. In one transaction, so
-        two workers (or two hosts on one database) never claim the same name."""
+        source's job holds (done, running, or queued again after a crash with its output
+        perhaps already in place); '' if all are held. In one transaction, so two workers
+        (or two hosts on one database) never claim the same name."""
         with self._tx() as db:
             for name in candidates:
                 taken = db.execute(
-                    "SELECT 1 FROM jobs WHERE output = ? AND path != ? AND status IN ('running', 'done') LIMIT 1",
+                    "SELECT 1 FROM jobs WHERE output = ? AND path != ? AND status != 'failed' LIMIT 1",
                     (name, path),
                 ).fetchone()
                 if not taken:
@@ -262,7 +265,7 @@ class JobQueue:
         now = time.time()
         with self._tx() as db:
             cur = db.execute(
-                "UPDATE jobs SET status = 'queued', worker = NULL, updated_at = ?, output = NULL, "
+                "UPDATE jobs SET status = 'queued', worker = NULL, updated_at = ?, "
                 "last_error = ? WHERE status = 'running'",
                 (now, CRASHED),
             )

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .fsio import TEMP_PREFIX, Identity, within
-from .writers import FileKey, WriterScan, scan_writers
+from .writers import WriterScan, scan_writers
 
 IGNORED_SUFFIXES = (".part", ".partial", ".tmp", ".temp", ".crdownload", ".download", ".swp", "~")
 
@@ -31,9 +31,10 @@ Probe = Callable[[Path], "Identity | None"]
 
 
 def probe(path: Path) -> Identity | None:
-    """The identity of a file (not following symlinks); None if gone or a folder."""
+    """The identity of a file (of a symlink's target: that is what gets read, and what
+    a writer writes); None if gone or a folder."""
     try:
-        st = os.stat(path, follow_symlinks=False)
+        st = os.stat(path)
     except OSError:
         return None
     if stmod.S_ISDIR(st.st_mode):
@@ -92,7 +93,8 @@ class _Pending:
     closed: bool = False  # a writer closed it, or it was renamed into place
 
 
-WriterCheck = Callable[[list[FileKey]], WriterScan]
+WriterCheck = Callable[[list[str]], WriterScan]
+SCAN_INTERVAL_S = 1.0  # the /proc walk runs at most this often
 
 
 @dataclass
@@ -117,6 +119,9 @@ class Debouncer:
     writers: WriterCheck | None = scan_writers
     quiet_s: float = QUIET_S
     _pending: dict[Path, _Pending] = field(default_factory=dict)
+    _scan: WriterScan | None = None
+    _scanned: frozenset[str] = frozenset()
+    _scanned_at: float = float("-inf")
 
     def seen(self, path: Path, what: Seen = Seen.SCAN) -> None:
         """An event or a scan saw ``path``."""
@@ -161,28 +166,44 @@ class Debouncer:
                 stable.append((path, entry))
         if not stable:
             return ready
-        scan = self.writers([(e.identity.dev, e.identity.inode) for _, e in stable]) if self.writers else None
+        scan = self._writers({_real(path) for path, _ in stable}, now)
         for path, entry in stable:
-            if self._complete(entry, now, scan):
+            if self._complete(entry, _real(path), now, scan):
                 del self._pending[path]
                 ready.append((path, entry.identity))
         return ready
 
-    def _complete(self, entry: _Pending, now: float, scan: WriterScan | None) -> bool:
-        key = (entry.identity.dev, entry.identity.inode)
-        if scan is not None and key in scan.writers:
+    def _writers(self, paths: set[str], now: float) -> WriterScan | None:
+        """The /proc scan for ``paths``: at most once a second, again sooner only for a
+        path the last one did not look for."""
+        if self.writers is None:
+            return None
+        if now - self._scanned_at >= SCAN_INTERVAL_S or not paths <= self._scanned:
+            self._scan, self._scanned, self._scanned_at = self.writers(sorted(paths)), frozenset(paths), now
+        return self._scan
+
+    def _complete(self, entry: _Pending, path: str, now: float, scan: WriterScan | None) -> bool:
+        if entry.writing:
+            # Modified, not closed since: a writer is between writes. Trusted over a
+            # scan that saw no writer (a writer in another PID namespace, or the
+            # kernel's own, holds no descriptor this process can see).
+            return False
+        if scan is not None and path in scan.writers:
             return False
         if scan is not None and scan.complete:
             return True  # every process seen, none writing it
         settled = now - entry.since >= self.settle_s
         if not entry.events:
             return settled
-        if entry.writing:
-            return False  # modified, not closed since: a writer is between writes
         return (entry.closed and entry.opens == 0) or settled
 
     def __len__(self) -> int:
         return len(self._pending)
+
+
+def _real(path: Path) -> str:
+    """The path an open descriptor's /proc link names for this file."""
+    return os.path.realpath(path)
 
 
 Submit = Callable[[Path, Identity], Any]

@@ -28,13 +28,14 @@ from .config import Settings
 from .convert import CodecPool, CodecSettings, Result, decode_file, encode_file
 from .errors import (
     ConfigError,
+    ModelMismatchError,
     ModelUnavailableError,
     OutOfMemoryError,
     PermanentError,
     SourceChanged,
     TransientError,
 )
-from .fsio import atomic_output, ensure_dir, identity, mirror, within
+from .fsio import TEMP_PREFIX, Identity, atomic_output, ensure_dir, identity, mirror, within
 from .model import ModelSpec
 from .queue import CRASHED, Job, JobQueue, QueueError
 
@@ -82,6 +83,7 @@ class Current:
     started: float
     ticks: int = 0  # progress reports so far
     longest_gap: float = 0.0  # the longest time between two of them, seconds
+    finishing: bool = False  # written: syncing, renaming, moving the source (no reports)
 
 
 class Worker(threading.Thread):
@@ -152,6 +154,14 @@ class Worker(threading.Thread):
         if self.abort.is_set():
             raise Cancelled("stop requested")
 
+    def _finishing(self) -> None:
+        """The output is written: what is left (fsync, rename, moving the source to done/,
+        perhaps across file systems) reports no progress, so it gets the first-block
+        allowance again."""
+        self.heartbeat = time.monotonic()
+        if self.current is not None:
+            self.current.finishing = True
+
     def stalled(self, now: float | None = None) -> str | None:
         """Why this worker looks hung (no progress for longer than its job allows), or None.
 
@@ -164,7 +174,10 @@ class Worker(threading.Thread):
         now = time.monotonic() if now is None else now
         current = self.current
         first = self.settings.stall_timeout_s
-        bound = first if current is None or current.ticks == 0 else max(first / 10, 10 * current.longest_gap)
+        if current is None or current.ticks == 0 or current.finishing:
+            bound = first
+        else:
+            bound = max(first / 10, 10 * current.longest_gap)
         silent = now - self.heartbeat
         if silent <= bound:
             return None
@@ -184,6 +197,7 @@ class Worker(threading.Thread):
                 # The process died during each of these attempts: stop the crash loop.
                 raise PermanentError(f"the daemon died {job.attempts - 1} times converting this file")
             result = self._convert(source, job)
+            self._finishing()
             crash_point("after_rename")
             try:
                 self._unchanged(source, job)  # never move or delete a version that was not converted
@@ -191,7 +205,7 @@ class Worker(threading.Thread):
                 with contextlib.suppress(FileNotFoundError):
                     result.output.unlink()
                 raise
-            self._dispose(source)
+            self._dispose(source, job.identity)
             crash_point("after_dispose")
             self._record(self.queue.complete, job.id, str(result.output))
             crash_point("after_commit")
@@ -230,7 +244,7 @@ class Worker(threading.Thread):
         try:
             now = identity(source)
         except FileNotFoundError:
-            output = self._output_of(source)
+            output = Path(job.output) if job.output else self._output_of(source)
             if job.last_error == CRASHED and output.exists():
                 # Killed between the rename into place (and the source's disposal)
                 # and recording it: the work is done, record that.
@@ -288,9 +302,24 @@ class Worker(threading.Thread):
         if source.suffix.lower() == ".dac":
             fmt = OutputFormat(s.output.format, s.output.sample_format)
             return decode_file(
-                self.pool, source, target, fmt, resample=s.output.resample, progress=self._tick, before_rename=check
+                self.pool,
+                source,
+                target,
+                fmt,
+                resample=s.output.resample,
+                progress=self._tick,
+                before_rename=check,
+                written=self._finishing,
             )
-        return encode_file(self.pool, source, target, s.codec.codebooks, progress=self._tick, before_rename=check)
+        return encode_file(
+            self.pool,
+            source,
+            target,
+            s.codec.codebooks,
+            progress=self._tick,
+            before_rename=check,
+            written=self._finishing,
+        )
 
     def _settle(self, job: Job, source: Path, exc: Exception, wall: float) -> None:
         """The one place where a failure becomes quarantine, retry or giving up.
@@ -314,10 +343,18 @@ class Worker(threading.Thread):
                 self.log.info("job.retry_scheduled", delay_s=0.0, transient=True, **fields)
                 return
         if isinstance(exc, PermanentError):
+            self.unexpected_in_a_row = 0
             self._quarantine_job(job, source, error, fields)
             return
+        if isinstance(exc, ModelMismatchError):  # the host's weights, not the file: retrying cannot help
+            self.unexpected_in_a_row = 0
+            self._record(self.queue.fail, job.id, f"gave up: {error}")
+            self.log.error("job.gave_up", kept=str(source), transient=False, **fields)
+            return
         transient = isinstance(exc, (TransientError, ModelUnavailableError))
-        if not transient:
+        if transient:
+            self.unexpected_in_a_row = 0
+        else:
             self.unexpected_in_a_row += 1
             self.log.error("job.unexpected_error", exc_info=exc, in_a_row=self.unexpected_in_a_row, **fields)
         if job.attempts >= s.retry.max_attempts:
@@ -341,13 +378,23 @@ class Worker(threading.Thread):
 
     # ------------------------------------------------------------------ moving sources
 
-    def _dispose(self, source: Path) -> None:
+    def _dispose(self, source: Path, job_identity: Identity) -> None:
         s = self.settings
         if s.on_success == "keep":
             return
         if s.on_success == "delete":
-            with contextlib.suppress(FileNotFoundError):
-                source.unlink()
+            # Renamed aside first (a name the watcher ignores), checked there, then deleted:
+            # a writer that reopens the file by name meanwhile makes a new file, never
+            # loses its data to the unlink.
+            aside = source.with_name(f"{TEMP_PREFIX}delete-{source.name[-80:]}")
+            try:
+                os.rename(source, aside)
+            except FileNotFoundError:
+                return
+            if identity(aside) != job_identity:
+                os.rename(aside, source)
+                raise SourceChanged(f"{source} changed as it was to be deleted")
+            aside.unlink()
             return
         move_within(source, unique(mirror(source, s.inbox, s.done)))
 

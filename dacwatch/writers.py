@@ -4,7 +4,9 @@ Only a local kernel can answer, and only for the processes this one may see:
 under the hardened unit (``ProtectProc=invisible``, another user) most are
 hidden, so a scan says whether it saw everything (``complete``). Where it did
 not, the watcher relies on inotify's open/close events and, failing those, on
-the settle time (watcher.py).
+the settle time (watcher.py). Open files are matched by the path their
+``/proc/PID/fd`` link names: reading a link never touches the file's own file
+system, so a hung network mount elsewhere cannot hang the scan.
 """
 
 from __future__ import annotations
@@ -14,21 +16,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-FileKey = tuple[int, int]  # (st_dev, st_ino)
-
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR
 
 
 @dataclass(frozen=True)
 class WriterScan:
-    """The files (of those asked about) some other process holds open for writing."""
+    """The files (of those asked about, by real path) another process holds open for writing."""
 
-    writers: frozenset[FileKey]
+    writers: frozenset[str]
     complete: bool  # every process was visible and its open files readable
-
-
-def key_of(st: os.stat_result) -> FileKey:
-    return st.st_dev, st.st_ino
 
 
 def _flags(fdinfo: str) -> int | None:
@@ -42,13 +38,13 @@ def _flags(fdinfo: str) -> int | None:
     return None
 
 
-def scan_writers(targets: Iterable[FileKey], proc: Path = Path("/proc")) -> WriterScan:
-    """Which of ``targets`` another process has open for writing (``O_WRONLY``/``O_RDWR``)."""
+def scan_writers(targets: Iterable[str], proc: Path = Path("/proc")) -> WriterScan:
+    """Which of ``targets`` (real paths) another process has open ``O_WRONLY``/``O_RDWR``."""
     wanted = set(targets)
     own = os.getpid()
     # ProtectProc=invisible hides other users' processes, pid 1 among them.
     complete = (proc / "1").is_dir()
-    found: set[FileKey] = set()
+    found: set[str] = set()
     try:
         entries = os.listdir(proc)
     except OSError:
@@ -66,11 +62,11 @@ def scan_writers(targets: Iterable[FileKey], proc: Path = Path("/proc")) -> Writ
             continue
         for fd in fds:
             try:
-                key = key_of(os.stat(f"{fd_dir}/{fd}"))  # follows the link to the open file
+                target = os.readlink(f"{fd_dir}/{fd}")
             except OSError:
                 continue
-            if key in wanted:
+            if target in wanted:
                 flags = _flags(f"{proc}/{name}/fdinfo/{fd}")
                 if flags is None or flags & _WRITE_FLAGS:  # unreadable flags: assume the worst
-                    found.add(key)
+                    found.add(target)
     return WriterScan(frozenset(found), complete)

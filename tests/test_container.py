@@ -309,3 +309,19 @@ def test_zip_bomb_metadata_is_refused(tmp_path: Path) -> None:
     assert os.path.getsize(path) < 1 << 20
     with pytest.raises(ContainerError, match="refusing"):
         container.read(path)
+
+
+def test_a_length_the_codes_do_not_hold_is_refused(tmp_path: Path) -> None:
+    """A forged original length (10^12 samples) would make a resampling decode pad
+    terabytes of silence onto the disk."""
+    path = write(tmp_path / "long.dac", meta(10), codes_for(10))
+    raw = json.loads(str(np.load(path, allow_pickle=False)["metadata"]))
+    raw["length"] = 10**12
+    forged = tmp_path / "forged.dac"
+    with zipfile.ZipFile(forged, "w", zipfile.ZIP_STORED) as zf:
+        for name, arr in (("metadata.npy", np.array(json.dumps(raw))), ("codes.npy", codes_for(10))):
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, arr)
+            zf.writestr(name, buf.getvalue())
+    with pytest.raises(ContainerError, match=r"claims 20833333\.333 s of audio but its codes hold 0\.114 s"):
+        container.read(forged)

@@ -24,9 +24,9 @@ CLI = [sys.executable, "-m", "dacwatch"]
 
 @pytest.fixture(scope="module")
 def long_dac(tmp_path_factory: pytest.TempPathFactory, tiny_weights: Path) -> Path:
-    """60 s of stereo codes: decoding them in 0.05 s windows takes many seconds."""
+    """30 s of stereo codes: decoding them in 0.05 s windows takes seconds."""
     folder = tmp_path_factory.mktemp("long")
-    source = wav(folder / "long.wav", seconds=60.0, rate=44100, channels=2)
+    source = wav(folder / "long.wav", seconds=30.0, rate=44100, channels=2)
     subprocess.run([*CLI, "encode", str(source), str(folder / "long.dac"), "--weights", str(tiny_weights)], check=True)
     return folder / "long.dac"
 

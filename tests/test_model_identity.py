@@ -144,3 +144,23 @@ def test_dac_1_0_0_file_that_fits_no_named_model_says_how_to_name_it(tmp_path: P
     small = save(tiny_model(seed=6, n_codebooks=4, codebook_size=1024), tmp_path / "w4.pth")
     with pytest.raises(ModelMismatchError, match=r"5 codebooks of codes.*4 codebooks, the file has 5.*--weights"):
         decode_array(CodecPool(ModelSpec(weights=small), CodecSettings("cpu")), container.read(path))
+
+
+def test_a_release_file_decodes_beside_local_weights_of_its_type(
+    tmp_path: Path, two_weights: tuple[Path, Path]
+) -> None:
+    """A host configured with its own fine-tuned 44khz weights still decodes a file of the
+    44khz release with the release (from its cache), not with its own weights."""
+    a, b = two_weights
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "weights_44khz_8kbps_0.0.1.pth").write_bytes(a.read_bytes())
+    wav = tmp_path / "t.wav"
+    sf.write(str(wav), tone(44100, 1.0), 44100)
+    encode_file(
+        CodecPool(ModelSpec("44khz", "8kbps", "0.0.1"), CodecSettings("cpu"), cache_dir=cache), wav, tmp_path / "t.dac"
+    )
+    local = CodecPool(ModelSpec(weights=b), CodecSettings("cpu"), cache_dir=cache)
+    got = decode_array(local, container.read(tmp_path / "t.dac"))
+    expected = decode_array(CodecPool(ModelSpec(weights=a), CodecSettings("cpu")), container.read(tmp_path / "t.dac"))
+    assert np.array_equal(got, expected)

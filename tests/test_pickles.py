@@ -206,3 +206,37 @@ def test_a_forged_file_in_the_inbox_is_quarantined_and_the_daemon_runs_on(daemon
     daemon.wait_event("job.done")
     assert daemon.proc is not None and daemon.proc.poll() is None
     assert daemon.stop() == 0
+
+
+@pytest.mark.parametrize(
+    "metadata, message",
+    [
+        ({"dac_version": np.array([1, 2]), "channels": 1, "chunk_length": 9}, "not a valid older .dac file"),
+        ({"dac_version": "1.0.0", "channels": 1, "chunk_length": 9, "padding": np.zeros(3)}, "not a valid older"),
+    ],
+)
+def test_values_of_the_wrong_kind_are_the_files_fault(tmp_path: Path, metadata: dict[str, Any], message: str) -> None:
+    """Arrays where DAC 1.0.0 wrote strings make comparisons fail: that is a bad file
+    (quarantined), not a bug in dacwatch (which would stop the worker)."""
+    body = {
+        "codes": np.zeros((1, 9, 4), np.uint16),
+        "metadata": {"sample_rate": 44100, "original_length": 9, **metadata},
+    }
+    path = dac_1_0_0_layout(tmp_path / "odd.dac", pickle.dumps(body, protocol=3))
+    with pytest.raises(ContainerError, match=message):
+        container.read(path)
+
+
+def test_a_file_with_no_codes_is_refused(tmp_path: Path) -> None:
+    body = {
+        "codes": np.zeros((1, 9, 0), np.uint16),
+        "metadata": {
+            "dac_version": "1.0.0",
+            "channels": 1,
+            "chunk_length": 9,
+            "sample_rate": 44100,
+            "original_length": 0,
+        },
+    }
+    with pytest.raises(ContainerError, match="holds no codes"):
+        container.read(dac_1_0_0_layout(tmp_path / "empty.dac", pickle.dumps(body, protocol=3)))

@@ -104,3 +104,40 @@ def test_status_reader_sees_a_live_database(tmp_path: Path) -> None:
         with JobQueue.open_readonly(tmp_path / "q.db") as ro:
             report = ro.report()
         assert report["counts"]["running"] == 1 and report["running"][0]["path"] == "a.wav"
+
+
+def test_a_retried_job_waits_behind_earlier_jobs_and_ahead_of_later_ones(tmp_path: Path) -> None:
+    import time
+
+    with JobQueue(tmp_path / "q.db") as q:
+        q.submit("old.wav", Identity(1, 1, 1))
+        q.submit("retried.wav", Identity(2, 2, 2))
+        old = q.lease("w")
+        assert old is not None and old.path == "old.wav"
+        q.retry_later(old.id, "out of memory", 0.0, counted=False)  # sent back: due now
+        time.sleep(0.01)
+        q.submit("later.wav", Identity(3, 3, 3))  # arrives after the retry was due
+        order = []
+        while (job := q.lease("w")) is not None:
+            order.append((job.path, job.attempts))
+            q.complete(job.id, f"out/{job.path}")
+        assert order == [("retried.wav", 1), ("old.wav", 1), ("later.wav", 1)]
+
+
+def test_an_output_name_stays_held_across_a_crash(tmp_path: Path) -> None:
+    """talk.wav wrote talk.dac and the process died before recording it: after the
+    restart talk.flac must not claim talk.dac (talk.wav's codes would be lost)."""
+    with JobQueue(tmp_path / "q.db") as q:
+        q.submit("talk.wav", Identity(1, 1, 1))
+        q.submit("talk.flac", Identity(2, 2, 2))
+        wav_job = q.lease("w")
+        assert wav_job is not None
+        assert q.reserve_output(wav_job.id, "talk.wav", ["out/talk.dac", "out/talk.wav.dac"]) == "out/talk.dac"
+    with JobQueue(tmp_path / "q.db") as q:  # restarted; two workers lease both jobs at once
+        assert q.recover() == 1
+        again, flac = q.lease("w1"), q.lease("w2")
+        assert again is not None and again.path == "talk.wav" and again.output == "out/talk.dac"
+        assert flac is not None and flac.path == "talk.flac"
+        # talk.flac's worker claims first: talk.dac is still talk.wav's.
+        assert q.reserve_output(flac.id, "talk.flac", ["out/talk.dac", "out/talk.flac.dac"]) == "out/talk.flac.dac"
+        assert q.reserve_output(again.id, "talk.wav", ["out/talk.dac", "out/talk.wav.dac"]) == "out/talk.dac"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from dacwatch.fsio import TEMP_PREFIX, Identity
 from dacwatch.watcher import Debouncer, IgnoreRules, Seen
-from dacwatch.writers import FileKey, WriterScan
+from dacwatch.writers import WriterScan
 
 
 class FakeFiles:
@@ -101,7 +101,10 @@ def test_an_empty_file_is_never_complete() -> None:
     fs.write(p, 169_000)
     d.seen(p, Seen.MODIFIED)
     fs.now = 3601.0
-    assert d.due() == [(p, fs.files[p])]  # no process writes it (the /proc scan saw all)
+    assert d.due() == []  # written, not closed since
+    d.seen(p, Seen.CLOSED_WRITE)
+    fs.now = 3602.0
+    assert d.due() == [(p, fs.files[p])]
 
 
 def test_readers_alone_fall_back_to_the_settle_time() -> None:
@@ -127,8 +130,8 @@ def test_a_file_renamed_into_place_is_complete_at_once() -> None:
     assert d.due() == [(p, fs.files[p])]
 
 
-def fixed_scan(writers: set[FileKey], complete: bool) -> object:
-    def scan(keys: list[FileKey]) -> WriterScan:
+def fixed_scan(writers: set[str], complete: bool) -> object:
+    def scan(keys: list[str]) -> WriterScan:
         return WriterScan(frozenset(k for k in keys if k in writers), complete)
 
     return scan
@@ -137,13 +140,15 @@ def fixed_scan(writers: set[FileKey], complete: bool) -> object:
 def test_the_writer_check_overrides_events_and_settling() -> None:
     fs = FakeFiles()
     p = Path("/in/talk.wav")
-    held: set[FileKey] = {(0, 1)}
+    held: set[str] = {"/in/talk.wav"}
     d = Debouncer(settle_s=2.0, clock=fs.clock, probe=fs.probe, writers=fixed_scan(held, False))  # type: ignore[arg-type]
     fs.write(p, 10)
     d.seen(p)  # no events (say, it was opened before the daemon started)
     fs.now = 100.0
     assert d.due() == []  # settled long ago, but a process has it open for writing
     held.clear()
+    assert d.due() == []  # the last scan is reused for up to a second
+    fs.now = 101.0
     assert d.due() == [(p, fs.files[p])]  # the scan could not see everyone: settle time rules
 
 
@@ -187,3 +192,56 @@ def test_ignore_rules(tmp_path: Path) -> None:
     (inbox / "real.wav").write_bytes(b"x")
     os.symlink(inbox / "real.wav", inbox / "link.wav")
     assert rules.ignored(inbox / "link.wav") is None
+
+
+def test_events_saying_a_writer_is_there_outrank_a_scan_that_sees_none() -> None:
+    """A writer in another PID namespace, or the kernel's own, holds no descriptor this
+    process can see: modified-and-not-closed still means being written."""
+    fs = FakeFiles()
+    d = Debouncer(settle_s=2.0, clock=fs.clock, probe=fs.probe, writers=fixed_scan(set(), True))  # type: ignore[arg-type]
+    p = Path("/in/talk.wav")
+    stalling_writer(d, fs, p)
+    assert d.due() == []
+    d.seen(p, Seen.CLOSED_WRITE)
+    fs.now = 601.0
+    assert d.due() == [(p, fs.files[p])]
+
+
+def test_a_symlink_is_judged_by_the_file_it_names(tmp_path: Path) -> None:
+    """inbox/latest.wav -> a recording still being written: not taken while its writer
+    holds the target open (the real probe follows the link; the real scan finds it)."""
+    import subprocess
+    import sys
+
+    from dacwatch.watcher import probe
+
+    target = tmp_path / "raw" / "rec.wav"
+    target.parent.mkdir()
+    target.write_bytes(b"RIFF" + b"\0" * 100)
+    link = tmp_path / "inbox" / "latest.wav"
+    link.parent.mkdir()
+    link.symlink_to(target)
+    now = [0.0]
+    d = Debouncer(settle_s=1.0, clock=lambda: now[0], probe=probe)
+    writer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys,time; f=open(sys.argv[1],'ab'); print(1, flush=True); time.sleep(60)",
+            str(target),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert writer.stdout is not None and writer.stdout.readline().strip() == "1"
+        d.seen(link)
+        now[0] = 100.0
+        assert d.due() == []  # the scan (this test runs as root, or sees its own child) finds the writer
+    finally:
+        writer.kill()
+        writer.wait()
+        assert writer.stdout is not None
+        writer.stdout.close()
+    now[0] = 200.0
+    assert [p for p, _ in d.due()] == [link]

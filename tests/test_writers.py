@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dacwatch.writers import key_of, scan_writers
+from dacwatch.writers import scan_writers
 
 HOLD = "import sys, time; f = open(sys.argv[1], sys.argv[2]); print('open', flush=True); time.sleep(60)"
 
@@ -37,7 +37,7 @@ def test_a_process_writing_the_file_is_found_and_a_reader_is_not(tmp_path: Path,
     written, read, idle = tmp_path / "w.wav", tmp_path / "r.wav", tmp_path / "i.wav"
     for p in (written, read, idle):
         p.write_bytes(b"x")
-    keys = {p: key_of(os.stat(p)) for p in (written, read, idle)}
+    keys = {p: os.path.realpath(p) for p in (written, read, idle)}
     writer = holder(written, "ab")  # type: ignore[operator]
     holder(read, "rb")  # type: ignore[operator]
     scan = scan_writers(keys.values())
@@ -53,7 +53,7 @@ def test_read_write_opens_count_as_writers(tmp_path: Path, holder: object) -> No
     p = tmp_path / "rw.wav"
     p.write_bytes(b"x")
     holder(p, "r+b")  # type: ignore[operator]
-    assert scan_writers([key_of(os.stat(p))]).writers == {key_of(os.stat(p))}
+    assert scan_writers([os.path.realpath(p)]).writers == {os.path.realpath(p)}
 
 
 def test_this_process_is_never_its_own_writer(tmp_path: Path) -> None:
@@ -61,7 +61,7 @@ def test_this_process_is_never_its_own_writer(tmp_path: Path) -> None:
     with open(p, "wb") as f:
         f.write(b"x")
         f.flush()
-        assert scan_writers([key_of(os.stat(p))]).writers == frozenset()
+        assert scan_writers([os.path.realpath(p)]).writers == frozenset()
 
 
 def test_a_hidden_process_table_is_incomplete(tmp_path: Path) -> None:
@@ -69,6 +69,6 @@ def test_a_hidden_process_table_is_incomplete(tmp_path: Path) -> None:
     proc = tmp_path / "proc"
     (proc / str(os.getpid() + 1) / "fd").mkdir(parents=True)
     (proc / "self").mkdir()
-    assert not scan_writers([(1, 2)], proc).complete
+    assert not scan_writers(["/x.wav"], proc).complete
     (proc / "1" / "fd").mkdir(parents=True)
-    assert scan_writers([(1, 2)], proc).complete
+    assert scan_writers(["/x.wav"], proc).complete
