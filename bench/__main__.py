@@ -85,6 +85,27 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def run_header(args: argparse.Namespace, program: str, argv: list[str] | None) -> dict[str, Any]:
+    """What every result file says of its run: when, on which device and CPU, which
+    versions, which network, and the command that made it."""
+    import torch
+
+    from dacwatch import __version__
+
+    return {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
+        "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "dacwatch": __version__,
+        "network": "real weights"
+        if args.weights
+        else ("tiny random" if args.tiny else "full-size 44 kHz, random weights"),
+        "command": " ".join([program, *(sys.argv[1:] if argv is None else argv)]),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -119,9 +140,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
 
-    import torch
-
-    from dacwatch import __version__
     from dacwatch.model import full_size_model, tiny_model
 
     work = Path(tempfile.mkdtemp(prefix="dacwatch-bench-"))
@@ -140,19 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     audio_s = args.seconds * args.channels  # mono-equivalent seconds of audio
 
     report: dict[str, Any] = {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
-        "cpu": cpu_name(),
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "dacwatch": __version__,
-        "network": "real weights"
-        if args.weights
-        else ("tiny random" if args.tiny else "full-size 44 kHz, random weights"),
+        **run_header(args, "python -m bench", argv),
         "audio_s": args.seconds,
         "channels": args.channels,
         "rounds": args.rounds,
-        "command": " ".join(["python -m bench", *(sys.argv[1:] if argv is None else argv)]),
     }
     print(f"bench: {report['network']} on {report['device']}, {args.seconds} s x {args.channels} ch", file=sys.stderr)
     if args.only_long:

@@ -174,7 +174,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=bench.RESULTS)
     args = p.parse_args(argv)
 
-    from dacwatch import __version__
     from dacwatch.model import full_size_model, tiny_model
 
     work = Path(tempfile.mkdtemp(prefix="dacwatch-bench-daemon-"))
@@ -195,22 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    import torch
-
     report = {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
-        "cpu": bench.cpu_name(),
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "dacwatch": __version__,
-        "network": "real weights"
-        if args.weights
-        else ("tiny random" if args.tiny else "full-size 44 kHz, random weights"),
+        **bench.run_header(args, "python -m bench.daemon", argv),
         "files": args.files,
         "seconds_per_file": args.seconds,
         "precision": args.precision,
-        "command": " ".join(["python -m bench.daemon", *(sys.argv[1:] if argv is None else argv)]),
         "daemon": daemon,
         "codec_only": reference,
         "daemon_share_of_codec_only": daemon["x_realtime"] / reference["x_realtime"],

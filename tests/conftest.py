@@ -13,6 +13,7 @@ import soundfile as sf
 import torch
 from torch import nn
 
+from dacwatch.config import Settings
 from dacwatch.model import prepare_model, tiny_model
 
 torch.set_num_threads(2)
@@ -73,3 +74,20 @@ def write_wav(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return make
+
+
+def settings_for(root: Path, weights: Path, **overrides: Any) -> Settings:
+    """A daemon's settings on folders under ``root``, quick to retry, on the CPU."""
+    base: dict[str, Any] = dict(
+        inbox=root / "inbox",
+        outbox=root / "outbox",
+        done=root / "done",
+        failed=root / "failed",
+        state_dir=root / "state",
+        model={"weights": str(weights)},
+        codec={"devices": ["cpu"]},
+        retry={"backoff_initial_s": 0.05, "backoff_max_s": 0.2, "max_attempts": 3},
+        watch={"settle_seconds": 0.3},
+    )
+    base.update(overrides)
+    return Settings(**base)

@@ -18,7 +18,7 @@ from structlog.testing import capture_logs
 from dacwatch.codec import ChunkedCodec
 from dacwatch.model import full_size_model, prepare_model, tiny_model
 
-from .conftest import noise
+from .conftest import noise, settings_for
 from .daemon import Daemon, wav
 
 pytestmark = [
@@ -117,7 +117,6 @@ def test_out_of_memory_shrinks_and_the_queue_keeps_moving(tmp_path: Path, memory
     nothing is quarantined, every file is converted, and the codes are exact."""
     import structlog
 
-    from dacwatch.config import Settings
     from dacwatch.container import read
     from dacwatch.convert import CodecPool, CodecSettings, encode_file
     from dacwatch.fsio import identity
@@ -129,15 +128,7 @@ def test_out_of_memory_shrinks_and_the_queue_keeps_moving(tmp_path: Path, memory
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         full_size_model("44khz").save(str(weights), package=False)
-    settings = Settings(
-        inbox=tmp_path / "inbox",
-        outbox=tmp_path / "outbox",
-        done=tmp_path / "done",
-        failed=tmp_path / "failed",
-        state_dir=tmp_path / "state",
-        codec={"devices": [CUDA], "encode_window_s": 20.0, "batch_size": 16},
-        retry={"backoff_initial_s": 0.1, "backoff_max_s": 0.5},
-    )
+    settings = settings_for(tmp_path, weights, codec={"devices": [CUDA], "encode_window_s": 20.0, "batch_size": 16})
     sources = [wav(settings.inbox / f"long{i}.wav", seconds=180, rate=44100) for i in range(2)]
     queue = JobQueue(settings.state_db)
     for s in sources:

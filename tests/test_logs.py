@@ -9,9 +9,9 @@ from pathlib import Path
 
 from structlog.testing import capture_logs
 
-from dacwatch.config import Settings
 from dacwatch.service import Service
 
+from .conftest import settings_for
 from .daemon import wav
 
 DONE_FIELDS = {"source", "output", "kind", "audio_s", "wall_s", "rtf", "device", "attempts"}
@@ -20,16 +20,7 @@ FAILED_FIELDS = {"source", "error", "attempts", "wall_s", "device", "quarantined
 
 def test_one_canonical_line_per_file_and_no_thread_left_behind(tmp_path: Path, tiny_weights: Path) -> None:
     before = set(threading.enumerate())
-    settings = Settings(
-        inbox=tmp_path / "inbox",
-        outbox=tmp_path / "outbox",
-        done=tmp_path / "done",
-        failed=tmp_path / "failed",
-        state_dir=tmp_path / "state",
-        model={"weights": str(tiny_weights)},
-        codec={"devices": ["cpu"]},
-        watch={"settle_seconds": 0.3},
-    )
+    settings = settings_for(tmp_path, tiny_weights)
     service = Service(settings)
     with capture_logs() as logs:
         service.startup()

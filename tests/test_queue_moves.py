@@ -28,23 +28,8 @@ from dacwatch.queue import JobQueue, Status
 from dacwatch.service import Service
 from dacwatch.worker import Worker
 
+from .conftest import settings_for
 from .daemon import Daemon, wav
-
-
-def settings_for(root: Path, weights: Path, **overrides: Any) -> Settings:
-    base: dict[str, Any] = dict(
-        inbox=root / "inbox",
-        outbox=root / "outbox",
-        done=root / "done",
-        failed=root / "failed",
-        state_dir=root / "state",
-        model={"weights": str(weights)},
-        codec={"devices": ["cpu"]},
-        retry={"backoff_initial_s": 0.05, "backoff_max_s": 0.2, "max_attempts": 3},
-        watch={"settle_seconds": 0.3},
-    )
-    base.update(overrides)
-    return Settings(**base)
 
 
 def memory_budget(model: Any, samples: int) -> Any:
