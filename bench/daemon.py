@@ -27,23 +27,28 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 
 from . import __main__ as bench
 
 HERE = Path(__file__).resolve().parent
 
 
-def write_folder(folder: Path, files: int, seconds: float, rate: int = 44100, distinct: int = 10) -> list[Path]:
-    """``files`` mono PCM16 WAVs of ``seconds`` each (``distinct`` different signals, cycled:
+def write_folder(
+    folder: Path, files: int, seconds: float, shortest: float | None = None, rate: int = 44100, distinct: int = 10
+) -> list[Path]:
+    """``files`` mono PCM16 WAVs of ``seconds`` each, or of lengths spread evenly from
+    ``shortest`` to ``seconds`` (cut from ``distinct`` different signals, cycled:
     synthesising 200 takes longer than converting them on a GPU)."""
     import soundfile as sf
 
     folder.mkdir(parents=True, exist_ok=True)
     signals = [bench.synth(seconds, 1, rate, seed=1000 + i).T for i in range(min(files, distinct))]
+    lengths = np.full(files, seconds) if shortest is None else np.linspace(shortest, seconds, files)
     paths = []
     for i in range(files):
         path = folder / f"talk-{i:04d}.wav"
-        sf.write(str(path), signals[i % len(signals)], rate, subtype="PCM_16")
+        sf.write(str(path), signals[i % len(signals)][: round(lengths[i] * rate)], rate, subtype="PCM_16")
         paths.append(path)
     return paths
 
@@ -102,12 +107,16 @@ def run_daemon(args: argparse.Namespace, weights: Path, work: Path, staged: list
                 raise SystemExit(f"the daemon did not become ready:\n{log.read_text()[-3000:]}")
             time.sleep(0.1)
         ready = stamp(events(log, "service.ready")[0])
+        daemon = psutil.Process(proc.pid)
+        cpu_at_ready = sum(daemon.cpu_times()[:2])
         for path in staged:  # a rename into the inbox: each file appears whole
             os.rename(path, inbox / path.name)
-        while sum(len(events(log, e)) for e in ("job.done", "job.failed", "job.gave_up")) < len(staged):
+        ends = ('"event": "job.done"', '"event": "job.failed"', '"event": "job.gave_up"')
+        while sum(log.read_text(errors="replace").count(e) for e in ends) < len(staged):
             if proc.poll() is not None or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
+        cpu_s = sum(daemon.cpu_times()[:2]) - cpu_at_ready if proc.poll() is None else float("nan")
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -129,6 +138,7 @@ def run_daemon(args: argparse.Namespace, weights: Path, work: Path, staged: list
         "audio_s": audio,
         "wall_s": wall,
         "x_realtime": audio / wall if done else 0.0,
+        "cores_used": cpu_s / wall if done else 0.0,  # the daemon's CPU seconds per wall second
         "median_job_rtf": float(np.median([e["rtf"] for e in done])) if done else None,
         "geometry": {k: loaded[0].get(k) for k in ("encode_window_s", "batch")} if loaded else {},
         "exit_code": proc.returncode,
@@ -167,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights", type=Path, help="real DAC weights (default: random full-size 44 kHz network)")
     p.add_argument("--tiny", action="store_true", help="tiny random network (smoke test, not for figures)")
     p.add_argument("--files", type=int, default=200)
-    p.add_argument("--seconds", type=float, default=30.0, help="length of each file")
+    p.add_argument("--seconds", type=float, default=30.0, help="length of each file (the longest, with --shortest)")
+    p.add_argument("--shortest", type=float, default=None, help="spread the lengths from this to --seconds")
     p.add_argument("--reference-files", type=int, default=20, help="files the codec-only reference encodes")
     p.add_argument("--precision", default="float32")
     p.add_argument("--timeout", type=float, default=300.0, help="stop the daemon after this many seconds")
@@ -184,10 +195,11 @@ def main(argv: list[str] | None = None) -> int:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 (tiny_model() if args.tiny else full_size_model("44khz")).save(str(weights), package=False)
-        staged = write_folder(work / "staged", args.files, args.seconds)
-        reference_sources = [work / "reference" / p.name for p in staged[: args.reference_files]]
+        staged = write_folder(work / "staged", args.files, args.seconds, args.shortest)
+        step = max(1, len(staged) // max(1, args.reference_files))  # spread over the lengths
+        reference_sources = [work / "reference" / p.name for p in staged[::step][: args.reference_files]]
         (work / "reference").mkdir()
-        for src, dst in zip(staged, reference_sources, strict=False):
+        for src, dst in zip(staged[::step], reference_sources, strict=False):
             shutil.copyfile(src, dst)
         daemon = run_daemon(args, weights, work, staged)
         reference = codec_only(args, weights, reference_sources)
@@ -197,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         **bench.run_header(args, "python -m bench.daemon", argv),
         "files": args.files,
-        "seconds_per_file": args.seconds,
+        "seconds_per_file": args.seconds if args.shortest is None else [args.shortest, args.seconds],
         "precision": args.precision,
         "daemon": daemon,
         "codec_only": reference,
@@ -213,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if daemon["finished"] and daemon["files_failed"] == 0 else 1
 
 
+def lengths(value: float | list[float]) -> str:
+    return f"{value[0]:g}-{value[1]:g}" if isinstance(value, list) else f"{value:g}"
+
+
 def markdown(r: dict[str, Any]) -> str:
     d, c = r["daemon"], r["codec_only"]
     return "\n".join(
@@ -226,11 +242,12 @@ def markdown(r: dict[str, Any]) -> str:
             "",
             "| | files | audio s | wall s | x realtime |",
             "|---|---|---|---|---|",
-            f"| daemon: folder of {r['files']} x {r['seconds_per_file']:g} s WAV, READY to last job.done "
+            f"| daemon: folder of {r['files']} WAVs of {lengths(r['seconds_per_file'])} s, READY to last job.done "
             f"| {d['files_done']} done, {d['files_failed']} failed | {d['audio_s']:.0f} | {d['wall_s']:.1f} | {d['x_realtime']:.1f} |",
             f"| codec alone, same audio in memory | {c['files']} | {c['audio_s']:.0f} | {c['wall_s']:.1f} | {c['x_realtime']:.1f} |",
             "",
-            f"The daemon reaches {100 * r['daemon_share_of_codec_only']:.0f}% of the codec-only throughput "
+            f"The daemon reaches {100 * r['daemon_share_of_codec_only']:.0f}% of the codec-only throughput, "
+            f"using {d.get('cores_used', float('nan')):.2f} cores "
             f"(out-of-memory events: {d['out_of_memory_events']}; all files finished: {d['finished']}).",
             "",
         ]
