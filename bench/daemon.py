@@ -69,8 +69,11 @@ def stamp(event: dict[str, Any]) -> float:
     return dt.datetime.fromisoformat(str(event["timestamp"]).replace("Z", "+00:00")).timestamp()
 
 
-def run_daemon(args: argparse.Namespace, weights: Path, work: Path, staged: list[Path]) -> dict[str, Any]:
-    """Start ``dacwatch run``, drop the files into its inbox once READY, wait for them."""
+def run_daemon(
+    args: argparse.Namespace, weights: Path, work: Path, staged: list[Path], jobs: int | None = None
+) -> dict[str, Any]:
+    """Start ``dacwatch run`` (``jobs`` files at once; None: its default), drop the files
+    into its inbox once READY, wait for them."""
     inbox = work / "inbox"
     inbox.mkdir()
     config = work / "config.toml"
@@ -88,6 +91,7 @@ def run_daemon(args: argparse.Namespace, weights: Path, work: Path, staged: list
                 "[codec]",
                 f'devices = ["{args.device}"]',
                 f'precision = "{args.precision}"',
+                *([f"jobs_per_device = {jobs}"] if jobs is not None else []),
                 "[watch]",
                 "settle_seconds = 0.5",
             ]
@@ -140,7 +144,7 @@ def run_daemon(args: argparse.Namespace, weights: Path, work: Path, staged: list
         "x_realtime": audio / wall if done else 0.0,
         "cores_used": cpu_s / wall if done else 0.0,  # the daemon's CPU seconds per wall second
         "median_job_rtf": float(np.median([e["rtf"] for e in done])) if done else None,
-        "geometry": {k: loaded[0].get(k) for k in ("encode_window_s", "batch")} if loaded else {},
+        "geometry": {k: loaded[0].get(k) for k in ("encode_window_s", "batch", "jobs_at_once")} if loaded else {},
         "exit_code": proc.returncode,
         "log_tail": log.read_text(errors="replace").splitlines()[-5:],
     }
@@ -181,6 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shortest", type=float, default=None, help="spread the lengths from this to --seconds")
     p.add_argument("--reference-files", type=int, default=20, help="files the codec-only reference encodes")
     p.add_argument("--precision", default="float32")
+    p.add_argument(
+        "--jobs-per-device",
+        default="default",
+        help="comma-separated codec.jobs_per_device values, one daemon run each ('default': the daemon's own); "
+        "e.g. 1,2 compares one file at a time with two",
+    )
     p.add_argument("--timeout", type=float, default=300.0, help="stop the daemon after this many seconds")
     p.add_argument("--out", type=Path, default=bench.RESULTS)
     args = p.parse_args(argv)
@@ -201,17 +211,28 @@ def main(argv: list[str] | None = None) -> int:
         (work / "reference").mkdir()
         for src, dst in zip(staged[::step], reference_sources, strict=False):
             shutil.copyfile(src, dst)
-        daemon = run_daemon(args, weights, work, staged)
+        runs = []
+        for value in args.jobs_per_device.split(","):
+            jobs = None if value == "default" else int(value)
+            run_dir = work / f"run-{value}"
+            run_dir.mkdir()
+            folder = [run_dir / "staged" / p.name for p in staged]
+            folder[0].parent.mkdir()
+            for src, dst in zip(staged, folder, strict=True):
+                os.link(src, dst)
+            runs.append({"jobs_per_device": value, **run_daemon(args, weights, run_dir, folder, jobs)})
         reference = codec_only(args, weights, reference_sources)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    daemon = runs[-1]
 
     report = {
         **bench.run_header(args, "python -m bench.daemon", argv),
         "files": args.files,
         "seconds_per_file": args.seconds if args.shortest is None else [args.shortest, args.seconds],
         "precision": args.precision,
-        "daemon": daemon,
+        "daemon": daemon,  # the last run
+        "daemon_runs": runs,
         "codec_only": reference,
         "daemon_share_of_codec_only": daemon["x_realtime"] / reference["x_realtime"],
     }
@@ -222,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     md = markdown(report)
     (args.out / f"{name}.md").write_text(md)
     print(md)
-    return 0 if daemon["finished"] and daemon["files_failed"] == 0 else 1
+    return 0 if all(r["finished"] and r["files_failed"] == 0 for r in runs) else 1
 
 
 def lengths(value: float | list[float]) -> str:
@@ -230,7 +251,17 @@ def lengths(value: float | list[float]) -> str:
 
 
 def markdown(r: dict[str, Any]) -> str:
-    d, c = r["daemon"], r["codec_only"]
+    c = r["codec_only"]
+    runs = r.get("daemon_runs") or [{"jobs_per_device": "default", **r["daemon"]}]
+    rows = []
+    for d in runs:
+        at_once = d.get("geometry", {}).get("jobs_at_once") or d["jobs_per_device"]
+        rows.append(
+            f"| daemon, {at_once} file(s) at once: {r['files']} WAVs of {lengths(r['seconds_per_file'])} s, "
+            f"READY to last job.done | {d['files_done']} done, {d['files_failed']} failed | {d['audio_s']:.0f} "
+            f"| {d['wall_s']:.1f} | {d['x_realtime']:.1f} | {d.get('cores_used', float('nan')):.2f} "
+            f"| {100 * d['x_realtime'] / c['x_realtime']:.0f}% |"
+        )
     return "\n".join(
         [
             f"# dacwatch daemon throughput, {r['date']}",
@@ -240,15 +271,19 @@ def markdown(r: dict[str, Any]) -> str:
             f"{r['network']}; device {r['device']} ({r['cpu']}, {r['cores']} cores); torch {r['torch']}; "
             f"dacwatch {r['dacwatch']}; precision {r['precision']}.",
             "",
-            "| | files | audio s | wall s | x realtime |",
-            "|---|---|---|---|---|",
-            f"| daemon: folder of {r['files']} WAVs of {lengths(r['seconds_per_file'])} s, READY to last job.done "
-            f"| {d['files_done']} done, {d['files_failed']} failed | {d['audio_s']:.0f} | {d['wall_s']:.1f} | {d['x_realtime']:.1f} |",
-            f"| codec alone, same audio in memory | {c['files']} | {c['audio_s']:.0f} | {c['wall_s']:.1f} | {c['x_realtime']:.1f} |",
+            "| | files | audio s | wall s | x realtime | cores used | of codec alone |",
+            "|---|---|---|---|---|---|---|",
+            *rows,
+            f"| codec alone, same audio in memory | {c['files']} | {c['audio_s']:.0f} | {c['wall_s']:.1f} "
+            f"| {c['x_realtime']:.1f} | | 100% |",
             "",
-            f"The daemon reaches {100 * r['daemon_share_of_codec_only']:.0f}% of the codec-only throughput, "
-            f"using {d.get('cores_used', float('nan')):.2f} cores "
-            f"(out-of-memory events: {d['out_of_memory_events']}; all files finished: {d['finished']}).",
+            "Cores used: the daemon's CPU seconds per wall second. "
+            + "; ".join(
+                f"{d['jobs_per_device']}: out-of-memory events {d['out_of_memory_events']}, all files finished "
+                f"{d['finished']}"
+                for d in runs
+            )
+            + ".",
             "",
         ]
     )

@@ -21,6 +21,7 @@ are ``[frames, codebooks, channels]`` int16, time first like the container.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError, OutOfMemoryError, PermanentError
+from .gate import DeviceGate
 from .model import (
     DacNet,
     DecoderContext,
@@ -120,7 +122,9 @@ class CodeArray(Protocol):
     def __getitem__(self, key: slice) -> np.ndarray: ...
 
 
-RowPass = Callable[[np.ndarray, bool], np.ndarray]  # ([rows, samples], layer padding) -> [rows, K, frames]
+# What an encoder pass computes: ("codes", codebooks) or ("latents", 0); rows in,
+# [rows, K, frames] out.
+RowPass = tuple[str, int]
 
 
 @dataclass
@@ -180,6 +184,9 @@ class ChunkedCodec:
             raise ValueError("window length must be 0 (whole file) or positive seconds")
         if self.batch_size < 1:
             raise ValueError("batch size must be at least 1")
+        # Set when several files share the device (dacwatch.gate): every model call goes
+        # through it, and equal passes of different files run as one batch.
+        self.gate: DeviceGate | None = None
 
     # ------------------------------------------------------------------ memory
 
@@ -229,11 +236,20 @@ class ChunkedCodec:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def _upload(self, array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+        """A host array as a ``dtype`` tensor on the device. To a GPU it goes through
+        pinned memory, copied without blocking the host: the copy queues behind the
+        device work already issued instead of waiting for it."""
+        x = torch.from_numpy(np.ascontiguousarray(array))
+        if self.device.type != "cuda":
+            return x.to(dtype)
+        return x.pin_memory().to(self.device, non_blocking=True).to(dtype)
+
     def _latent_pass(self, rows: np.ndarray, padded: bool) -> torch.Tensor:
         """``[rows, samples]`` -> the encoder's continuous latents ``z`` ``[rows, D, frames]``
         (on the device, in the network's dtype)."""
         with layer_padding(self.model.encoder, padded):
-            x = torch.from_numpy(np.ascontiguousarray(rows)).to(self.device, self.dtype)
+            x = self._upload(rows, self.dtype)
             with self._numerics():
                 z: torch.Tensor = self.model.encoder(x[:, None, :])
             return z.to(self.dtype)  # the quantizer's nearest-entry search stays in full precision
@@ -254,14 +270,36 @@ class ChunkedCodec:
             out: np.ndarray = self._latent_pass(rows, padded).to("cpu", torch.float64).numpy()
             return out
 
-    def _run_encode(self, windows: Sequence[_Window], padded: bool, per_rows: RowPass) -> Iterator[np.ndarray]:
-        """Run windows of equal length in batches through ``per_rows`` (``[rows, samples]`` ->
-        ``[rows, K, frames]``); yield what each window keeps, ``[frames, K, C]``."""
+    def _shared(
+        self, key: tuple[Any, ...], rows: np.ndarray, windows: int, fn: Callable[[np.ndarray], tuple[np.ndarray, Any]]
+    ) -> tuple[np.ndarray, Any]:
+        """``fn(rows)``, through the device's gate when there is one (where a pass of
+        another file with the same ``key`` may share the forward pass)."""
+        if self.gate is None:
+            return fn(rows)
+        return self.gate.run((id(self), *key), rows, windows, self.batch_size, fn)
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the device (and the network's padding state) for direct use of the model."""
+        with self.gate.exclusive() if self.gate is not None else contextlib.nullcontext():
+            yield
+
+    def _rows(self, what: RowPass, rows: np.ndarray, padded: bool) -> tuple[np.ndarray, None]:
+        kind, n_quantizers = what
+        if kind == "latents":
+            return self._latent_rows(rows, padded), None
+        return self._encode_rows(rows, padded, n_quantizers), None
+
+    def _run_encode(self, windows: Sequence[_Window], padded: bool, what: RowPass) -> Iterator[np.ndarray]:
+        """Run windows of equal length in batches (``what``: codes or latents, ``[rows,
+        samples]`` -> ``[rows, K, frames]``); yield what each window keeps, ``[frames, K, C]``."""
         for i in range(0, len(windows), self.batch_size):
             group = windows[i : i + self.batch_size]
             channels = group[0].samples.shape[0]
             rows = np.concatenate([w.samples for w in group], axis=0)
-            out = per_rows(rows, padded)
+            key = ("encode", what, padded, channels, rows.shape[1])
+            out, _ = self._shared(key, rows, len(group), lambda r: self._rows(what, r, padded))
             out = out.reshape(len(group), channels, out.shape[1], -1)
             for w, c in zip(group, out, strict=True):
                 yield np.ascontiguousarray(c[..., w.skip : w.skip + w.count].transpose(2, 1, 0))
@@ -295,7 +333,7 @@ class ChunkedCodec:
         whole-file pass at every frame, which tiny codebooks alone would not show."""
         step = max(1, self.sample_rate)
         blocks = (audio[:, i : i + step] for i in range(0, audio.shape[1], step))
-        parts = list(self._windows(blocks, audio.shape[0], self._latent_rows))
+        parts = list(self._windows(blocks, audio.shape[0], ("latents", 0)))
         return np.concatenate(parts, axis=0) if parts else np.zeros((0, 0, audio.shape[0]))
 
     def encode_stream(
@@ -306,10 +344,10 @@ class ChunkedCodec:
         Memory is bounded by the window and batch size, not by the stream's length.
         """
         nq = self._check_quantizers(n_quantizers)
-        yield from self._windows(blocks, channels, lambda rows, padded: self._encode_rows(rows, padded, nq))
+        yield from self._windows(blocks, channels, ("codes", nq))
 
-    def _windows(self, blocks: Iterable[np.ndarray], channels: int, per_rows: RowPass) -> Iterator[np.ndarray]:
-        """The exact windowing (module doc) of a stream, each batch through ``per_rows``."""
+    def _windows(self, blocks: Iterable[np.ndarray], channels: int, what: RowPass) -> Iterator[np.ndarray]:
+        """The exact windowing (module doc) of a stream, each batch computing ``what``."""
         rf, hop = self.rf, self.hop
         n = self.frames_per_window()
         buf = _RollingBuffer(channels)
@@ -326,21 +364,29 @@ class ChunkedCodec:
 
         if n == 0:
             fill(np.iinfo(np.int64).max)
-            yield from self._encode_whole(buf, per_rows)
+            yield from self._encode_whole(buf, what)
             return
 
         t_lo = math.ceil(rf.padding / hop)  # first interior frame
         first_len = _ceil_to(rf.end(t_lo - 1), hop) if t_lo > 0 else 0
         window_len = rf.size + (n - 1) * hop
-        # Decide between the split plan and one whole-file pass: the split
-        # plan needs the file to be longer than both edge windows.
+        # Decide between the split plan and one whole-file pass: the split plan needs
+        # the file to be longer than both edge windows and one interior window. A
+        # shorter file takes the longest of the halved windows (n/2, n/4, ...) that
+        # fits it: every file then runs in one of a few window shapes, which files
+        # sharing a device batch together (dacwatch.gate). Only the shortest files,
+        # under MIN_WINDOW_FRAMES frames past the edges, run whole.
         if not fill(first_len + window_len + 2 * hop):
-            yield from self._encode_whole(buf, per_rows)
-            return
+            while n > MIN_WINDOW_FRAMES and buf.end < first_len + window_len + 2 * hop:
+                n = max(MIN_WINDOW_FRAMES, n // 2)
+                window_len = rf.size + (n - 1) * hop
+            if buf.end < first_len + window_len + 2 * hop:
+                yield from self._encode_whole(buf, what)
+                return
 
         if first_len:
             samples = buf.get(0, first_len)
-            yield from self._run_encode([_Window(0, 0, t_lo, samples)], True, per_rows)
+            yield from self._run_encode([_Window(0, 0, t_lo, samples)], True, what)
         next_frame = t_lo
         pending: list[_Window] = []
 
@@ -355,7 +401,7 @@ class ChunkedCodec:
                 pending.append(interior(next_frame, n))
                 next_frame += n
                 if len(pending) == self.batch_size:
-                    yield from self._run_encode(pending, False, per_rows)
+                    yield from self._run_encode(pending, False, what)
                     pending.clear()
                     buf.discard_before(rf.first(next_frame - n))
             if not fill(buf.end + 1):
@@ -378,15 +424,15 @@ class ChunkedCodec:
             next_frame = t_hi + 1
         # Equal lengths batch together; a short last window runs on its own.
         for same in _group_by_length(pending):
-            yield from self._run_encode(same, False, per_rows)
+            yield from self._run_encode(same, False, what)
 
         if next_frame < total:
             start = max(0, (rf.first(next_frame) // hop) * hop)
             skip = next_frame - start // hop
             last = _Window(next_frame, skip, total - next_frame, buf.get(start, padded_len))
-            yield from self._run_encode([last], True, per_rows)
+            yield from self._run_encode([last], True, what)
 
-    def _encode_whole(self, buf: _RollingBuffer, per_rows: RowPass) -> Iterator[np.ndarray]:
+    def _encode_whole(self, buf: _RollingBuffer, what: RowPass) -> Iterator[np.ndarray]:
         """One padded pass over everything buffered, exactly what DAC's own forward does."""
         length = buf.end
         if length == 0:
@@ -394,7 +440,7 @@ class ChunkedCodec:
         padded_len = _ceil_to(length, self.hop)
         buf.append(np.zeros((buf.channels, padded_len - length), dtype=np.float32))
         samples = buf.get(0, padded_len)
-        yield from self._run_encode([_Window(0, 0, padded_len // self.hop, samples)], True, per_rows)
+        yield from self._run_encode([_Window(0, 0, padded_len // self.hop, samples)], True, what)
 
     # ------------------------------------------------------------------ decoding
 
@@ -423,6 +469,14 @@ class ChunkedCodec:
             return
         hop, ctx = self.hop, self.context
         n = self.decode_frames_per_window() or frames
+        if self.decode_window_s:
+            # A short file takes the longest halved window that fits it with its
+            # context (as in encoding: few shapes, which files sharing a device batch
+            # together); one shorter than the smallest such window runs whole.
+            while n > MIN_WINDOW_FRAMES and n + ctx.left + ctx.right > frames:
+                n = max(MIN_WINDOW_FRAMES, n // 2)
+            if n + ctx.left + ctx.right > frames:
+                n = frames
         first, last = start // hop, min(frames, math.ceil(stop / hop))
         span = min(frames, n + ctx.left + ctx.right)
         owned = [(c0, min(c0 + n, last)) for c0 in range(first, last, n)]
@@ -436,7 +490,9 @@ class ChunkedCodec:
             ]
             batch = np.stack([self._checked(codes[o : o + span]) for o in offsets])
             keep = (min(k[0] for k in keeps), max(k[1] for k in keeps))
-            audio, first = self._decode_rows(batch, keep)  # [windows, channels, samples] from sample `first`
+            key = ("decode", batch.shape[1:], keep)
+            # [windows, channels, samples] from window-local sample `first`
+            audio, first = self._shared(key, batch, len(group), functools.partial(self._decode_rows, keep=keep))
             for (a, b), out in zip(keeps, audio, strict=True):
                 if b > a:
                     yield out[:, a - first : b - first]
@@ -465,7 +521,7 @@ class ChunkedCodec:
         rows = batch.transpose(0, 3, 2, 1).reshape(windows * channels, nq, frames)
         try:
             with torch.inference_mode():
-                codes = torch.from_numpy(rows.astype(np.int64)).to(self.device)
+                codes = self._upload(rows.astype(np.int64), torch.int64)
                 set_numerics(self.device, self.precision)
                 x = self.model.quantizer.from_codes(codes)[0]
                 split = self.tile_after + 1 if self.tile_samples else len(self._stages)

@@ -55,6 +55,10 @@ class CodecConfig(_Section):
     decode_window_s: float | None = Field(default=None, ge=0)
     batch_size: int | None = Field(default=None, ge=1)
     codebooks: int | None = Field(default=None, ge=1)
+    # Files converted at once on each device: their reading, loudness pass, resampling
+    # and writing overlap the device work of the others, and their windows share
+    # forward passes (dacwatch.gate). None: 2 on a CPU, 4 on a GPU.
+    jobs_per_device: int | None = Field(default=None, ge=1, le=64)
     # float32: exact (chunked equals whole-file); tf32 and bf16: faster on a GPU, by choice.
     precision: Literal["float32", "tf32", "bf16"] = "float32"
 

@@ -36,6 +36,7 @@ from .container import read as read_dac
 from .container import write as write_dac
 from .errors import ModelMismatchError, ModelUnavailableError, OutOfMemoryError, PermanentError
 from .fsio import atomic_output, ensure_dir
+from .gate import DeviceGate
 from .model import (
     ARCHITECTURE_BY_RATE,
     DacNet,
@@ -49,6 +50,8 @@ from .model import (
 )
 
 Progress = Callable[[float], None]  # called with seconds of audio done
+# (blocks at the model rate, channels, codebooks) -> code blocks [frames, codebooks, channels]
+Encoder = Callable[[Iterator[np.ndarray], int, "int | None"], Iterator[np.ndarray]]
 Check = Callable[[], None]  # raises if the output must not be renamed into place
 GROW_AFTER = 20  # jobs in a row without running out of memory before a step is taken back
 
@@ -78,6 +81,10 @@ class CodecPool:
     # Out-of-memory recovery: the geometries each codec had before each shrink.
     _stack: dict[tuple[str, str, str], list[tuple[int, float, float]]] = field(default_factory=dict)
     _successes: int = 0
+    # Every pass on this device goes through one gate, shared by all its networks and
+    # by every worker of the device (codec.jobs_per_device): see dacwatch.gate.
+    gate: DeviceGate = field(default_factory=DeviceGate)
+    generation: int = 0  # geometry changes so far (shrinks and growths)
 
     def __post_init__(self) -> None:
         self.device = resolve_device(self.settings.device)
@@ -102,9 +109,11 @@ class CodecPool:
                 except torch.OutOfMemoryError as exc:
                     raise OutOfMemoryError(f"out of memory loading {spec.describe()} onto {self.device}") from exc
                 s = self.settings
-                self._codecs[key] = ChunkedCodec(
+                codec = ChunkedCodec(
                     model, self.device, s.encode_window_s, s.decode_window_s, s.batch_size, s.precision
                 )
+                codec.gate = self.gate
+                self._codecs[key] = codec
             return self._codecs[key]
 
     def record(self, n_codebooks: int | None = None) -> ModelRecord:
@@ -234,11 +243,18 @@ class CodecPool:
         )
         return codec, dac.bind(record)
 
-    def shrink(self) -> str | None:
+    def shrink(self, seen: int | None = None) -> str | None:
         """After running out of memory: a smaller batch, then smaller windows, for every
         loaded network, and the device's cached blocks handed back. Returns the new
-        geometry, or None when nothing is left to shrink."""
+        geometry, or None when nothing is left to shrink.
+
+        ``seen`` is the :attr:`generation` the failed work started under: when the
+        geometry has changed since (another worker of the device, failing in the same
+        shared pass, already shrank it) it is left as it is and the work retried.
+        """
         with self._lock:
+            if seen is not None and seen != self.generation and self._codecs:
+                return self._describe()
             shrunk = False
             for key, codec in self._codecs.items():
                 before = codec.geometry()
@@ -246,6 +262,8 @@ class CodecPool:
                     self._stack.setdefault(key, []).append(before)
                     shrunk = True
             self._successes = 0
+            if shrunk:
+                self.generation += 1
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             return self._describe() if shrunk else None
@@ -264,6 +282,7 @@ class CodecPool:
                 if stack:
                     codec = self._codecs[key]
                     codec.batch_size, codec.encode_window_s, codec.decode_window_s = stack.pop()
+            self.generation += 1
             return self._describe()
 
     def _describe(self) -> str:
@@ -297,12 +316,14 @@ def encode_file(
     progress: Progress | None = None,
     before_rename: Check | None = None,
     written: Callable[[], None] | None = None,
+    encoder: Encoder | None = None,
 ) -> Result:
     """Audio file -> ``.dac`` (format 1), through a temporary file renamed into place
     (``written`` runs once the data is written, ``before_rename`` just before the rename,
-    which it may stop)."""
+    which it may stop). ``encoder`` replaces the pool's network (bench.host measures
+    everything around it with one that only counts frames)."""
     try:
-        return _encode_file(pool, source, output, n_codebooks, overwrite, progress, before_rename, written)
+        return _encode_file(pool, source, output, n_codebooks, overwrite, progress, before_rename, written, encoder)
     except PermanentError as exc:
         raise _naming(source, exc) from exc
 
@@ -316,8 +337,10 @@ def _encode_file(
     progress: Progress | None,
     before_rename: Check | None,
     written: Callable[[], None] | None,
+    encoder: Encoder | None,
 ) -> Result:
     codec = pool.codec()
+    encode = encoder or codec.encode_stream
     ensure_dir(output.parent)  # fail before the work, not after it
     reader = open_audio(source)
     try:
@@ -328,7 +351,7 @@ def _encode_file(
         with CodeSpill(
             codec.n_codebooks if n_codebooks is None else n_codebooks, info.channels, output.parent
         ) as spill:
-            for codes in codec.encode_stream(blocks, info.channels, n_codebooks):
+            for codes in encode(blocks, info.channels, n_codebooks):
                 spill.append(codes)
             metadata = Metadata(
                 model=pool.record(spill.n_codebooks),
@@ -483,7 +506,7 @@ def _decoded_dac_1_0_0(codec: ChunkedCodec, dac: DacFile, rate: int, first: int,
     parts = []
     model = codec.model
     try:
-        with torch.inference_mode(), layer_padding(model, legacy.padding):
+        with codec.exclusive(), torch.inference_mode(), layer_padding(model, legacy.padding):
             for i in range(0, codes.shape[0], legacy.chunk_length):
                 chunk = codec._checked(codes[i : i + legacy.chunk_length])
                 rows = torch.from_numpy(chunk.transpose(2, 1, 0).astype(np.int64)).to(codec.device)
@@ -554,6 +577,7 @@ def verify_file(pool: CodecPool, source: Path, n_codebooks: int | None = None) -
 __all__ = [
     "CodecPool",
     "CodecSettings",
+    "Encoder",
     "Result",
     "decode_array",
     "decode_file",

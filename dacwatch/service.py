@@ -25,7 +25,7 @@ from .errors import ConfigError, DacwatchError
 from .fsio import sweep_temp_files
 from .queue import JobQueue
 from .watcher import IgnoreRules, Watcher
-from .worker import Worker, check_against_model, make_pool
+from .worker import Worker, check_against_model, jobs_per_device, make_pool
 
 
 class Notifier:
@@ -124,9 +124,12 @@ class Service:
                 sample_rate=codec.sample_rate,
                 encode_window_s=codec.encode_window_s,
                 batch=codec.batch_size,
+                jobs_at_once=jobs_per_device(s, device),
                 load_s=round(time.monotonic() - started, 2),
             )
-            self.workers.append(Worker(s, self.queue, pool, device, logs.get("dacwatch.worker")))
+            lanes = jobs_per_device(s, device)
+            for lane in range(lanes):
+                self.workers.append(Worker(s, self.queue, pool, device, logs.get("dacwatch.worker"), lane))
         inside = tuple(
             p.absolute() for p in (s.outbox, s.done, s.failed) if p.absolute().is_relative_to(s.inbox.absolute())
         )
@@ -183,9 +186,9 @@ class Service:
             found.append("the watcher is not running")
         for w in self.workers:
             if not w.is_alive() or w.error is not None:
-                found.append(f"worker {w.device} stopped: {w.error or 'ended'}")
+                found.append(f"worker {w.label} stopped: {w.error or 'ended'}")
             elif (stall := w.stalled()) is not None:
-                found.append(f"worker {w.device} looks hung: {stall}")
+                found.append(f"worker {w.label} looks hung: {stall}")
         return found
 
     def healthy(self) -> bool:
@@ -278,7 +281,7 @@ def run(settings: Settings, early_signals: list[int] | None = None) -> int:
             return 0
         notify("READY=1")
         notify(f"STATUS={service.status_line()}")
-        log.info("service.ready", workers=[w.device for w in service.workers])
+        log.info("service.ready", workers=[w.label for w in service.workers])
         service.loop()
         service.shutdown(settings.stop_timeout_s)
         return 1 if service.failed else 0

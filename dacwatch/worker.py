@@ -41,6 +41,8 @@ from .queue import CRASHED, Job, JobQueue, QueueError
 
 T = TypeVar("T")
 UNEXPECTED_IN_A_ROW = 3  # unexpected failures in a row after which a worker stops taking work
+JOBS_PER_CPU = 2  # files at once on a CPU: one reads or writes while the other computes
+JOBS_PER_GPU = 4  # on a GPU: enough host work in flight to keep the device fed
 
 
 class WorkerStopped(Exception):
@@ -86,14 +88,31 @@ class Current:
     finishing: bool = False  # written: syncing, renaming, moving the source (no reports)
 
 
+def jobs_per_device(settings: Settings, device: str) -> int:
+    """Workers sharing ``device`` (``codec.jobs_per_device``; by default 2 on a CPU, 4 on a GPU)."""
+    wanted = settings.codec.jobs_per_device
+    if wanted is not None:
+        return wanted
+    return JOBS_PER_CPU if device == "cpu" else JOBS_PER_GPU
+
+
 class Worker(threading.Thread):
-    def __init__(self, settings: Settings, queue: JobQueue, pool: CodecPool, name: str, log: Any) -> None:
-        super().__init__(name=f"dacwatch-worker-{name}", daemon=True)
+    """Takes jobs one at a time for one device. Several workers may share a device and its
+    :class:`CodecPool` (``lane`` tells them apart): the pool's gate runs their forward
+    passes one at a time, merged where they match, while their host work overlaps."""
+
+    def __init__(
+        self, settings: Settings, queue: JobQueue, pool: CodecPool, name: str, log: Any, lane: int = 0
+    ) -> None:
+        self.label = name if lane == 0 else f"{name}/{lane}"
+        super().__init__(name=f"dacwatch-worker-{self.label}", daemon=True)
         self.settings = settings
         self.queue = queue
         self.pool = pool
         self.device = name
-        self.log = log.bind(device=name)
+        self.lane = lane
+        self.generation = 0  # the pool's geometry generation when the job in hand started
+        self.log = log.bind(device=name, lane=lane)
         self.draining = threading.Event()  # stop taking jobs
         self.abort = threading.Event()  # stop the job in hand
         self.current: Current | None = None
@@ -106,7 +125,7 @@ class Worker(threading.Thread):
             while not self.draining.is_set():
                 self.heartbeat = time.monotonic()
                 try:
-                    job = self.queue.lease(self.device)
+                    job = self.queue.lease(self.label)
                 except QueueError as exc:
                     self.log.error("queue.unavailable", error=str(exc))
                     self.draining.wait(1.0)
@@ -189,6 +208,7 @@ class Worker(threading.Thread):
         source = s.inbox / job.path
         self.heartbeat = time.monotonic()
         self.current = Current(job.path, self.heartbeat)
+        self.generation = self.pool.generation
         started = time.monotonic()
         try:
             if not self._still_there(job, source):
@@ -336,7 +356,7 @@ class Worker(threading.Thread):
         fields = dict(source=str(source), error=error, attempts=job.attempts, wall_s=round(wall, 3))
         if isinstance(exc, OutOfMemoryError):
             release_frames(exc)  # the failed pass's tensors, before the cache is emptied
-            shrunk = self.pool.shrink()
+            shrunk = self.pool.shrink(self.generation)
             self.log.warning("job.out_of_memory", geometry=shrunk or "smallest", **fields)
             if shrunk:  # a smaller batch or window: again at once, the attempt not counted
                 self._record(self.queue.retry_later, job.id, error, 0.0, False)

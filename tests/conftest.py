@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,7 +17,8 @@ from torch import nn
 from dacwatch.config import Settings
 from dacwatch.model import prepare_model, tiny_model
 
-torch.set_num_threads(2)
+# Two cores: with pytest-xdist's two workers each takes one.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
 @pytest.fixture(scope="session")

@@ -222,3 +222,20 @@ def test_a_mistyped_folder_refuses_to_start_when_asked_to(daemon: Daemon) -> Non
     error = daemon.events("service.startup_failed")[0]["error"]
     assert f"outbox {daemon.outbox} does not exist" in error and "create_folders" in error
     assert not daemon.outbox.exists()
+
+
+def test_short_files_are_not_held_up_by_a_long_one(daemon: Daemon) -> None:
+    """Two files at once on a CPU (codec.jobs_per_device): while one worker of the device
+    converts a long recording, the other takes the short files queued after it."""
+    daemon.start(notify=True).ready()
+    assert daemon.events("model.loaded")[0]["jobs_at_once"] == 2
+    wav(daemon.inbox / "long.wav", seconds=40.0, rate=44100, channels=2)
+    daemon.wait_for(lambda: any("converting long.wav" in m for m in daemon.messages()), what="long.wav running")
+    for i in range(3):
+        wav(daemon.inbox / f"short{i}.wav", seconds=0.5)
+    done = daemon.wait_event("job.done", 4, timeout=180)
+    order = [Path(e["source"]).name for e in done]
+    assert order[-1] == "long.wav", order
+    lanes = {e["lane"] for e in daemon.events("job.done")}
+    assert lanes == {0, 1}, lanes
+    assert daemon.stop() == 0

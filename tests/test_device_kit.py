@@ -40,6 +40,9 @@ def test_device_kit_dry_run_on_cpu(tmp_path: Path) -> None:
     assert exact["frames_differing_from_cpu_float32"] == 0 and exact["frames_chunked_vs_whole_on_device"] == 0
     daemon = json.loads(next(out.glob("daemon-cpu-*.json")).read_text())
     assert daemon["daemon"]["files_done"] == 3 and daemon["daemon"]["finished"]
+    # one file at a time, then the device's default: before and after, in one call
+    assert [r["geometry"]["jobs_at_once"] for r in daemon["daemon_runs"]] == [1, 2]
+    assert all(r["files_done"] == 3 for r in daemon["daemon_runs"])
     assert daemon["codec_only"]["x_realtime"] > 0
 
 

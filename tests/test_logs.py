@@ -14,8 +14,8 @@ from dacwatch.service import Service
 from .conftest import settings_for
 from .daemon import wav
 
-DONE_FIELDS = {"source", "output", "kind", "audio_s", "wall_s", "rtf", "device", "attempts"}
-FAILED_FIELDS = {"source", "error", "attempts", "wall_s", "device", "quarantined"}
+DONE_FIELDS = {"source", "output", "kind", "audio_s", "wall_s", "rtf", "device", "lane", "attempts"}
+FAILED_FIELDS = {"source", "error", "attempts", "wall_s", "device", "lane", "quarantined"}
 
 
 def test_one_canonical_line_per_file_and_no_thread_left_behind(tmp_path: Path, tiny_weights: Path) -> None:
