@@ -335,10 +335,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from .queue import JobQueue
+    from .queue import open_queue
 
     settings = _settings(args)
-    with JobQueue.open_readonly(settings.state_db) as queue:
+    with open_queue(settings.state_db, settings.queue.url, readonly=True)[0] as queue:
         report = queue.report()
     if args.json:
         print(json.dumps(report))
@@ -346,18 +346,22 @@ def _status(args: argparse.Namespace) -> int:
     counts = report["counts"]
     print("queue: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     for job in report["running"]:
-        print(f"running: {job['path']} (attempt {job['attempts']}, since {job['started_at']})")
+        where = f"{job['node']}, {job['worker']}" if job.get("node") else job["worker"]
+        print(
+            f"running: {job['path']} on {where} (attempt {job['attempts']}, since {job['started_at']}, "
+            f"last heartbeat {job['heartbeat_at']})"
+        )
     for job in report["recent_failures"]:
         print(f"failed: {job['path']}: {job['last_error']}")
     return 0
 
 
 def _retry(args: argparse.Namespace) -> int:
-    from .queue import JobQueue
+    from .queue import open_queue
     from .worker import retry
 
     settings = _settings(args)
-    with JobQueue(settings.state_db) as queue:
+    with open_queue(settings.state_db, settings.queue.url)[0] as queue:
         count, moved = retry(settings, queue, None if args.all else _source_key(settings, args.path))
     print(f"re-queued {count} job(s); moved {moved} file(s) back from the failed folder into the inbox")
     return 0 if count else 1

@@ -90,6 +90,30 @@ class WatchConfig(_Section):
     reconcile_interval_s: float = Field(default=60.0, gt=0)
 
 
+class QueueConfig(_Section):
+    # Unset: SQLite under state_dir (one host). postgresql://user@host/db: every daemon
+    # naming the same database shares one queue (many hosts on one inbox).
+    url: str | None = Field(default=None, pattern=r"^(postgresql|postgres)://")
+    # A running job whose node has not beaten for this long is taken over by another.
+    lease_timeout_s: float = Field(default=120.0, gt=0)
+    heartbeat_s: float = Field(default=10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _beats_fit_the_lease(self) -> QueueConfig:
+        if self.heartbeat_s * 3 > self.lease_timeout_s:
+            raise ValueError(
+                f"queue.heartbeat_s ({self.heartbeat_s}) must be at most a third of queue.lease_timeout_s "
+                f"({self.lease_timeout_s}): a lease would expire between two beats"
+            )
+        return self
+
+
+class MetricsConfig(_Section):
+    # host:port of the Prometheus endpoint (/metrics); "" turns it off. Loopback by
+    # default: expose it further only on purpose (README, "Many hosts").
+    listen: str = Field(default="127.0.0.1:9464", pattern=r"^$|^(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]+):\d{1,5}$")
+
+
 class RetryConfig(_Section):
     max_attempts: int = Field(default=5, ge=1)
     backoff_initial_s: float = Field(default=5.0, ge=0)
@@ -127,6 +151,8 @@ class Settings(BaseSettings):
     output: OutputConfig = OutputConfig()
     watch: WatchConfig = WatchConfig()
     retry: RetryConfig = RetryConfig()
+    queue: QueueConfig = QueueConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     @classmethod
     def settings_customise_sources(

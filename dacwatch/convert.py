@@ -85,6 +85,7 @@ class CodecPool:
     # by every worker of the device (codec.jobs_per_device): see dacwatch.gate.
     gate: DeviceGate = field(default_factory=DeviceGate)
     generation: int = 0  # geometry changes so far (shrinks and growths)
+    loads: int = 0  # networks loaded so far (for metrics)
 
     def __post_init__(self) -> None:
         self.device = resolve_device(self.settings.device)
@@ -114,6 +115,7 @@ class CodecPool:
                 )
                 codec.gate = self.gate
                 self._codecs[key] = codec
+                self.loads += 1
             return self._codecs[key]
 
     def record(self, n_codebooks: int | None = None) -> ModelRecord:

@@ -7,6 +7,7 @@ import errno
 import os
 import secrets
 import stat
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,16 +87,24 @@ def atomic_output(
         raise
 
 
-def sweep_temp_files(root: Path) -> list[Path]:
-    """Remove temporary files a killed run left under ``root``; returns what was removed."""
+def sweep_temp_files(root: Path, older_than_s: float = 0.0) -> list[Path]:
+    """Remove temporary files a killed run left under ``root``; returns what was removed.
+
+    On storage other hosts write to as well (a shared queue), a temporary file may be
+    another host's output in the making: only those untouched for ``older_than_s``
+    (the lease timeout: their writer's job has been taken over) are removed.
+    """
     removed: list[Path] = []
     if not root.is_dir():
         return removed
+    now = time.time()
     for dirpath, _dirs, files in os.walk(root):
         for name in files:
             if name.startswith(TEMP_PREFIX):
                 p = Path(dirpath) / name
                 with contextlib.suppress(OSError):
+                    if older_than_s and now - p.stat().st_mtime < older_than_s:
+                        continue
                     p.unlink()
                     removed.append(p)
     return removed

@@ -1,31 +1,45 @@
-"""Durable jobs in SQLite (WAL): an explicit status machine, leases, attempts, recovery at boot.
+"""Durable jobs: an explicit status machine, leases, attempts, recovery at boot.
+
+One protocol, two backends: SQLite (WAL, under ``state_dir``: one host, the
+default) and PostgreSQL (``queue.url``: every daemon naming the database shares
+one queue, :mod:`dacwatch.pgqueue`). The SQL here is written for both.
 
 A job is one version of one source file: its path relative to the inbox plus
-its size, mtime and inode. The same file seen again is the same job (so it is
-converted once, across restarts); a changed file under the same name is a new
-job. Statuses::
+its size, mtime and (on one host) inode. The same file seen again is the same
+job (so it is converted once, across restarts and across hosts); a changed file
+under the same name is a new job. Statuses::
 
     queued --lease--> running --complete--> done
        ^                 |  \\--fail------> failed --retry--> queued
        +---retry_later---+
-       +---requeue (shutdown) / recover (crash at boot)
+       +---requeue (shutdown) / recover (crash at boot) / lease expired (another node)
+
+A lease names its node (host and state_dir) and carries a random token and a
+heartbeat. A running job whose heartbeat is older than ``lease_timeout_s`` is
+taken over by the next lease, on any node; every transition of a running job
+names the token, so a worker that lost its lease changes nothing, and it checks
+that it still holds the lease before renaming its output into place.
 """
 
 from __future__ import annotations
 
 import contextlib
 import enum
+import os
+import secrets
+import socket
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 from .errors import TransientError
 from .fsio import Identity
 
+SCHEMA_VERSION = 2  # 1: no leases; 2: node, lease token, heartbeat
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id INTEGER PRIMARY KEY,
@@ -43,11 +57,18 @@ CREATE TABLE IF NOT EXISTS jobs (
     updated_at REAL NOT NULL,
     started_at REAL,
     finished_at REAL,
+    node TEXT,
+    lease TEXT,
+    heartbeat_at REAL,
     UNIQUE (path, size, mtime_ns, inode)
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, not_before, id);
 CREATE INDEX IF NOT EXISTS jobs_by_path ON jobs (path);
 """
+# Columns added by each version, for databases made by an older one.
+MIGRATIONS = {2: ["ALTER TABLE jobs ADD COLUMN node TEXT", "ALTER TABLE jobs ADD COLUMN lease TEXT",
+                  "ALTER TABLE jobs ADD COLUMN heartbeat_at REAL"]}  # fmt: skip
+LEASE_TIMEOUT_S = 120.0
 
 
 CRASHED = "interrupted by a crash"
@@ -69,9 +90,10 @@ class Job:
     attempts: int
     last_error: str | None
     output: str | None = None  # the output name it holds (claimed, or written)
+    lease: str | None = None  # the token of the lease this copy was taken under
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> Job:
+    def from_row(cls, row: Any) -> Job:
         return cls(
             id=row["id"],
             path=row["path"],
@@ -80,6 +102,7 @@ class Job:
             attempts=row["attempts"],
             last_error=row["last_error"],
             output=row["output"],
+            lease=row["lease"],
         )
 
 
@@ -87,216 +110,244 @@ class QueueError(TransientError):
     """The queue database is locked or unusable right now."""
 
 
-class JobQueue:
-    """Thread-safe access to the job table (one connection behind a lock)."""
+class Cursor(Protocol):
+    rowcount: int
 
-    def __init__(self, path: Path, readonly: bool = False) -> None:
-        self.path = path
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+class Db(Protocol):
+    """A connection inside a transaction, speaking ``?`` placeholders and giving rows by name."""
+
+    def execute(self, sql: str, params: Any = ..., /) -> Cursor: ...
+
+
+def default_node(state_dir: Path | None = None) -> str:
+    """This daemon's name in a shared queue: the host, and its state_dir (several daemons
+    on one host each have their own)."""
+    where = str(state_dir.absolute()) if state_dir is not None else f"pid{os.getpid()}"
+    return f"{socket.gethostname()}:{where}"
+
+
+class BaseQueue:
+    """The queue's protocol, in SQL both backends speak. A backend supplies connections
+    (:meth:`_tx`, :meth:`_read`) and says whether the queue is shared by many hosts."""
+
+    shared = False  # many hosts: file versions leave out the inode (not stable across NFS clients)
+    lock_due_rows = ""  # PostgreSQL: " FOR UPDATE SKIP LOCKED" (concurrent leases skip each other's rows)
+    where = "queue"  # what it is, for messages
+
+    def __init__(self, node: str | None = None, lease_timeout_s: float = LEASE_TIMEOUT_S) -> None:
+        self.node = node or default_node()
+        self.lease_timeout_s = lease_timeout_s
         self._lock = threading.RLock()
-        try:
-            if readonly:
-                uri = f"file:{path}?mode=ro"
-                self._db = sqlite3.connect(uri, uri=True, timeout=5.0, check_same_thread=False)
-            else:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                self._db = sqlite3.connect(str(path), timeout=5.0, check_same_thread=False, isolation_level=None)
-            self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA busy_timeout = 5000")
-            if not readonly:
-                self._db.execute("PRAGMA journal_mode = WAL")
-                self._db.execute("PRAGMA synchronous = FULL")
-                self._db.executescript(SCHEMA)
-            integrity = self._db.execute("PRAGMA quick_check").fetchone()[0]
-        except sqlite3.OperationalError as exc:
-            raise QueueError(f"queue database {path} cannot be opened: {exc}") from exc
-        if integrity != "ok":
-            self._db.close()
-            raise sqlite3.DatabaseError(f"integrity check failed: {integrity}")
+        self.takeovers = 0  # leases this queue object took over from a silent node
 
-    @classmethod
-    def open_readonly(cls, path: Path) -> JobQueue:
-        if not path.exists():
-            raise QueueError(f"no queue database at {path} (has the daemon run with this state_dir?)")
-        return cls(path, readonly=True)
+    # ------------------------------------------------------------------ backend
 
-    @classmethod
-    def open_or_rebuild(cls, path: Path) -> tuple[JobQueue, Path | None]:
-        """Open the queue; a corrupted database is moved aside (returned) and a new one made.
+    def _tx(self) -> contextlib.AbstractContextManager[Db]:
+        raise NotImplementedError
 
-        The reconcile scan then finds every file still in the inbox again.
-        """
-        try:
-            return cls(path), None
-        except sqlite3.DatabaseError:
-            aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
-            for suffix in ("", "-wal", "-shm"):
-                src = Path(str(path) + suffix)
-                if src.exists():
-                    src.rename(Path(str(aside) + suffix))
-            return cls(path), aside
+    def _read(self) -> contextlib.AbstractContextManager[Db]:
+        raise NotImplementedError
+
+    def _now(self, db: Db) -> float:
+        """The time leases are reckoned in: this host's clock for SQLite (one host); the
+        database server's for PostgreSQL, so that hosts' clocks need not agree."""
+        return time.time()
+
+    def _serialize(self, db: Db) -> None:
+        """Make the rest of this transaction exclusive among writers (SQLite's BEGIN
+        IMMEDIATE already is)."""
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        raise NotImplementedError
 
-    def __enter__(self) -> JobQueue:
+    def __enter__(self) -> BaseQueue:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                raise QueueError(f"queue database {self.path} is locked: {exc}") from exc
-            try:
-                yield self._db
-                self._db.execute("COMMIT")
-            except BaseException as exc:
-                with contextlib.suppress(sqlite3.Error):
-                    self._db.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.OperationalError):  # locked, disk I/O: a fault of the moment
-                    raise QueueError(f"queue database {self.path}: {exc}") from exc
-                raise
+    def version(self, ident: Identity) -> Identity:
+        """What this queue stores and compares of a file's identity."""
+        return replace(ident, inode=0) if self.shared else ident
 
     # ------------------------------------------------------------------ transitions
 
     def submit(self, path: str, ident: Identity) -> bool:
-        """Queue this version of ``path``; False if it is already known. Older queued
-        versions of the same path are dropped: only the newest content is converted."""
+        """Queue this version of ``path``; False if it is already known (to any node). Older
+        queued versions of the same path are dropped: only the newest content is converted."""
+        ident = self.version(ident)
         now = time.time()
+        key = (path, ident.size, ident.mtime_ns, ident.inode)
         with self._tx() as db:
             known = db.execute(
-                "SELECT 1 FROM jobs WHERE path = ? AND size = ? AND mtime_ns = ? AND inode = ?",
-                (path, ident.size, ident.mtime_ns, ident.inode),
+                "SELECT 1 FROM jobs WHERE path = ? AND size = ? AND mtime_ns = ? AND inode = ?", key
             ).fetchone()
             if known:
                 return False
-            db.execute("DELETE FROM jobs WHERE path = ? AND status = 'queued'", (path,))
             db.execute(
-                "INSERT INTO jobs (path, size, mtime_ns, inode, status, not_before, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)",
-                (path, ident.size, ident.mtime_ns, ident.inode, now, now, now),
+                "DELETE FROM jobs WHERE path = ? AND status = 'queued' AND NOT (size = ? AND mtime_ns = ? AND inode = ?)",
+                key,
             )
-            return True
+            cur = db.execute(
+                "INSERT INTO jobs (path, size, mtime_ns, inode, status, not_before, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, 'queued', ?, ?, ?) ON CONFLICT DO NOTHING",
+                (*key, now, now, now),
+            )
+            return cur.rowcount == 1
 
     def lease(self, worker: str) -> Job | None:
-        """Take the oldest due queued job and mark it running (attempts + 1)."""
-        now = time.time()
+        """Take the oldest due job and mark it running (attempts + 1) under a new lease: a
+        queued one, or a running one whose node stopped beating (taken over, as after a
+        crash: its last error says so)."""
         with self._tx() as db:
+            now = self._now(db)
             # Due jobs in the order they became due (not_before: when it was queued, or
             # when a retry is due): a job sent back waits behind the jobs queued before
             # that moment and goes ahead of those queued after it, so neither starves.
             row = db.execute(
-                "SELECT id FROM jobs WHERE status = 'queued' AND not_before <= ? ORDER BY not_before, id LIMIT 1",
-                (now,),
+                "SELECT id, status, node FROM jobs WHERE (status = 'queued' AND not_before <= ?) "
+                "OR (status = 'running' AND heartbeat_at < ?) ORDER BY not_before, id LIMIT 1" + self.lock_due_rows,
+                (now, now - self.lease_timeout_s),
             ).fetchone()
             if row is None:
                 return None
+            token = f"{self.node}/{worker}/{secrets.token_hex(8)}"
+            taken_over = row["status"] == Status.RUNNING
             db.execute(
-                "UPDATE jobs SET status = 'running', attempts = attempts + 1, worker = ?, started_at = ?, "
-                "updated_at = ? WHERE id = ?",
-                (worker, now, now, row["id"]),
+                "UPDATE jobs SET status = 'running', attempts = attempts + 1, worker = ?, node = ?, lease = ?, "
+                "heartbeat_at = ?, started_at = ?, updated_at = ?, "
+                "last_error = CASE WHEN status = 'running' THEN ? ELSE last_error END WHERE id = ?",
+                (worker, self.node, token, now, now, now, CRASHED, row["id"]),
             )
-            return Job.from_row(db.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone())
+            job = Job.from_row(db.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone())
+        if taken_over:
+            self.takeovers += 1
+        return job
 
-    def _finish(self, job_id: int, status: Status, error: str | None = None, output: str | None = None) -> None:
-        now = time.time()
+    def beat(self, leases: list[str]) -> None:
+        """The running jobs of these leases are alive (the service calls this every few seconds)."""
+        if not leases:
+            return
+        marks = ", ".join("?" * len(leases))
         with self._tx() as db:
             db.execute(
-                "UPDATE jobs SET status = ?, last_error = ?, output = COALESCE(?, output), finished_at = ?, "
-                "updated_at = ?, worker = NULL WHERE id = ?",
-                (status.value, error, output, now, now, job_id),
+                f"UPDATE jobs SET heartbeat_at = ? WHERE status = 'running' AND lease IN ({marks})",
+                (self._now(db), *leases),
             )
 
-    def complete(self, job_id: int, output: str) -> None:
-        self._finish(job_id, Status.DONE, output=output)
+    def holds(self, job_id: int, lease: str | None) -> bool:
+        """Whether ``lease`` is still the running lease of the job (not taken over)."""
+        with self._read() as db:
+            row = db.execute("SELECT lease, status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return row is not None and row["status"] == Status.RUNNING and (lease is None or row["lease"] == lease)
 
-    def fail(self, job_id: int, error: str) -> None:
-        self._finish(job_id, Status.FAILED, error=error)
+    @staticmethod
+    def _mine(lease: str | None) -> tuple[str, tuple[Any, ...]]:
+        """The condition that a transition of a running job is made under its lease."""
+        return ("", ()) if lease is None else (" AND lease = ?", (lease,))
 
-    def retry_later(self, job_id: int, error: str, delay_s: float, counted: bool = True) -> None:
+    def _finish(
+        self, job_id: int, status: Status, error: str | None = None, output: str | None = None, lease: str | None = None
+    ) -> bool:
+        now = time.time()
+        cond, args = self._mine(lease)
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE jobs SET status = ?, last_error = ?, output = COALESCE(?, output), finished_at = ?, "
+                "updated_at = ?, worker = NULL WHERE id = ?" + cond,
+                (status.value, error, output, now, now, job_id, *args),
+            )
+            return cur.rowcount == 1
+
+    def complete(self, job_id: int, output: str, lease: str | None = None) -> bool:
+        """Done. False if ``lease`` no longer holds the job (nothing changed)."""
+        return self._finish(job_id, Status.DONE, output=output, lease=lease)
+
+    def fail(self, job_id: int, error: str, lease: str | None = None) -> bool:
+        return self._finish(job_id, Status.FAILED, error=error, lease=lease)
+
+    def retry_later(
+        self, job_id: int, error: str, delay_s: float, counted: bool = True, lease: str | None = None
+    ) -> bool:
         """Back to the queue, due in ``delay_s``, behind the jobs already due. An attempt
         that is not ``counted`` (retrying out of memory with a smaller batch) is given back."""
         now = time.time()
+        cond, args = self._mine(lease)
         with self._tx() as db:
-            db.execute(
+            cur = db.execute(
                 "UPDATE jobs SET status = 'queued', last_error = ?, not_before = ?, updated_at = ?, worker = NULL, "
-                "output = NULL, attempts = attempts - ? WHERE id = ?",
-                (error, now + delay_s, now, 0 if counted else 1, job_id),
+                "output = NULL, attempts = attempts - ? WHERE id = ?" + cond,
+                (error, now + delay_s, now, 0 if counted else 1, job_id, *args),
             )
+            return cur.rowcount == 1
 
-    def reserve_output(self, job_id: int, path: str, candidates: list[str]) -> str:
+    def reserve_output(self, job_id: int, path: str, candidates: list[str], lease: str | None = None) -> str:
         """Claim an output name for a running job: the first of ``candidates`` that no other
         source's job holds (done, running, or queued again after a crash with its output
-        perhaps already in place); '' if all are held. In one transaction, so two workers
-        (or two hosts on one database) never claim the same name."""
+        perhaps already in place); '' if all are held. In one exclusive transaction, so two
+        workers (or two hosts on one database) never claim the same name."""
+        cond, args = self._mine(lease)
         with self._tx() as db:
+            self._serialize(db)
             for name in candidates:
                 taken = db.execute(
                     "SELECT 1 FROM jobs WHERE output = ? AND path != ? AND status != 'failed' LIMIT 1",
                     (name, path),
                 ).fetchone()
                 if not taken:
-                    db.execute("UPDATE jobs SET output = ? WHERE id = ?", (name, job_id))
-                    return name
+                    cur = db.execute("UPDATE jobs SET output = ? WHERE id = ?" + cond, (name, job_id, *args))
+                    return name if cur.rowcount == 1 else ""
         return ""
 
-    def requeue(self, job_id: int) -> None:
+    def requeue(self, job_id: int, lease: str | None = None) -> bool:
         """Give a job back unfinished (shutdown): the interrupted attempt does not count."""
         now = time.time()
+        cond, args = self._mine(lease)
         with self._tx() as db:
-            db.execute(
-                "UPDATE jobs SET status = 'queued', attempts = MAX(0, attempts - 1), updated_at = ?, worker = NULL, "
-                "output = NULL WHERE id = ? AND status = 'running'",
-                (now, job_id),
+            cur = db.execute(
+                "UPDATE jobs SET status = 'queued', attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, "
+                "updated_at = ?, worker = NULL, output = NULL WHERE id = ? AND status = 'running'" + cond,
+                (now, job_id, *args),
             )
+            return cur.rowcount == 1
 
-    def drop(self, job_id: int) -> None:
+    def drop(self, job_id: int, lease: str | None = None) -> bool:
         """Forget a job whose source vanished or changed (a newer version is its own job)."""
+        cond, args = self._mine(lease)
         with self._tx() as db:
-            db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            return db.execute("DELETE FROM jobs WHERE id = ?" + cond, (job_id, *args)).rowcount == 1
 
     def recover(self) -> int:
-        """At boot: jobs left running by a crash go back to the queue (their attempt counts)."""
+        """At boot: this node's jobs left running by a crash go back to the queue (their
+        attempt counts). Other nodes' running jobs are theirs until their leases expire."""
         now = time.time()
+        mine = " AND (node = ? OR node IS NULL)" if self.shared else ""
         with self._tx() as db:
             cur = db.execute(
                 "UPDATE jobs SET status = 'queued', worker = NULL, updated_at = ?, "
-                "last_error = ? WHERE status = 'running'",
-                (now, CRASHED),
+                "last_error = ? WHERE status = 'running'" + mine,
+                (now, CRASHED, *((self.node,) if self.shared else ())),
             )
             return cur.rowcount
 
     def retry_failed(self, path: str | None = None) -> int:
         """Failed jobs back to queued with fresh attempts (all, or those of one path)."""
         now = time.time()
+        which, args = ("", ()) if path is None else (" AND path = ?", (path,))
         with self._tx() as db:
-            if path is None:
-                cur = db.execute(
-                    "UPDATE jobs SET status = 'queued', attempts = 0, not_before = 0, updated_at = ? WHERE status = 'failed'",
-                    (now,),
-                )
-            else:
-                cur = db.execute(
-                    "UPDATE jobs SET status = 'queued', attempts = 0, not_before = 0, updated_at = ? "
-                    "WHERE status = 'failed' AND path = ?",
-                    (now, path),
-                )
+            cur = db.execute(
+                "UPDATE jobs SET status = 'queued', attempts = 0, not_before = 0, updated_at = ? "
+                "WHERE status = 'failed'" + which,
+                (now, *args),
+            )
             return cur.rowcount
 
     # ------------------------------------------------------------------ reading
-
-    @contextlib.contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                yield self._db
-            except sqlite3.OperationalError as exc:
-                raise QueueError(f"queue database {self.path} cannot be read: {exc}") from exc
 
     def get(self, job_id: int) -> Job | None:
         with self._read() as db:
@@ -315,13 +366,14 @@ class JobQueue:
         with self._read() as db:
             rows = db.execute("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status").fetchall()
         out = {s.value: 0 for s in Status}
-        out.update({r["status"]: r["n"] for r in rows})
+        out.update({r["status"]: int(r["n"]) for r in rows})
         return out
 
     def report(self, failures: int = 10) -> dict[str, Any]:
         with self._read() as db:
             running = db.execute(
-                "SELECT path, attempts, worker, started_at FROM jobs WHERE status = 'running' ORDER BY id"
+                "SELECT path, attempts, worker, node, started_at, heartbeat_at FROM jobs WHERE status = 'running' "
+                "ORDER BY id"
             ).fetchall()
             failed = db.execute(
                 "SELECT path, attempts, last_error, finished_at FROM jobs WHERE status = 'failed' "
@@ -330,12 +382,133 @@ class JobQueue:
             ).fetchall()
         return {
             "counts": self.counts(),
-            "running": [dict(r) | {"started_at": _iso(r["started_at"])} for r in running],
+            "running": [
+                dict(r) | {"started_at": _iso(r["started_at"]), "heartbeat_at": _iso(r["heartbeat_at"])}
+                for r in running
+            ],
             "recent_failures": [dict(r) | {"finished_at": _iso(r["finished_at"])} for r in failed],
         }
+
+
+class JobQueue(BaseQueue):
+    """The SQLite queue under ``state_dir``: one connection behind a lock, thread-safe."""
+
+    def __init__(
+        self,
+        path: Path,
+        readonly: bool = False,
+        node: str | None = None,
+        lease_timeout_s: float = LEASE_TIMEOUT_S,
+    ) -> None:
+        super().__init__(node, lease_timeout_s)
+        self.path = path
+        self.where = f"queue database {path}"
+        try:
+            if readonly:
+                uri = f"file:{path}?mode=ro"
+                self._db = sqlite3.connect(uri, uri=True, timeout=5.0, check_same_thread=False)
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(str(path), timeout=5.0, check_same_thread=False, isolation_level=None)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA busy_timeout = 5000")
+            if not readonly:
+                self._db.execute("PRAGMA journal_mode = WAL")
+                self._db.execute("PRAGMA synchronous = FULL")
+                self._migrate()
+            integrity = self._db.execute("PRAGMA quick_check").fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            raise QueueError(f"queue database {path} cannot be opened: {exc}") from exc
+        if integrity != "ok":
+            self._db.close()
+            raise sqlite3.DatabaseError(f"integrity check failed: {integrity}")
+
+    def _migrate(self) -> None:
+        """Create the table, or bring one made by an older version up to this one."""
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        exists = self._db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'jobs'").fetchone()
+        if exists and version < SCHEMA_VERSION:
+            columns = {r["name"] for r in self._db.execute("PRAGMA table_info(jobs)").fetchall()}
+            for v in range(max(version, 1) + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS.get(v, []):
+                    if statement.split()[5] not in columns:  # ALTER TABLE jobs ADD COLUMN <name> ...
+                        self._db.execute(statement)
+        self._db.executescript(SCHEMA)
+        self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @classmethod
+    def open_readonly(cls, path: Path) -> JobQueue:
+        if not path.exists():
+            raise QueueError(f"no queue database at {path} (has the daemon run with this state_dir?)")
+        return cls(path, readonly=True)
+
+    @classmethod
+    def open_or_rebuild(
+        cls, path: Path, node: str | None = None, lease_timeout_s: float = LEASE_TIMEOUT_S
+    ) -> tuple[JobQueue, Path | None]:
+        """Open the queue; a corrupted database is moved aside (returned) and a new one made.
+
+        The reconcile scan then finds every file still in the inbox again.
+        """
+        try:
+            return cls(path, node=node, lease_timeout_s=lease_timeout_s), None
+        except sqlite3.DatabaseError:
+            aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+            for suffix in ("", "-wal", "-shm"):
+                src = Path(str(path) + suffix)
+                if src.exists():
+                    src.rename(Path(str(aside) + suffix))
+            return cls(path, node=node, lease_timeout_s=lease_timeout_s), aside
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> JobQueue:
+        return self
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[Db]:
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise QueueError(f"queue database {self.path} is locked: {exc}") from exc
+            try:
+                yield cast(Db, self._db)
+                self._db.execute("COMMIT")
+            except BaseException as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.OperationalError):  # locked, disk I/O: a fault of the moment
+                    raise QueueError(f"queue database {self.path}: {exc}") from exc
+                raise
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[Db]:
+        with self._lock:
+            try:
+                yield cast(Db, self._db)
+            except sqlite3.OperationalError as exc:
+                raise QueueError(f"queue database {self.path} cannot be read: {exc}") from exc
 
 
 def _iso(ts: float | None) -> str | None:
     if ts is None:
         return None
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def open_queue(
+    state_db: Path, url: str | None = None, lease_timeout_s: float = LEASE_TIMEOUT_S, readonly: bool = False
+) -> tuple[BaseQueue, Path | None]:
+    """The daemon's queue: PostgreSQL when ``url`` is set, else SQLite at ``state_db`` (a
+    corrupted one moved aside and returned, or opened read-only for ``status``)."""
+    node = default_node(state_db.parent)
+    if url:
+        from .pgqueue import PostgresQueue
+
+        return PostgresQueue(url, node, lease_timeout_s), None
+    if readonly:
+        return JobQueue.open_readonly(state_db), None
+    return JobQueue.open_or_rebuild(state_db, node, lease_timeout_s)

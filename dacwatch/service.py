@@ -23,7 +23,8 @@ from . import __version__, logs
 from .config import Settings
 from .errors import ConfigError, DacwatchError
 from .fsio import sweep_temp_files
-from .queue import JobQueue
+from .metrics import Metrics
+from .queue import BaseQueue, QueueError, open_queue
 from .watcher import IgnoreRules, Watcher
 from .worker import Worker, check_against_model, jobs_per_device, make_pool
 
@@ -89,9 +90,10 @@ class Service:
         self.log = logs.get("dacwatch.service")
         self.stopping = threading.Event()
         self.forced = threading.Event()
-        self.queue: JobQueue | None = None
+        self.queue: BaseQueue | None = None
         self.watcher: Watcher | None = None
         self.workers: list[Worker] = []
+        self.metrics = Metrics()
         self.failed = False  # every worker stopped: exit 1 so the supervisor restarts us
 
     # signal handlers: flags only
@@ -103,10 +105,13 @@ class Service:
     def startup(self) -> None:
         s = self.settings
         self._folders()
+        self.queue, aside = open_queue(s.state_db, s.queue.url, s.queue.lease_timeout_s)
+        self.log.info("queue.opened", queue=self.queue.where, node=self.queue.node, shared=self.queue.shared)
+        # Other hosts may be writing into shared folders: only their dead writers' files go.
+        older_than = s.queue.lease_timeout_s if self.queue.shared else 0.0
         for folder in (s.outbox, s.failed, s.done):
-            for leftover in sweep_temp_files(folder):
+            for leftover in sweep_temp_files(folder, older_than):
                 self.log.info("startup.removed_temp_file", path=str(leftover))
-        self.queue, aside = JobQueue.open_or_rebuild(s.state_db)
         if aside is not None:
             self.log.error("queue.corrupt_rebuilt", moved_to=str(aside), db=str(s.state_db))
         recovered = self.queue.recover()
@@ -129,7 +134,8 @@ class Service:
             )
             lanes = jobs_per_device(s, device)
             for lane in range(lanes):
-                self.workers.append(Worker(s, self.queue, pool, device, logs.get("dacwatch.worker"), lane))
+                worker = Worker(s, self.queue, pool, device, logs.get("dacwatch.worker"), lane, self.metrics)
+                self.workers.append(worker)
         inside = tuple(
             p.absolute() for p in (s.outbox, s.done, s.failed) if p.absolute().is_relative_to(s.inbox.absolute())
         )
@@ -144,6 +150,12 @@ class Service:
             logs.get("dacwatch.watcher"),
             s.watch.writer_check,
         )
+        if s.metrics.listen:
+            try:
+                served = self.metrics.serve(s.metrics.listen)
+                self.log.info("metrics.serving", url=f"http://{served}/metrics")
+            except (OSError, ValueError) as exc:  # a port taken, an address not ours: convert anyway
+                self.log.error("metrics.unavailable", listen=s.metrics.listen, error=str(exc))
         for worker in self.workers:
             worker.start()
         self.watcher.start()
@@ -191,12 +203,38 @@ class Service:
                 found.append(f"worker {w.label} looks hung: {stall}")
         return found
 
+    def beat(self) -> None:
+        """Tell the queue that this node's running jobs are alive (their leases would
+        otherwise expire and another node take them over)."""
+        assert self.queue is not None
+        leases = [w.lease for w in self.workers if w.lease is not None]
+        try:
+            self.queue.beat(leases)
+        except QueueError as exc:
+            self.log.error("queue.unavailable", error=str(exc), retrying=True)
+
+    def measure(self, counts: dict[str, int]) -> None:
+        """Set the metrics that are read from elsewhere (once a second, from the loop)."""
+        m = self.metrics
+        for status, n in counts.items():
+            m.queue.labels(status).set(n)
+        m.running.set(sum(1 for w in self.workers if w.current is not None))
+        if self.queue is not None:
+            m.total(m.takeovers, "takeovers", self.queue.takeovers)
+        pools = {id(w.pool): w.pool for w in self.workers}.values()
+        for pool in pools:
+            m.total(m.model_loads, f"loads-{pool.device}", pool.loads, str(pool.device))
+            if pool.device.type == "cuda":
+                import torch
+
+                m.device_memory.labels(str(pool.device)).set(torch.cuda.memory_allocated(pool.device))
+
     def healthy(self) -> bool:
         return not self.problems()
 
-    def status_line(self) -> str:
+    def status_line(self, counts: dict[str, int] | None = None) -> str:
         assert self.queue is not None
-        counts = self.queue.counts()
+        counts = self.queue.counts() if counts is None else counts
         current = [w.current.path for w in self.workers if w.current is not None]
         line = (
             f"queued {counts['queued']}, running {counts['running']}, done {counts['done']}, failed {counts['failed']}"
@@ -206,7 +244,7 @@ class Service:
     def loop(self) -> None:
         period = watchdog_interval()
         last_status = ""
-        next_ping = 0.0
+        next_ping = next_beat = 0.0
         reported: list[str] = []
         while not self.stopping.is_set():
             now = time.monotonic()
@@ -214,6 +252,9 @@ class Service:
             if period is not None and not problems and now >= next_ping:
                 self.notify("WATCHDOG=1")
                 next_ping = now + period
+            if now >= next_beat:
+                self.beat()
+                next_beat = now + self.settings.queue.heartbeat_s
             if problems != reported:  # once per change, not once a second
                 if problems:
                     self.log.error("service.unhealthy", problems=problems)
@@ -223,7 +264,9 @@ class Service:
                 self.failed = True
                 return
             try:
-                line = self.status_line()
+                counts = self.queue.counts() if self.queue is not None else {}
+                self.measure(counts)
+                line = self.status_line(counts)
             except DacwatchError as exc:
                 line = f"queue unavailable: {exc}"
             if line != last_status:
@@ -249,6 +292,7 @@ class Service:
             self.watcher.join(timeout=10)
         if self.queue is not None:
             self.queue.close()
+        self.metrics.close()
         self.log.info("service.stopped")
 
 

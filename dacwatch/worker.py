@@ -36,8 +36,9 @@ from .errors import (
     TransientError,
 )
 from .fsio import TEMP_PREFIX, Identity, atomic_output, ensure_dir, identity, mirror, within
+from .metrics import Metrics
 from .model import ModelSpec
-from .queue import CRASHED, Job, JobQueue, QueueError
+from .queue import CRASHED, BaseQueue, Job, QueueError
 
 T = TypeVar("T")
 UNEXPECTED_IN_A_ROW = 3  # unexpected failures in a row after which a worker stops taking work
@@ -47,6 +48,10 @@ JOBS_PER_GPU = 4  # on a GPU: enough host work in flight to keep the device fed
 
 class WorkerStopped(Exception):
     """A worker stopped taking work after unexpected failures in a row."""
+
+
+class LeaseLost(Exception):
+    """Another node took the job over (this one was silent past the lease timeout)."""
 
 
 class Cancelled(Exception):
@@ -102,7 +107,14 @@ class Worker(threading.Thread):
     passes one at a time, merged where they match, while their host work overlaps."""
 
     def __init__(
-        self, settings: Settings, queue: JobQueue, pool: CodecPool, name: str, log: Any, lane: int = 0
+        self,
+        settings: Settings,
+        queue: BaseQueue,
+        pool: CodecPool,
+        name: str,
+        log: Any,
+        lane: int = 0,
+        metrics: Metrics | None = None,
     ) -> None:
         self.label = name if lane == 0 else f"{name}/{lane}"
         super().__init__(name=f"dacwatch-worker-{self.label}", daemon=True)
@@ -112,6 +124,8 @@ class Worker(threading.Thread):
         self.device = name
         self.lane = lane
         self.generation = 0  # the pool's geometry generation when the job in hand started
+        self.lease: str | None = None  # the lease of the job in hand (the service beats it)
+        self.metrics = metrics
         self.log = log.bind(device=name, lane=lane)
         self.draining = threading.Event()  # stop taking jobs
         self.abort = threading.Event()  # stop the job in hand
@@ -148,15 +162,19 @@ class Worker(threading.Thread):
             self.error = exc
             self.log.exception("worker.crashed")
 
-    def _record(self, action: Callable[..., None], *args: Any) -> None:
-        """Write a job's outcome, waiting out a locked database: the outcome must not be lost."""
-        self._queue_call(action, *args)
+    def _record(self, action: Callable[..., bool], *args: Any) -> None:
+        """Write a job's outcome under its lease, waiting out a locked or unreachable
+        database: the outcome must not be lost. If the lease was taken over meanwhile (this
+        node was silent past ``queue.lease_timeout_s``), nothing is written: the job is
+        another node's now."""
+        if not self._queue_call(action, *args, lease=self.lease):
+            self.log.warning("job.lease_lost", job=args[0] if args else None, action=action.__name__)
 
-    def _queue_call(self, action: Callable[..., T], *args: Any) -> T:
+    def _queue_call(self, action: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``action(*args)``, retried while the database is locked or unreachable."""
         while True:
             try:
-                return action(*args)
+                return action(*args, **kwargs)
             except QueueError as exc:
                 self.heartbeat = time.monotonic()
                 self.log.error("queue.unavailable", error=str(exc), retrying=True)
@@ -208,6 +226,7 @@ class Worker(threading.Thread):
         source = s.inbox / job.path
         self.heartbeat = time.monotonic()
         self.current = Current(job.path, self.heartbeat)
+        self.lease = job.lease
         self.generation = self.pool.generation
         started = time.monotonic()
         try:
@@ -234,6 +253,7 @@ class Worker(threading.Thread):
             if grown:
                 self.log.info("codec.grown", geometry=grown)
             wall = time.monotonic() - started
+            self._count(source, "done", result.audio_s, wall)
             self.log.info(
                 "job.done",
                 source=str(source),
@@ -247,6 +267,10 @@ class Worker(threading.Thread):
         except Cancelled:
             self._record(self.queue.requeue, job.id)
             self.log.info("job.requeued", source=str(source), reason="shutdown")
+        except LeaseLost as exc:
+            # Another node holds the job now: the output was not renamed into place, the
+            # source is untouched, and the queue is the other node's to update.
+            self.log.warning("job.lease_lost", source=str(source), reason=str(exc))
         except SourceChanged as exc:
             # The watcher submits the new version (its writes bring events, and the
             # reconcile scan finds it in any case) as a job of its own.
@@ -258,11 +282,17 @@ class Worker(threading.Thread):
             self._settle(job, source, exc, time.monotonic() - started)
         finally:
             self.current = None
+            self.lease = None
+
+    def _count(self, source: Path, outcome: str, audio_s: float = 0.0, wall_s: float = 0.0) -> None:
+        if self.metrics is not None:
+            kind = "decode" if source.suffix.lower() == ".dac" else "encode"
+            self.metrics.finished(kind, outcome, audio_s, wall_s)
 
     def _still_there(self, job: Job, source: Path) -> bool:
         """The job's exact file is still in the inbox; otherwise forget the job."""
         try:
-            now = identity(source)
+            now = self.queue.version(identity(source))
         except FileNotFoundError:
             output = Path(job.output) if job.output else self._output_of(source)
             if job.last_error == CRASHED and output.exists():
@@ -284,15 +314,19 @@ class Worker(threading.Thread):
             return False
         return True
 
-    @staticmethod
-    def _unchanged(source: Path, job: Job) -> None:
-        """Raise :class:`SourceChanged` unless ``source`` is still the version the job names."""
+    def _unchanged(self, source: Path, job: Job) -> None:
+        """Raise :class:`SourceChanged` unless ``source`` is still the version the job names,
+        and :class:`LeaseLost` unless this worker still holds the job (a shared queue may
+        have given it to another node): checked before the output's rename and before the
+        source is moved."""
         try:
-            now = identity(source)
+            now = self.queue.version(identity(source))
         except FileNotFoundError:
             raise SourceChanged(f"{source} vanished while it was converted") from None
         if now != job.identity:
             raise SourceChanged(f"{source} changed while it was converted (size {job.identity.size} -> {now.size})")
+        if not self._queue_call(self.queue.holds, job.id, job.lease):
+            raise LeaseLost(f"the lease on {source} expired and another node took the job over")
 
     def _reserve(self, source: Path, job: Job) -> Path:
         """The output name this job may write, claimed in the queue (README, "Output names"):
@@ -302,7 +336,11 @@ class Worker(threading.Thread):
         qualified = first.with_name(f"{source.name}{first.suffix}")
         numbered = [qualified.with_name(f"{source.name}.{i}{first.suffix}") for i in range(1, 100)]
         claimed = self._queue_call(
-            self.queue.reserve_output, job.id, job.path, [str(first), str(qualified), *map(str, numbered)]
+            self.queue.reserve_output,
+            job.id,
+            job.path,
+            [str(first), str(qualified), *map(str, numbered)],
+            lease=job.lease,
         )
         if not claimed:
             raise TransientError(f"no free output name for {source}: {first} and 100 others belong to other sources")
@@ -356,6 +394,8 @@ class Worker(threading.Thread):
         fields = dict(source=str(source), error=error, attempts=job.attempts, wall_s=round(wall, 3))
         if isinstance(exc, OutOfMemoryError):
             release_frames(exc)  # the failed pass's tensors, before the cache is emptied
+            if self.metrics is not None:
+                self.metrics.out_of_memory.labels(self.device).inc()
             shrunk = self.pool.shrink(self.generation)
             self.log.warning("job.out_of_memory", geometry=shrunk or "smallest", **fields)
             if shrunk:  # a smaller batch or window: again at once, the attempt not counted
@@ -369,6 +409,7 @@ class Worker(threading.Thread):
         if isinstance(exc, ModelMismatchError):  # the host's weights, not the file: retrying cannot help
             self.unexpected_in_a_row = 0
             self._record(self.queue.fail, job.id, f"gave up: {error}")
+            self._count(source, "gave_up")
             self.log.error("job.gave_up", kept=str(source), transient=False, **fields)
             return
         transient = isinstance(exc, (TransientError, ModelUnavailableError))
@@ -379,6 +420,7 @@ class Worker(threading.Thread):
             self.log.error("job.unexpected_error", exc_info=exc, in_a_row=self.unexpected_in_a_row, **fields)
         if job.attempts >= s.retry.max_attempts:
             self._record(self.queue.fail, job.id, f"gave up after {job.attempts} attempts: {error}")
+            self._count(source, "gave_up")
             self.log.error("job.gave_up", kept=str(source), transient=transient, **fields)
             return
         delay = s.retry.delay(job.attempts)
@@ -394,6 +436,7 @@ class Worker(threading.Thread):
             self.log.error("job.quarantine_failed", **fields)
             return
         self._record(self.queue.fail, job.id, error)
+        self._count(source, "failed")
         self.log.error("job.failed", quarantined=str(note), **fields)
 
     # ------------------------------------------------------------------ moving sources
@@ -411,7 +454,7 @@ class Worker(threading.Thread):
                 os.rename(source, aside)
             except FileNotFoundError:
                 return
-            if identity(aside) != job_identity:
+            if self.queue.version(identity(aside)) != job_identity:
                 os.rename(aside, source)
                 raise SourceChanged(f"{source} changed as it was to be deleted")
             aside.unlink()
@@ -484,7 +527,7 @@ def move_within(source: Path, target: Path) -> None:
         shutil.move(str(source), str(target))
 
 
-def retry(settings: Settings, queue: JobQueue, path: str | None) -> tuple[int, int]:
+def retry(settings: Settings, queue: BaseQueue, path: str | None) -> tuple[int, int]:
     """Re-queue failed jobs and move their sources back from the failed folder.
 
     Returns (jobs re-queued, files moved back).

@@ -90,6 +90,26 @@ def settings_for(root: Path, weights: Path, **overrides: Any) -> Settings:
         codec={"devices": ["cpu"]},
         retry={"backoff_initial_s": 0.05, "backoff_max_s": 0.2, "max_attempts": 3},
         watch={"settle_seconds": 0.3},
+        metrics={"listen": ""},
     )
     base.update(overrides)
     return Settings(**base)
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One real PostgreSQL server per test process (see tests/pg.py)."""
+    from .pg import PgServer, binaries
+
+    if binaries() is None:
+        pytest.skip("PostgreSQL is not installed (.ci/run installs Debian's postgresql)")
+    server = PgServer(tmp_path_factory.mktemp("postgres"))
+    yield server
+    server.stop("immediate")
+
+
+@pytest.fixture
+def pg_url(pg_server: Any) -> str:
+    """A fresh database on the test server."""
+    url: str = pg_server.new_database()
+    return url

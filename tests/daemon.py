@@ -49,6 +49,7 @@ class Daemon:
             "codec": {"devices": ["cpu"]},
             "watch": {"settle_seconds": 0.5, "reconcile_interval_s": 5.0},
             "retry": {"backoff_initial_s": 0.2, "backoff_max_s": 1.0, "max_attempts": 3},
+            "metrics": {"listen": ""},  # many daemons at once: no port for each (test_metrics.py sets one)
         }
         for key, value in overrides.items():
             if "__" in key:

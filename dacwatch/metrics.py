@@ -1,0 +1,80 @@
+"""Prometheus metrics for people running a fleet (``metrics.listen``, 127.0.0.1 by default).
+
+One registry per daemon (never the process-global one), served over HTTP by
+``prometheus_client``. Workers count what they finish; the service's loop sets
+what is read from elsewhere once a second (the queue's depth by status: every
+node's jobs when the queue is shared; running jobs; lease takeovers; networks
+loaded; device memory).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, start_http_server
+
+RTF_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        ProcessCollector(registry=r)  # resident memory, CPU seconds, open files
+        self.jobs = Counter(
+            "dacwatch_jobs", "Jobs finished by this daemon, by kind and outcome", ["kind", "outcome"], registry=r
+        )
+        self.audio = Counter("dacwatch_audio_seconds", "Seconds of audio converted", ["kind"], registry=r)
+        self.rtf = Histogram(
+            "dacwatch_job_realtime_factor",
+            "Audio seconds per wall second of each finished job",
+            ["kind"],
+            buckets=RTF_BUCKETS,
+            registry=r,
+        )
+        self.out_of_memory = Counter("dacwatch_out_of_memory", "Out-of-memory events", ["device"], registry=r)
+        self.queue = Gauge("dacwatch_queue_jobs", "Jobs in the queue by status (every node's)", ["status"], registry=r)
+        self.running = Gauge("dacwatch_running_jobs", "Jobs this daemon is converting now", registry=r)
+        self.takeovers = Counter(
+            "dacwatch_lease_takeovers", "Jobs this daemon took over from a node whose lease expired", registry=r
+        )
+        self.model_loads = Counter("dacwatch_model_loads", "Networks loaded, by device", ["device"], registry=r)
+        self.device_memory = Gauge(
+            "dacwatch_device_memory_bytes", "Device memory held by tensors, by device (GPUs)", ["device"], registry=r
+        )
+        self._seen: dict[str, float] = {}
+        self._server: Any = None
+
+    def serve(self, listen: str) -> str:
+        """Serve ``/metrics`` on ``host:port``; returns the address served."""
+        host, _, port = listen.rpartition(":")
+        started = start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1", registry=self.registry)
+        self._server = started[0] if isinstance(started, tuple) else None
+        if self._server is not None:
+            bound = self._server.server_address
+            return f"{bound[0]}:{bound[1]}"
+        return listen
+
+    def close(self) -> None:
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                self._server.shutdown()
+                self._server.server_close()
+            self._server = None
+
+    def finished(self, kind: str, outcome: str, audio_s: float = 0.0, wall_s: float = 0.0) -> None:
+        self.jobs.labels(kind, outcome).inc()
+        if outcome == "done":
+            self.audio.labels(kind).inc(audio_s)
+            if wall_s > 0:
+                self.rtf.labels(kind).observe(audio_s / wall_s)
+
+    def total(self, counter: Counter, key: str, value: float, *labels: str) -> None:
+        """Bring ``counter`` up to ``value``, a running total kept elsewhere."""
+        delta = value - self._seen.get(key, 0.0)
+        if delta > 0:
+            (counter.labels(*labels) if labels else counter).inc(delta)
+            self._seen[key] = value
+
+
+__all__ = ["Metrics"]

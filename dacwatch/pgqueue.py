@@ -1,0 +1,167 @@
+"""The queue on PostgreSQL (``queue.url``): every daemon naming the database shares it.
+
+The protocol and its SQL are :class:`dacwatch.queue.BaseQueue`'s; this module
+gives it a connection (psycopg 3), the schema (created and migrated by the
+daemon, under an advisory lock, with a version number), row locks that let
+concurrent leases skip each other (``FOR UPDATE SKIP LOCKED``), and errors:
+a server that cannot be reached at startup is a clear error before READY;
+while running, every failure of the connection is a :class:`QueueError`, which
+callers retry (the connection is made again on the next call), so no job is
+lost or quarantined because the database blinked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from .errors import ConfigError
+from .queue import LEASE_TIMEOUT_S, SCHEMA_VERSION, BaseQueue, Cursor, Db, QueueError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS dacwatch_schema (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+    id BIGSERIAL PRIMARY KEY,
+    path TEXT NOT NULL,
+    size BIGINT NOT NULL,
+    mtime_ns BIGINT NOT NULL,
+    inode BIGINT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('queued', 'running', 'done', 'failed')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    output TEXT,
+    worker TEXT,
+    not_before DOUBLE PRECISION NOT NULL DEFAULT 0,
+    created_at DOUBLE PRECISION NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL,
+    started_at DOUBLE PRECISION,
+    finished_at DOUBLE PRECISION,
+    node TEXT,
+    lease TEXT,
+    heartbeat_at DOUBLE PRECISION,
+    UNIQUE (path, size, mtime_ns, inode)
+);
+CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, not_before, id);
+CREATE INDEX IF NOT EXISTS jobs_by_path ON jobs (path);
+CREATE INDEX IF NOT EXISTS jobs_by_output ON jobs (output);
+"""
+MIGRATION_LOCK = 0x64616377  # "dacw": one daemon at a time creates or migrates the schema
+
+
+def redacted(url: str) -> str:
+    """``url`` without its password, for logs and messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class _Translated:
+    """A psycopg connection inside a transaction, taking the SQLite spelling (``?``)."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, params: Any = (), /) -> Cursor:
+        cursor: Cursor = self._conn.execute(sql.replace("?", "%s"), params)
+        return cursor
+
+
+class PostgresQueue(BaseQueue):
+    shared = True
+    lock_due_rows = " FOR UPDATE SKIP LOCKED"
+
+    def __init__(
+        self, url: str, node: str | None = None, lease_timeout_s: float = LEASE_TIMEOUT_S, connect_timeout_s: float = 5
+    ) -> None:
+        super().__init__(node, lease_timeout_s)
+        try:
+            import psycopg
+        except ImportError as exc:
+            raise ConfigError(
+                "queue.url names PostgreSQL, but psycopg is not installed: pip install 'dacwatch[postgres]'"
+            ) from exc
+        self._psycopg = psycopg
+        self.url = url
+        self.where = f"queue database {redacted(url)}"
+        self.connect_timeout_s = connect_timeout_s
+        self._conn: Any = None
+        with self._lock:
+            self._connect()
+            self._migrate()
+
+    def _connect(self) -> Any:
+        if self._conn is None or self._conn.closed:
+            from psycopg.rows import dict_row
+
+            try:
+                self._conn = self._psycopg.connect(
+                    self.url,
+                    autocommit=True,  # transactions are explicit (_tx), none left open between calls
+                    row_factory=dict_row,
+                    connect_timeout=max(1, round(self.connect_timeout_s)),
+                    application_name="dacwatch",
+                )
+            except self._psycopg.Error as exc:
+                self._conn = None
+                raise QueueError(f"{self.where} cannot be reached: {' '.join(str(exc).split())}") from exc
+        return self._conn
+
+    def _migrate(self) -> None:
+        """Create the schema, or bring an older one up to this version; refuse a newer one."""
+        with self._tx() as db:
+            db.execute("SELECT pg_advisory_xact_lock(?)", (MIGRATION_LOCK,))
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            row = db.execute("SELECT max(version) AS v FROM dacwatch_schema").fetchone()
+            version = row["v"] if row else None
+            if version is None:
+                db.execute("INSERT INTO dacwatch_schema (version) VALUES (?)", (SCHEMA_VERSION,))
+            elif version > SCHEMA_VERSION:
+                raise ConfigError(
+                    f"{self.where} holds schema version {version}, newer than this dacwatch knows "
+                    f"({SCHEMA_VERSION}): upgrade dacwatch on this host"
+                )
+            elif version < SCHEMA_VERSION:  # no older PostgreSQL schema has been released yet
+                db.execute("UPDATE dacwatch_schema SET version = ?", (SCHEMA_VERSION,))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                with contextlib.suppress(Exception):
+                    self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> PostgresQueue:
+        return self
+
+    def _now(self, db: Db) -> float:
+        return float(db.execute("SELECT extract(epoch FROM clock_timestamp()) AS now").fetchone()["now"])
+
+    def _serialize(self, db: Db) -> None:
+        db.execute("LOCK TABLE jobs IN SHARE ROW EXCLUSIVE MODE")
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[Db]:
+        psycopg = self._psycopg
+        with self._lock:
+            conn = self._connect()
+            try:
+                with conn.transaction():
+                    yield _Translated(conn)
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                # The connection broke (server restarted, network cut): made again next time.
+                self.close()
+                raise QueueError(f"{self.where}: {' '.join(str(exc).split())}") from exc
+            except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected) as exc:
+                raise QueueError(f"{self.where}: {' '.join(str(exc).split())}") from exc
+
+    def _read(self) -> contextlib.AbstractContextManager[Db]:
+        return self._tx()
+
+
+__all__ = ["PostgresQueue", "redacted"]
