@@ -85,6 +85,14 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def save_result(out: Path, name: str, report: dict[str, Any], md: str) -> None:
+    """Write ``<name>-<stamp>.json`` and ``.md`` under ``out`` and print the markdown."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}-{STAMP}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / f"{name}-{STAMP}.md").write_text(md)
+    print(md)
+
+
 def run_header(args: argparse.Namespace, program: str, argv: list[str] | None) -> dict[str, Any]:
     """What every result file says of its run: when, on which device and CPU, which
     versions, which network, and the command that made it."""

@@ -236,13 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         "codec_only": reference,
         "daemon_share_of_codec_only": daemon["x_realtime"] / reference["x_realtime"],
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    tag = "cpu" if args.device == "cpu" else "gpu"
-    name = f"daemon-{tag}-{bench.STAMP}"
-    (args.out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
-    md = markdown(report)
-    (args.out / f"{name}.md").write_text(md)
-    print(md)
+    bench.save_result(args.out, f"daemon-{'cpu' if args.device == 'cpu' else 'gpu'}", report, markdown(report))
     return 0 if all(r["finished"] and r["files_failed"] == 0 for r in runs) else 1
 
 

@@ -16,7 +16,6 @@ Results go to ``--out`` as ``host-<date>.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys
@@ -154,12 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         "channels": args.channels,
         "results": results,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    name = f"host-{bench.STAMP}"
-    (args.out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
-    md = markdown(report)
-    (args.out / f"{name}.md").write_text(md)
-    print(md)
+    bench.save_result(args.out, "host", report, markdown(report))
     return 0
 
 

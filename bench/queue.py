@@ -13,7 +13,6 @@ tests start it) unless ``--url`` names one. Results go to ``--out`` as
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -105,12 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     report = {**bench.run_header(args, "python -m bench.queue", argv), "results": results}
-    args.out.mkdir(parents=True, exist_ok=True)
-    name = f"queue-{bench.STAMP}"
-    (args.out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
-    md = markdown(report)
-    (args.out / f"{name}.md").write_text(md)
-    print(md)
+    bench.save_result(args.out, "queue", report, markdown(report))
     return 0 if all(r.get("all_done_once", True) for r in results.values()) else 1
 
 

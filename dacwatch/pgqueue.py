@@ -48,6 +48,7 @@ CREATE INDEX IF NOT EXISTS jobs_by_path ON jobs (path);
 CREATE INDEX IF NOT EXISTS jobs_by_output ON jobs (output);
 """
 MIGRATION_LOCK = 0x64616377  # "dacw": one daemon at a time creates or migrates the schema
+RESERVE_LOCK = 0x64616372  # "dacr": one output-name claim at a time
 
 
 def redacted(url: str) -> str:
@@ -143,7 +144,10 @@ class PostgresQueue(BaseQueue):
         return float(db.execute("SELECT extract(epoch FROM clock_timestamp()) AS now").fetchone()["now"])
 
     def _serialize(self, db: Db) -> None:
-        db.execute("LOCK TABLE jobs IN SHARE ROW EXCLUSIVE MODE")
+        # Output names are claimed only here: an advisory lock held to the end of the
+        # transaction makes claims one at a time without locking the table (a table lock
+        # taken while leases hold row locks deadlocks with them).
+        db.execute("SELECT pg_advisory_xact_lock(?)", (RESERVE_LOCK,))
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[Db]:

@@ -159,8 +159,8 @@ class BaseQueue:
         return time.time()
 
     def _serialize(self, db: Db) -> None:
-        """Make the rest of this transaction exclusive among writers (SQLite's BEGIN
-        IMMEDIATE already is)."""
+        """Make the rest of this transaction exclusive among output-name claims (SQLite's
+        BEGIN IMMEDIATE already is)."""
 
     def close(self) -> None:
         raise NotImplementedError

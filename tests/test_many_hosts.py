@@ -106,3 +106,20 @@ def test_a_killed_daemons_job_is_taken_over_and_finished_once(tmp_path: Path, ti
     finally:
         first.close()
         second.close()
+
+
+def test_startup_on_shared_storage_sweeps_only_dead_writers_temp_files(tmp_path: Path) -> None:
+    """A temporary file in a shared outbox may be another host's output in the making:
+    a host starting up removes only those untouched for the lease timeout."""
+    from dacwatch.fsio import sweep_temp_files
+
+    live = tmp_path / f"{TEMP_PREFIX}aaaa-talk.dac"
+    dead = tmp_path / "sub" / f"{TEMP_PREFIX}bbbb-old.dac"
+    dead.parent.mkdir()
+    live.write_bytes(b"being written")
+    dead.write_bytes(b"left by a killed host")
+    old = time.time() - 2 * LEASE_TIMEOUT_S
+    os.utime(dead, (old, old))
+    assert sweep_temp_files(tmp_path, older_than_s=LEASE_TIMEOUT_S) == [dead]
+    assert live.exists() and not dead.exists()
+    assert sweep_temp_files(tmp_path) == [live]  # one host alone: every leftover is its own

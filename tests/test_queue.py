@@ -88,11 +88,19 @@ def test_concurrent_leases_never_share_a_job(open_q: Opener) -> None:
         taken: list[int] = []
         lock = threading.Lock()
 
+        claimed: list[str] = []
+
         def take() -> None:  # a connection of its own, as another worker or host has
             with open_q(node=threading.current_thread().name) as mine:
                 while (job := mine.lease("w")) is not None:
+                    # Two sources want each name (0.wav and 100.wav want out/0.dac...).
+                    n = int(job.path.split(".")[0])
+                    wanted = [f"out/{n % 100}.dac", f"out/{n}.wav.dac"]
+                    name = mine.reserve_output(job.id, job.path, wanted, lease=job.lease)
+                    assert mine.complete(job.id, name, lease=job.lease)
                     with lock:
                         taken.append(job.id)
+                        claimed.append(name)
 
         threads = [threading.Thread(target=take) for _ in range(4)]
         for t in threads:
@@ -100,6 +108,7 @@ def test_concurrent_leases_never_share_a_job(open_q: Opener) -> None:
         for t in threads:
             t.join()
         assert sorted(taken) == sorted(set(taken)) and len(taken) == 200
+        assert len(set(claimed)) == 200 and q.counts()["done"] == 200  # no name claimed twice
 
 
 def test_corrupted_database_is_moved_aside_and_rebuilt(tmp_path: Path) -> None:

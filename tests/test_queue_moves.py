@@ -241,3 +241,33 @@ def test_sources_that_want_the_same_output_name_each_get_their_own(tmp_path: Pat
         assert d.stop() == 0
     finally:
         d.close()
+
+
+def test_a_worker_whose_lease_was_taken_over_renames_nothing(tmp_path: Path, pool: CodecPool) -> None:
+    """Mid-conversion, another node takes the job over (this one looked silent past the
+    lease timeout). The worker finishes its work but must not rename its output into
+    place, move the source or touch the queue row: the job is the other node's now."""
+    s = settings_for(tmp_path, pool.spec.weights)
+    src = wav(s.inbox / "talk.wav", seconds=3.0, rate=44100)
+    run = Running(s, pool)
+    run.submit(src)
+    other = JobQueue(s.state_db, node="other-host", lease_timeout_s=0.0)
+    stolen: list[Any] = []
+
+    def take_over(_module: Any, _args: Any) -> None:
+        if not stolen:
+            time.sleep(0.01)
+            stolen.append(other.lease("cpu"))  # the heartbeat is older than 0 s: due to it
+
+    hook = pool.codec().model.encoder.register_forward_pre_hook(take_over)
+    try:
+        with capture_logs() as logs:
+            run.run_until(lambda: any(e["event"] == "job.lease_lost" for e in logs), timeout=60)
+    finally:
+        hook.remove()
+        other.close()
+    assert stolen and stolen[0] is not None and stolen[0].path == "talk.wav"
+    assert [e["event"] for e in logs if e["event"].startswith("job.")] == ["job.lease_lost"]
+    assert not (s.outbox / "talk.dac").exists() and src.exists() and not list(s.outbox.glob(".dacwatch-tmp-*"))
+    job = run.queue.jobs()[0]
+    assert job.status is Status.RUNNING and job.lease == stolen[0].lease  # the other node's, untouched
