@@ -400,7 +400,7 @@ class ChunkedCodec:
             while rf.end(next_frame + n - 1) <= buf.end:
                 pending.append(interior(next_frame, n))
                 next_frame += n
-                if len(pending) == self.batch_size:
+                if len(pending) >= self.batch_size:  # another lane may have shrunk it meanwhile
                     yield from self._run_encode(pending, False, what)
                     pending.clear()
                     buf.discard_before(rf.first(next_frame - n))

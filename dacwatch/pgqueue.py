@@ -76,7 +76,12 @@ class PostgresQueue(BaseQueue):
     lock_due_rows = " FOR UPDATE SKIP LOCKED"
 
     def __init__(
-        self, url: str, node: str | None = None, lease_timeout_s: float = LEASE_TIMEOUT_S, connect_timeout_s: float = 5
+        self,
+        url: str,
+        node: str | None = None,
+        lease_timeout_s: float = LEASE_TIMEOUT_S,
+        connect_timeout_s: float = 5,
+        readonly: bool = False,
     ) -> None:
         super().__init__(node, lease_timeout_s)
         try:
@@ -92,7 +97,8 @@ class PostgresQueue(BaseQueue):
         self._conn: Any = None
         with self._lock:
             self._connect()
-            self._migrate()
+            if not readonly:  # dacwatch status may run as a role that can only read
+                self._migrate()
 
     def _connect(self) -> Any:
         if self._conn is None or self._conn.closed:
@@ -105,6 +111,14 @@ class PostgresQueue(BaseQueue):
                     row_factory=dict_row,
                     connect_timeout=max(1, round(self.connect_timeout_s)),
                     application_name="dacwatch",
+                    # A host cut off mid-transaction must not hold locks for hours: TCP
+                    # keepalives notice a dead peer, and the server ends idle transactions
+                    # and gives up waiting for a lock (each a QueueError here, retried).
+                    keepalives=1,
+                    keepalives_idle=30,
+                    keepalives_interval=10,
+                    keepalives_count=3,
+                    options="-c lock_timeout=30000 -c idle_in_transaction_session_timeout=60000",
                 )
             except self._psycopg.Error as exc:
                 self._conn = None
@@ -157,11 +171,18 @@ class PostgresQueue(BaseQueue):
             try:
                 with conn.transaction():
                     yield _Translated(conn)
-            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                # The connection broke (server restarted, network cut): made again next time.
-                self.close()
+            except (
+                psycopg.errors.SerializationFailure,
+                psycopg.errors.DeadlockDetected,
+                psycopg.errors.LockNotAvailable,
+            ) as exc:  # the transaction was rolled back; the connection is fine
                 raise QueueError(f"{self.where}: {' '.join(str(exc).split())}") from exc
-            except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected) as exc:
+            except psycopg.ProgrammingError:
+                raise  # our SQL is wrong: a bug, not a fault of the moment
+            except psycopg.Error as exc:
+                # The connection broke (server restarted, network cut) or the server refused
+                # (read-only after a failover, out of disk): made again next time, retried.
+                self.close()
                 raise QueueError(f"{self.where}: {' '.join(str(exc).split())}") from exc
 
     def _read(self) -> contextlib.AbstractContextManager[Db]:

@@ -125,10 +125,22 @@ class Db(Protocol):
 
 
 def default_node(state_dir: Path | None = None) -> str:
-    """This daemon's name in a shared queue: the host, and its state_dir (several daemons
-    on one host each have their own)."""
-    where = str(state_dir.absolute()) if state_dir is not None else f"pid{os.getpid()}"
-    return f"{socket.gethostname()}:{where}"
+    """This daemon's name in a shared queue: the host's name and a random id kept in its
+    state_dir (``node-id``), so that cloned hosts of one name, or several daemons on one
+    host, never take each other's jobs for their own at boot."""
+    if state_dir is None:
+        return f"{socket.gethostname()}:pid{os.getpid()}"
+    path = state_dir / "node-id"
+    try:
+        ident = path.read_text().strip()
+    except FileNotFoundError:
+        ident = ""
+    if not ident:
+        ident = secrets.token_hex(6)
+        with contextlib.suppress(OSError):  # a read-only state_dir (dacwatch status): a name for now
+            state_dir.mkdir(parents=True, exist_ok=True)
+            path.write_text(ident + "\n")
+    return f"{socket.gethostname()}:{ident}"
 
 
 class BaseQueue:
@@ -181,9 +193,9 @@ class BaseQueue:
         """Queue this version of ``path``; False if it is already known (to any node). Older
         queued versions of the same path are dropped: only the newest content is converted."""
         ident = self.version(ident)
-        now = time.time()
         key = (path, ident.size, ident.mtime_ns, ident.inode)
         with self._tx() as db:
+            now = self._now(db)
             known = db.execute(
                 "SELECT 1 FROM jobs WHERE path = ? AND size = ? AND mtime_ns = ? AND inode = ?", key
             ).fetchone()
@@ -209,10 +221,16 @@ class BaseQueue:
             # Due jobs in the order they became due (not_before: when it was queued, or
             # when a retry is due): a job sent back waits behind the jobs queued before
             # that moment and goes ahead of those queued after it, so neither starves.
+            # Shared: a running job whose node stopped beating is due again. One host needs
+            # no takeover (recover() at boot), and a wall clock stepped by NTP must not
+            # hand one lane's job to another.
+            expired = " OR (status = 'running' AND heartbeat_at < ?)" if self.shared else ""
             row = db.execute(
-                "SELECT id, status, node FROM jobs WHERE (status = 'queued' AND not_before <= ?) "
-                "OR (status = 'running' AND heartbeat_at < ?) ORDER BY not_before, id LIMIT 1" + self.lock_due_rows,
-                (now, now - self.lease_timeout_s),
+                "SELECT id, status, node FROM jobs WHERE (status = 'queued' AND not_before <= ?)"
+                + expired
+                + " ORDER BY not_before, id LIMIT 1"
+                + self.lock_due_rows,
+                (now, now - self.lease_timeout_s) if self.shared else (now,),
             ).fetchone()
             if row is None:
                 return None
@@ -248,15 +266,16 @@ class BaseQueue:
 
     @staticmethod
     def _mine(lease: str | None) -> tuple[str, tuple[Any, ...]]:
-        """The condition that a transition of a running job is made under its lease."""
-        return ("", ()) if lease is None else (" AND lease = ?", (lease,))
+        """The condition that a transition of a running job is made under its lease (and
+        that the job is still running: a lease recovered at boot is void)."""
+        return ("", ()) if lease is None else (" AND lease = ? AND status = 'running'", (lease,))
 
     def _finish(
         self, job_id: int, status: Status, error: str | None = None, output: str | None = None, lease: str | None = None
     ) -> bool:
-        now = time.time()
         cond, args = self._mine(lease)
         with self._tx() as db:
+            now = self._now(db)
             cur = db.execute(
                 "UPDATE jobs SET status = ?, last_error = ?, output = COALESCE(?, output), finished_at = ?, "
                 "updated_at = ?, worker = NULL WHERE id = ?" + cond,
@@ -276,9 +295,9 @@ class BaseQueue:
     ) -> bool:
         """Back to the queue, due in ``delay_s``, behind the jobs already due. An attempt
         that is not ``counted`` (retrying out of memory with a smaller batch) is given back."""
-        now = time.time()
         cond, args = self._mine(lease)
         with self._tx() as db:
+            now = self._now(db)
             cur = db.execute(
                 "UPDATE jobs SET status = 'queued', last_error = ?, not_before = ?, updated_at = ?, worker = NULL, "
                 "output = NULL, attempts = attempts - ? WHERE id = ?" + cond,
@@ -306,9 +325,9 @@ class BaseQueue:
 
     def requeue(self, job_id: int, lease: str | None = None) -> bool:
         """Give a job back unfinished (shutdown): the interrupted attempt does not count."""
-        now = time.time()
         cond, args = self._mine(lease)
         with self._tx() as db:
+            now = self._now(db)
             cur = db.execute(
                 "UPDATE jobs SET status = 'queued', attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, "
                 "updated_at = ?, worker = NULL, output = NULL WHERE id = ? AND status = 'running'" + cond,
@@ -325,11 +344,11 @@ class BaseQueue:
     def recover(self) -> int:
         """At boot: this node's jobs left running by a crash go back to the queue (their
         attempt counts). Other nodes' running jobs are theirs until their leases expire."""
-        now = time.time()
         mine = " AND (node = ? OR node IS NULL)" if self.shared else ""
         with self._tx() as db:
+            now = self._now(db)
             cur = db.execute(
-                "UPDATE jobs SET status = 'queued', worker = NULL, updated_at = ?, "
+                "UPDATE jobs SET status = 'queued', worker = NULL, lease = NULL, updated_at = ?, "
                 "last_error = ? WHERE status = 'running'" + mine,
                 (now, CRASHED, *((self.node,) if self.shared else ())),
             )
@@ -337,9 +356,9 @@ class BaseQueue:
 
     def retry_failed(self, path: str | None = None) -> int:
         """Failed jobs back to queued with fresh attempts (all, or those of one path)."""
-        now = time.time()
         which, args = ("", ()) if path is None else (" AND path = ?", (path,))
         with self._tx() as db:
+            now = self._now(db)
             cur = db.execute(
                 "UPDATE jobs SET status = 'queued', attempts = 0, not_before = 0, updated_at = ? "
                 "WHERE status = 'failed'" + which,
@@ -371,10 +390,10 @@ class BaseQueue:
 
     def report(self, failures: int = 10) -> dict[str, Any]:
         with self._read() as db:
-            running = db.execute(
-                "SELECT path, attempts, worker, node, started_at, heartbeat_at FROM jobs WHERE status = 'running' "
-                "ORDER BY id"
-            ).fetchall()
+            running = [
+                {k: dict(r).get(k) for k in ("path", "attempts", "worker", "node", "started_at", "heartbeat_at")}
+                for r in db.execute("SELECT * FROM jobs WHERE status = 'running' ORDER BY id").fetchall()
+            ]  # an older database (dacwatch status never migrates) has no node or heartbeat
             failed = db.execute(
                 "SELECT path, attempts, last_error, finished_at FROM jobs WHERE status = 'failed' "
                 "ORDER BY finished_at DESC LIMIT ?",
@@ -508,7 +527,7 @@ def open_queue(
     if url:
         from .pgqueue import PostgresQueue
 
-        return PostgresQueue(url, node, lease_timeout_s), None
+        return PostgresQueue(url, node, lease_timeout_s, readonly=readonly), None
     if readonly:
         return JobQueue.open_readonly(state_db), None
     return JobQueue.open_or_rebuild(state_db, node, lease_timeout_s)

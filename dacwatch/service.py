@@ -94,6 +94,7 @@ class Service:
         self.watcher: Watcher | None = None
         self.workers: list[Worker] = []
         self.metrics = Metrics()
+        self.beats: BaseQueue | None = None
         self.failed = False  # every worker stopped: exit 1 so the supervisor restarts us
 
     # signal handlers: flags only
@@ -107,6 +108,8 @@ class Service:
         self._folders()
         self.queue, aside = open_queue(s.state_db, s.queue.url, s.queue.lease_timeout_s)
         self.log.info("queue.opened", queue=self.queue.where, node=self.queue.node, shared=self.queue.shared)
+        if self.queue.shared:  # beats on a connection of their own: never queued behind a worker's call
+            self.beats = open_queue(s.state_db, s.queue.url, s.queue.lease_timeout_s)[0]
         # Other hosts may be writing into shared folders: only their dead writers' files go.
         older_than = s.queue.lease_timeout_s if self.queue.shared else 0.0
         for folder in (s.outbox, s.failed, s.done):
@@ -207,9 +210,10 @@ class Service:
         """Tell the queue that this node's running jobs are alive (their leases would
         otherwise expire and another node take them over)."""
         assert self.queue is not None
-        leases = [w.lease for w in self.workers if w.lease is not None]
+        # A hung worker's job is not alive: let its lease run out, so another node takes it.
+        leases = [w.lease for w in self.workers if w.lease is not None and w.stalled() is None]
         try:
-            self.queue.beat(leases)
+            (self.beats or self.queue).beat(leases)
         except QueueError as exc:
             self.log.error("queue.unavailable", error=str(exc), retrying=True)
 
@@ -290,8 +294,9 @@ class Service:
             worker.join(timeout=30)
         if self.watcher is not None:
             self.watcher.join(timeout=10)
-        if self.queue is not None:
-            self.queue.close()
+        for queue in (self.queue, self.beats):
+            if queue is not None:
+                queue.close()
         self.metrics.close()
         self.log.info("service.stopped")
 
@@ -330,6 +335,7 @@ def run(settings: Settings, early_signals: list[int] | None = None) -> int:
         service.shutdown(settings.stop_timeout_s)
         return 1 if service.failed else 0
     finally:
+        service.metrics.close()  # whatever stopped us: no server thread left behind
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         notify.close()

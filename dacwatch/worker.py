@@ -241,8 +241,9 @@ class Worker(threading.Thread):
             try:
                 self._unchanged(source, job)  # never move or delete a version that was not converted
             except SourceChanged:
-                with contextlib.suppress(FileNotFoundError):
-                    result.output.unlink()
+                if self._queue_call(self.queue.holds, job.id, job.lease):  # never another node's output
+                    with contextlib.suppress(FileNotFoundError):
+                        result.output.unlink()
                 raise
             self._dispose(source, job.identity)
             crash_point("after_dispose")
@@ -268,8 +269,10 @@ class Worker(threading.Thread):
             self._record(self.queue.requeue, job.id)
             self.log.info("job.requeued", source=str(source), reason="shutdown")
         except LeaseLost as exc:
-            # Another node holds the job now: the output was not renamed into place, the
-            # source is untouched, and the queue is the other node's to update.
+            # Another node holds the job now. Lost before the rename: nothing was renamed;
+            # lost between the rename and moving the source: the output stays (the other
+            # node writes the same name) and the source is left alone. The queue is the
+            # other node's to update.
             self.log.warning("job.lease_lost", source=str(source), reason=str(exc))
         except SourceChanged as exc:
             # The watcher submits the new version (its writes bring events, and the
@@ -319,14 +322,16 @@ class Worker(threading.Thread):
         and :class:`LeaseLost` unless this worker still holds the job (a shared queue may
         have given it to another node): checked before the output's rename and before the
         source is moved."""
+        # The lease first: a source that vanished because another node finished the job
+        # is that node's business, not a change to act on.
+        if not self._queue_call(self.queue.holds, job.id, job.lease):
+            raise LeaseLost(f"the lease on {source} expired and another node took the job over")
         try:
             now = self.queue.version(identity(source))
         except FileNotFoundError:
             raise SourceChanged(f"{source} vanished while it was converted") from None
         if now != job.identity:
             raise SourceChanged(f"{source} changed while it was converted (size {job.identity.size} -> {now.size})")
-        if not self._queue_call(self.queue.holds, job.id, job.lease):
-            raise LeaseLost(f"the lease on {source} expired and another node took the job over")
 
     def _reserve(self, source: Path, job: Job) -> Path:
         """The output name this job may write, claimed in the queue (README, "Output names"):

@@ -171,20 +171,22 @@ def test_an_output_name_stays_held_across_a_crash(open_q: Opener) -> None:
         assert q.reserve_output(again.id, "talk.wav", ["out/talk.dac", "out/talk.wav.dac"]) == "out/talk.dac"
 
 
-def test_a_silent_nodes_job_is_taken_over_and_its_old_lease_changes_nothing(open_q: Opener) -> None:
+def test_a_silent_nodes_job_is_taken_over_and_its_old_lease_changes_nothing(pg_url: str) -> None:
     """Node 1 leases a job and stops beating (died, or cut off); after the lease timeout
     node 2 takes it over, as after a crash. Node 1, back, can neither finish nor requeue
     it, and knows it no longer holds it (so it never renames its output into place)."""
-    with open_q(node="n1", lease_timeout_s=0.5) as one, open_q(node="n2", lease_timeout_s=0.5) as two:
+    from dacwatch.pgqueue import PostgresQueue
+
+    with PostgresQueue(pg_url, "n1", 1.5) as one, PostgresQueue(pg_url, "n2", 1.5) as two:
         one.submit("a.wav", A)
         first = one.lease("w")
         assert first is not None and first.lease and one.holds(first.id, first.lease)
         assert two.lease("w") is None  # alive: not due to anyone else
-        time.sleep(0.3)
+        time.sleep(1.0)
         one.beat([first.lease])
-        time.sleep(0.3)
+        time.sleep(1.0)  # 2 s since the lease, 1 s since the beat
         assert two.lease("w") is None  # the beat kept it
-        time.sleep(0.6)
+        time.sleep(1.0)  # 2 s since the beat
         second = two.lease("w")
         assert second is not None and second.id == first.id and second.lease != first.lease
         assert second.attempts == 2 and second.last_error == CRASHED and two.takeovers == 1
@@ -194,6 +196,28 @@ def test_a_silent_nodes_job_is_taken_over_and_its_old_lease_changes_nothing(open
         assert one.get(first.id).status is Status.RUNNING  # type: ignore[union-attr]
         assert two.complete(second.id, "out/a.dac", lease=second.lease) is True
         assert two.get(first.id).status is Status.DONE  # type: ignore[union-attr]
+
+
+def test_one_host_never_takes_over_its_own_running_jobs(tmp_path: Path) -> None:
+    """SQLite is one host: a job stays its worker's however long it runs (a clock stepped
+    by NTP must not hand it to another lane); recovery at boot is what frees it."""
+    with JobQueue(tmp_path / "q.db", lease_timeout_s=0.0) as one, JobQueue(tmp_path / "q.db") as other:
+        one.submit("a.wav", A)
+        job = one.lease("w1")
+        assert job is not None
+        time.sleep(0.05)
+        assert other.lease("w2") is None and one.holds(job.id, job.lease)
+
+
+def test_a_lease_recovered_at_boot_is_void(open_q: Opener) -> None:
+    with open_q() as q:
+        q.submit("a.wav", A)
+        job = q.lease("w")
+        assert job is not None
+        assert q.recover() == 1  # the daemon restarted
+        assert q.complete(job.id, "out/a.dac", lease=job.lease) is False  # the old worker's word is void
+        again = q.lease("w")
+        assert again is not None and again.id == job.id and q.complete(again.id, "out/a.dac", lease=again.lease)
 
 
 def test_many_connections_submitting_one_file_queue_it_once(open_q: Opener) -> None:

@@ -243,21 +243,26 @@ def test_sources_that_want_the_same_output_name_each_get_their_own(tmp_path: Pat
         d.close()
 
 
-def test_a_worker_whose_lease_was_taken_over_renames_nothing(tmp_path: Path, pool: CodecPool) -> None:
+def test_a_worker_whose_lease_was_taken_over_renames_nothing(tmp_path: Path, pool: CodecPool, pg_url: str) -> None:
     """Mid-conversion, another node takes the job over (this one looked silent past the
     lease timeout). The worker finishes its work but must not rename its output into
     place, move the source or touch the queue row: the job is the other node's now."""
+    from dacwatch.pgqueue import PostgresQueue
+
     s = settings_for(tmp_path, pool.spec.weights)
     src = wav(s.inbox / "talk.wav", seconds=3.0, rate=44100)
     run = Running(s, pool)
+    run.queue.close()
+    run.queue = PostgresQueue(pg_url, "this-host")
+    run.worker = Worker(s, run.queue, pool, "cpu", structlog.get_logger("test"))
     run.submit(src)
-    other = JobQueue(s.state_db, node="other-host", lease_timeout_s=0.0)
+    other = PostgresQueue(pg_url, "other-host", lease_timeout_s=0.001)
     stolen: list[Any] = []
 
     def take_over(_module: Any, _args: Any) -> None:
         if not stolen:
             time.sleep(0.01)
-            stolen.append(other.lease("cpu"))  # the heartbeat is older than 0 s: due to it
+            stolen.append(other.lease("cpu"))  # the heartbeat is older than the timeout: due
 
     hook = pool.codec().model.encoder.register_forward_pre_hook(take_over)
     try:
@@ -271,3 +276,4 @@ def test_a_worker_whose_lease_was_taken_over_renames_nothing(tmp_path: Path, poo
     assert not (s.outbox / "talk.dac").exists() and src.exists() and not list(s.outbox.glob(".dacwatch-tmp-*"))
     job = run.queue.jobs()[0]
     assert job.status is Status.RUNNING and job.lease == stolen[0].lease  # the other node's, untouched
+    run.queue.close()
