@@ -201,7 +201,7 @@ def test_a_silent_nodes_job_is_taken_over_and_its_old_lease_changes_nothing(pg_u
 def test_one_host_never_takes_over_its_own_running_jobs(tmp_path: Path) -> None:
     """SQLite is one host: a job stays its worker's however long it runs (a clock stepped
     by NTP must not hand it to another lane); recovery at boot is what frees it."""
-    with JobQueue(tmp_path / "q.db", lease_timeout_s=0.0) as one, JobQueue(tmp_path / "q.db") as other:
+    with JobQueue(tmp_path / "q.db") as one, JobQueue(tmp_path / "q.db", lease_timeout_s=0.0) as other:
         one.submit("a.wav", A)
         job = one.lease("w1")
         assert job is not None
