@@ -70,83 +70,109 @@ def stamp(event: dict[str, Any]) -> float:
 
 
 def run_daemon(
-    args: argparse.Namespace, weights: Path, work: Path, staged: list[Path], jobs: int | None = None
+    args: argparse.Namespace,
+    weights: Path,
+    work: Path,
+    staged: list[Path],
+    jobs: int | None = None,
+    daemons: int = 1,
+    queue_url: str | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
-    """Start ``dacwatch run`` (``jobs`` files at once; None: its default), drop the files
-    into its inbox once READY, wait for them."""
+    """Start ``daemons`` x ``dacwatch run`` on one inbox (``jobs`` files at once each; None:
+    the default; several share the PostgreSQL queue at ``queue_url``; ``threads``: torch's
+    threads in each), drop the files into the inbox once all are READY, wait for them."""
     inbox = work / "inbox"
     inbox.mkdir()
-    config = work / "config.toml"
-    config.write_text(
-        "\n".join(
-            [
-                f'inbox = "{inbox}"',
-                f'outbox = "{work / "outbox"}"',
-                f'done = "{work / "done"}"',
-                f'failed = "{work / "failed"}"',
-                f'state_dir = "{work / "state"}"',
-                'log_format = "json"',
-                "[model]",
-                f'weights = "{weights}"',
-                "[codec]",
-                f'devices = ["{args.device}"]',
-                f'precision = "{args.precision}"',
-                *([f"jobs_per_device = {jobs}"] if jobs is not None else []),
-                "[watch]",
-                "settle_seconds = 0.5",
-            ]
+    logs, procs = [], []
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    for i in range(daemons):
+        config = work / f"config-{i}.toml"
+        config.write_text(
+            "\n".join(
+                [
+                    f'inbox = "{inbox}"',
+                    f'outbox = "{work / "outbox"}"',
+                    f'done = "{work / "done"}"',
+                    f'failed = "{work / "failed"}"',
+                    f'state_dir = "{work / f"state-{i}"}"',
+                    'log_format = "json"',
+                    "[model]",
+                    f'weights = "{weights}"',
+                    "[codec]",
+                    f'devices = ["{args.device}"]',
+                    f'precision = "{args.precision}"',
+                    *([f"jobs_per_device = {jobs}"] if jobs is not None else []),
+                    "[watch]",
+                    "settle_seconds = 0.5",
+                    "[metrics]",
+                    'listen = ""',
+                    *(["[queue]", f'url = "{queue_url}"'] if queue_url else []),
+                ]
+            )
+            + "\n"
         )
-        + "\n"
-    )
-    log = work / "daemon.log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "dacwatch", "run", "--config", str(config)], stdout=out, stderr=out, env=env
-        )
+        log = work / f"daemon-{i}.log"
+        with open(log, "wb") as out:
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "dacwatch", "run", "--config", str(config)], stdout=out, stderr=out, env=env
+                )
+            )
+        logs.append(log)
     deadline = time.monotonic() + args.timeout
+
+    def collect(name: str) -> list[dict[str, Any]]:
+        return [e for log in logs for e in events(log, name)]
+
     try:
-        while not events(log, "service.ready"):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the daemon did not become ready:\n{log.read_text()[-3000:]}")
+        while len(collect("service.ready")) < daemons:
+            if any(p.poll() is not None for p in procs) or time.monotonic() > deadline:
+                raise SystemExit(f"a daemon did not become ready:\n{logs[0].read_text()[-3000:]}")
             time.sleep(0.1)
-        ready = stamp(events(log, "service.ready")[0])
-        daemon = psutil.Process(proc.pid)
-        cpu_at_ready = sum(daemon.cpu_times()[:2])
+        ready = max(stamp(e) for e in collect("service.ready"))
+        watched = [psutil.Process(p.pid) for p in procs]
+        cpu_at_ready = sum(sum(d.cpu_times()[:2]) for d in watched)
         for path in staged:  # a rename into the inbox: each file appears whole
             os.rename(path, inbox / path.name)
         ends = ('"event": "job.done"', '"event": "job.failed"', '"event": "job.gave_up"')
-        while sum(log.read_text(errors="replace").count(e) for e in ends) < len(staged):
-            if proc.poll() is not None or time.monotonic() > deadline:
+        while sum(log.read_text(errors="replace").count(e) for log in logs for e in ends) < len(staged):
+            if any(p.poll() is not None for p in procs) or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
-        cpu_s = sum(daemon.cpu_times()[:2]) - cpu_at_ready if proc.poll() is None else float("nan")
+        alive = all(p.poll() is None for p in procs)
+        cpu_s = sum(sum(d.cpu_times()[:2]) for d in watched) - cpu_at_ready if alive else float("nan")
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
             try:
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 proc.kill()
-    done = events(log, "job.done")
-    failed = events(log, "job.failed") + events(log, "job.gave_up")
-    oom = events(log, "job.out_of_memory")
-    loaded = events(log, "model.loaded")
+    done = collect("job.done")
+    failed = collect("job.failed") + collect("job.gave_up")
+    oom = collect("job.out_of_memory")
+    loaded = collect("model.loaded")
     audio = sum(float(e["audio_s"]) for e in done)
     wall = (max(stamp(e) for e in done) - ready) if done else float("nan")
     return {
+        "daemons": daemons,
+        "threads": threads,
         "files_done": len(done),
         "files_failed": len(failed),
         "out_of_memory_events": len(oom),
         "finished": len(done) + len(failed) == len(staged),
+        "converted_once": len({e["source"] for e in done}) == len(done),
         "audio_s": audio,
         "wall_s": wall,
         "x_realtime": audio / wall if done else 0.0,
-        "cores_used": cpu_s / wall if done else 0.0,  # the daemon's CPU seconds per wall second
+        "cores_used": cpu_s / wall if done else 0.0,  # the daemons' CPU seconds per wall second
         "median_job_rtf": float(np.median([e["rtf"] for e in done])) if done else None,
         "geometry": {k: loaded[0].get(k) for k in ("encode_window_s", "batch", "jobs_at_once")} if loaded else {},
-        "exit_code": proc.returncode,
-        "log_tail": log.read_text(errors="replace").splitlines()[-5:],
+        "exit_code": [p.returncode for p in procs],
+        "log_tail": logs[0].read_text(errors="replace").splitlines()[-5:],
     }
 
 

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -87,7 +90,15 @@ def test_a_killed_daemons_job_is_taken_over_and_finished_once(tmp_path: Path, ti
         wav(first.inbox / "long.wav", seconds=20.0, rate=44100, channels=2)
         first.wait_for(lambda: any("converting long.wav" in m for m in first.messages()), what="long.wav running")
         second.start().ready()
-        time.sleep(1.0)
+        # `dacwatch status` on the other host shows this host's running job, from the queue.
+        status = subprocess.run(
+            [sys.executable, "-m", "dacwatch", "status", "--config", str(second.config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        node = f"{socket.gethostname()}:{(first.state / 'node-id').read_text().strip()}"
+        assert status.returncode == 0 and f"running: long.wav on {node}, cpu" in status.stdout, status.stdout
         first.kill()  # mid-job: its lease stops beating
         killed_at = time.monotonic()
         done = second.wait_event("job.done", timeout=180)
