@@ -98,6 +98,8 @@ def sweep_temp_files(root: Path, older_than_s: float = 0.0) -> list[Path]:
     if not root.is_dir():
         return removed
     now = time.time()
+    if older_than_s:
+        now = _storage_now(root, now)
     for dirpath, _dirs, files in os.walk(root):
         for name in files:
             if name.startswith(TEMP_PREFIX):
@@ -108,6 +110,22 @@ def sweep_temp_files(root: Path, older_than_s: float = 0.0) -> list[Path]:
                     p.unlink()
                     removed.append(p)
     return removed
+
+
+def _storage_now(root: Path, fallback: float) -> float:
+    """The time by the clock that stamps files in ``root``: a network file system's server
+    sets the mtimes, and this host's clock may run ahead of it (then a live host's fresh
+    temporary file would look old)."""
+    probe = root / f"{TEMP_PREFIX}clock-{secrets.token_hex(6)}"
+    try:
+        with open(probe, "wb") as f:
+            f.write(b"\0")
+        return probe.stat().st_mtime
+    except OSError:
+        return fallback
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
 
 
 @dataclass(frozen=True)
