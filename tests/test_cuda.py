@@ -56,6 +56,24 @@ def test_window_and_batch_never_change_the_codes_tiny() -> None:
         assert frames_differing(ChunkedCodec(model, CUDA, window, None, batch).encode(x), whole) == 0, (window, batch)
 
 
+def test_files_sharing_passes_on_the_gpu_get_the_codes_they_get_alone(full44: Any) -> None:
+    """Windows of several files stacked into one pass (dacwatch.gate) on the full-size
+    network: cuDNN may pick another algorithm for another batch size, and the codes of
+    each file must still equal its own whole-file codes at every frame."""
+    from dacwatch.gate import DeviceGate
+
+    from .test_gate import concurrently
+
+    shared = ChunkedCodec(full44, CUDA, batch_size=16)
+    shared.gate = DeviceGate()
+    xs = [noise(1, round(44100 * s), seed=20 + i) for i, s in enumerate((0.4, 1.3, 3.0, 7.5, 7.9, 12.0, 25.0))]
+    got = concurrently(shared.gate, shared.encode, xs)
+    assert shared.gate.stats.merged >= 3, shared.gate.stats
+    for x, codes in zip(xs, got, strict=True):
+        assert not isinstance(codes, BaseException), codes
+        assert frames_differing(codes, ChunkedCodec(full44, CUDA, 0, 0, 1).encode(x)) == 0
+
+
 def test_gpu_float32_codes_agree_with_the_cpu(full44: Any) -> None:
     x = noise(1, 44100 * 20, seed=13)
     gpu = ChunkedCodec(full44, CUDA).encode(x)
