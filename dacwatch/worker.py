@@ -125,6 +125,7 @@ class Worker(threading.Thread):
         self.lane = lane
         self.generation = 0  # the pool's geometry generation when the job in hand started
         self.lease: str | None = None  # the lease of the job in hand (the service beats it)
+        self.target: Path | None = None  # the output name it claimed
         self.metrics = metrics
         self.log = log.bind(device=name, lane=lane)
         self.draining = threading.Event()  # stop taking jobs
@@ -241,7 +242,9 @@ class Worker(threading.Thread):
             try:
                 self._unchanged(source, job)  # never move or delete a version that was not converted
             except SourceChanged:
-                if self._queue_call(self.queue.holds, job.id, job.lease):  # never another node's output
+                # Never another node's output, nor a whole conversion of this version whose
+                # source the earlier holder already moved (recorded done below).
+                if not self._finished_elsewhere(job, source) and self._queue_call(self.queue.holds, job.id, job.lease):
                     with contextlib.suppress(FileNotFoundError):
                         result.output.unlink()
                 raise
@@ -275,10 +278,17 @@ class Worker(threading.Thread):
             # other node's to update.
             self.log.warning("job.lease_lost", source=str(source), reason=str(exc))
         except SourceChanged as exc:
-            # The watcher submits the new version (its writes bring events, and the
-            # reconcile scan finds it in any case) as a job of its own.
-            self._record(self.queue.drop, job.id)
-            self.log.info("job.superseded", source=str(source), reason=str(exc))
+            if self._finished_elsewhere(job, source):
+                # A job taken over from a node that was not dead after all: it renamed
+                # the output and moved the source while this worker converted. The
+                # output is a whole conversion of this version; keep its name claimed.
+                self._record(self.queue.complete, job.id, str(self.target))
+                self.log.info("job.recovered_done", source=str(source), output=str(self.target), reason=str(exc))
+            else:
+                # The watcher submits the new version (its writes bring events, and the
+                # reconcile scan finds it in any case) as a job of its own.
+                self._record(self.queue.drop, job.id)
+                self.log.info("job.superseded", source=str(source), reason=str(exc))
         except QueueError:
             raise  # _record gave up only because of a shutdown; the job is recovered at boot
         except Exception as exc:
@@ -286,11 +296,23 @@ class Worker(threading.Thread):
         finally:
             self.current = None
             self.lease = None
+            self.target = None
 
     def _count(self, source: Path, outcome: str, audio_s: float = 0.0, wall_s: float = 0.0) -> None:
         if self.metrics is not None:
             kind = "decode" if source.suffix.lower() == ".dac" else "encode"
             self.metrics.finished(kind, outcome, audio_s, wall_s)
+
+    def _finished_elsewhere(self, job: Job, source: Path) -> bool:
+        """After a crash or a takeover, the source vanished while this worker converted it
+        and the output it claimed is in place: the earlier holder finished the work."""
+        return (
+            job.last_error == CRASHED
+            and self.target is not None
+            and not os.path.lexists(source)
+            and self.target.exists()
+            and self._queue_call(self.queue.holds, job.id, job.lease)
+        )
 
     def _still_there(self, job: Job, source: Path) -> bool:
         """The job's exact file is still in the inbox; otherwise forget the job."""
@@ -360,7 +382,7 @@ class Worker(threading.Thread):
     def _convert(self, source: Path, job: Job) -> Result:
         s = self.settings
         check_regular_file(source)
-        target = self._reserve(source, job)
+        target = self.target = self._reserve(source, job)
         check = functools.partial(self._unchanged, source, job)
         if source.suffix.lower() == ".dac":
             fmt = OutputFormat(s.output.format, s.output.sample_format)

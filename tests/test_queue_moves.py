@@ -277,3 +277,48 @@ def test_a_worker_whose_lease_was_taken_over_renames_nothing(tmp_path: Path, poo
     job = run.queue.jobs()[0]
     assert job.status is Status.RUNNING and job.lease == stolen[0].lease  # the other node's, untouched
     run.queue.close()
+
+
+def test_a_taken_over_job_finished_by_its_first_holder_is_recorded_done(
+    tmp_path: Path, pool: CodecPool, pg_url: str
+) -> None:
+    """This worker took a job over from a node that was not dead after all: while it
+    converts, that node renames its output into place and moves the source to done/.
+    The job is done (its output name stays claimed, so no other source can take it),
+    not dropped, and the first holder's output is left as it is."""
+    from dacwatch.pgqueue import PostgresQueue
+
+    s = settings_for(tmp_path, pool.spec.weights)
+    src = wav(s.inbox / "talk.wav", seconds=3.0, rate=44100)
+    first = PostgresQueue(pg_url, "first-host")
+    first.submit("talk.wav", identity(src))
+    held = first.lease("cpu")  # ... and then it went quiet
+    assert held is not None
+    output = s.outbox / "talk.dac"
+    assert first.reserve_output(held.id, "talk.wav", [str(output)], lease=held.lease) == str(output)
+    run = Running(s, pool)
+    run.queue.close()
+    run.queue = PostgresQueue(pg_url, "this-host", lease_timeout_s=0.001)
+    run.worker = Worker(s, run.queue, pool, "cpu", structlog.get_logger("test"))
+    finished: list[bool] = []
+
+    def first_host_finishes(_module: Any, _args: Any) -> None:
+        if not finished:
+            finished.append(True)
+            encode_file(CodecPool(ModelSpec(weights=pool.spec.weights), CodecSettings("cpu")), src, output)
+            s.done.mkdir(parents=True, exist_ok=True)
+            src.rename(s.done / "talk.wav")
+
+    hook = pool.codec().model.encoder.register_forward_pre_hook(first_host_finishes)
+    try:
+        with capture_logs() as logs:
+            run.run_until(lambda: run.queue.counts()["done"] == 1, timeout=60)
+    finally:
+        hook.remove()
+        first.close()
+    events = [e["event"] for e in logs if e["event"].startswith("job.")]
+    assert events == ["job.recovered_done"], events
+    job = run.queue.jobs()[0]
+    assert job.status is Status.DONE and job.output == str(output) and job.attempts == 2
+    assert read(output).metadata.length == 3 * 44100 and not list(s.outbox.glob(".dacwatch-tmp-*"))
+    run.queue.close()
