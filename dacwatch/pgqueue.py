@@ -18,35 +18,11 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from .errors import ConfigError
-from .queue import LEASE_TIMEOUT_S, SCHEMA_VERSION, BaseQueue, Cursor, Db, QueueError
+from .queue import LEASE_TIMEOUT_S, SCHEMA_VERSION, BaseQueue, Cursor, Db, QueueError, jobs_schema
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS dacwatch_schema (version INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS jobs (
-    id BIGSERIAL PRIMARY KEY,
-    path TEXT NOT NULL,
-    size BIGINT NOT NULL,
-    mtime_ns BIGINT NOT NULL,
-    inode BIGINT NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('queued', 'running', 'done', 'failed')),
-    attempts INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT,
-    output TEXT,
-    worker TEXT,
-    not_before DOUBLE PRECISION NOT NULL DEFAULT 0,
-    created_at DOUBLE PRECISION NOT NULL,
-    updated_at DOUBLE PRECISION NOT NULL,
-    started_at DOUBLE PRECISION,
-    finished_at DOUBLE PRECISION,
-    node TEXT,
-    lease TEXT,
-    heartbeat_at DOUBLE PRECISION,
-    UNIQUE (path, size, mtime_ns, inode)
-);
-CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, not_before, id);
-CREATE INDEX IF NOT EXISTS jobs_by_path ON jobs (path);
-CREATE INDEX IF NOT EXISTS jobs_by_output ON jobs (output);
-"""
+SCHEMA = "CREATE TABLE IF NOT EXISTS dacwatch_schema (version INTEGER NOT NULL);" + jobs_schema(
+    "BIGSERIAL PRIMARY KEY", "BIGINT", "DOUBLE PRECISION"
+)
 MIGRATION_LOCK = 0x64616377  # "dacw": one daemon at a time creates or migrates the schema
 RESERVE_LOCK = 0x64616372  # "dacr": one output-name claim at a time
 

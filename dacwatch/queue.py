@@ -40,31 +40,41 @@ from .errors import TransientError
 from .fsio import Identity
 
 SCHEMA_VERSION = 2  # 1: no leases; 2: node, lease token, heartbeat
-SCHEMA = """
+# The job table, written once for both backends: SQLite's types, and PostgreSQL's
+# (64-bit ids and sizes, double precision times: its REAL is 32-bit).
+_JOBS = """
 CREATE TABLE IF NOT EXISTS jobs (
-    id INTEGER PRIMARY KEY,
+    id {id},
     path TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    mtime_ns INTEGER NOT NULL,
-    inode INTEGER NOT NULL,
+    size {int} NOT NULL,
+    mtime_ns {int} NOT NULL,
+    inode {int} NOT NULL,
     status TEXT NOT NULL CHECK (status IN ('queued', 'running', 'done', 'failed')),
     attempts INTEGER NOT NULL DEFAULT 0,
     last_error TEXT,
     output TEXT,
     worker TEXT,
-    not_before REAL NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
+    not_before {real} NOT NULL DEFAULT 0,
+    created_at {real} NOT NULL,
+    updated_at {real} NOT NULL,
+    started_at {real},
+    finished_at {real},
     node TEXT,
     lease TEXT,
-    heartbeat_at REAL,
+    heartbeat_at {real},
     UNIQUE (path, size, mtime_ns, inode)
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, not_before, id);
 CREATE INDEX IF NOT EXISTS jobs_by_path ON jobs (path);
+CREATE INDEX IF NOT EXISTS jobs_by_output ON jobs (output);
 """
+
+
+def jobs_schema(id_type: str, int_type: str, real_type: str) -> str:
+    return _JOBS.format(id=id_type, int=int_type, real=real_type)
+
+
+SCHEMA = jobs_schema("INTEGER PRIMARY KEY", "INTEGER", "REAL")
 # Columns added by each version, for databases made by an older one.
 MIGRATIONS = {2: ["ALTER TABLE jobs ADD COLUMN node TEXT", "ALTER TABLE jobs ADD COLUMN lease TEXT",
                   "ALTER TABLE jobs ADD COLUMN heartbeat_at REAL"]}  # fmt: skip
