@@ -124,6 +124,7 @@ class Service:
             pool = make_pool(s, device)
             started = time.monotonic()
             codec = pool.codec()  # load now: READY means the model is warm
+            lanes = jobs_per_device(s, device)
             check_against_model(s, pool)
             self.log.info(
                 "model.loaded",
@@ -132,10 +133,9 @@ class Service:
                 sample_rate=codec.sample_rate,
                 encode_window_s=codec.encode_window_s,
                 batch=codec.batch_size,
-                jobs_at_once=jobs_per_device(s, device),
+                jobs_at_once=lanes,
                 load_s=round(time.monotonic() - started, 2),
             )
-            lanes = jobs_per_device(s, device)
             for lane in range(lanes):
                 worker = Worker(s, self.queue, pool, device, logs.get("dacwatch.worker"), lane, self.metrics)
                 self.workers.append(worker)
@@ -211,7 +211,11 @@ class Service:
         otherwise expire and another node take them over)."""
         assert self.queue is not None
         # A hung worker's job is not alive: let its lease run out, so another node takes it.
-        leases = [w.lease for w in self.workers if w.lease is not None and w.stalled() is None]
+        leases = [
+            c.lease
+            for w in self.workers
+            if (c := w.current) is not None and c.lease is not None and w.stalled() is None
+        ]
         try:
             (self.beats or self.queue).beat(leases)
         except QueueError as exc:

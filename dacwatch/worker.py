@@ -91,6 +91,9 @@ class Current:
     ticks: int = 0  # progress reports so far
     longest_gap: float = 0.0  # the longest time between two of them, seconds
     finishing: bool = False  # written: syncing, renaming, moving the source (no reports)
+    lease: str | None = None  # the job's lease (the service beats it; every record names it)
+    generation: int = 0  # the pool's geometry generation when the job started
+    target: Path | None = None  # the output name it claimed
 
 
 def jobs_per_device(settings: Settings, device: str) -> int:
@@ -123,9 +126,6 @@ class Worker(threading.Thread):
         self.pool = pool
         self.device = name
         self.lane = lane
-        self.generation = 0  # the pool's geometry generation when the job in hand started
-        self.lease: str | None = None  # the lease of the job in hand (the service beats it)
-        self.target: Path | None = None  # the output name it claimed
         self.metrics = metrics
         self.log = log.bind(device=name, lane=lane)
         self.draining = threading.Event()  # stop taking jobs
@@ -168,7 +168,8 @@ class Worker(threading.Thread):
         database: the outcome must not be lost. If the lease was taken over meanwhile (this
         node was silent past ``queue.lease_timeout_s``), nothing is written: the job is
         another node's now."""
-        if not self._queue_call(action, *args, lease=self.lease):
+        lease = self.current.lease if self.current is not None else None
+        if not self._queue_call(action, *args, lease=lease):
             self.log.warning("job.lease_lost", job=args[0] if args else None, action=action.__name__)
 
     def _queue_call(self, action: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -226,9 +227,7 @@ class Worker(threading.Thread):
         s = self.settings
         source = s.inbox / job.path
         self.heartbeat = time.monotonic()
-        self.current = Current(job.path, self.heartbeat)
-        self.lease = job.lease
-        self.generation = self.pool.generation
+        self.current = Current(job.path, self.heartbeat, lease=job.lease, generation=self.pool.generation)
         started = time.monotonic()
         try:
             if not self._still_there(job, source):
@@ -244,7 +243,9 @@ class Worker(threading.Thread):
             except SourceChanged:
                 # Never another node's output, nor a whole conversion of this version whose
                 # source the earlier holder already moved (recorded done below).
-                if not self._finished_elsewhere(job, source) and self._queue_call(self.queue.holds, job.id, job.lease):
+                if self._finished_elsewhere(job, source) is None and self._queue_call(
+                    self.queue.holds, job.id, job.lease
+                ):
                     with contextlib.suppress(FileNotFoundError):
                         result.output.unlink()
                 raise
@@ -278,12 +279,12 @@ class Worker(threading.Thread):
             # other node's to update.
             self.log.warning("job.lease_lost", source=str(source), reason=str(exc))
         except SourceChanged as exc:
-            if self._finished_elsewhere(job, source):
+            if (output := self._finished_elsewhere(job, source)) is not None:
                 # A job taken over from a node that was not dead after all: it renamed
                 # the output and moved the source while this worker converted. The
                 # output is a whole conversion of this version; keep its name claimed.
-                self._record(self.queue.complete, job.id, str(self.target))
-                self.log.info("job.recovered_done", source=str(source), output=str(self.target), reason=str(exc))
+                self._record(self.queue.complete, job.id, str(output))
+                self.log.info("job.recovered_done", source=str(source), output=str(output), reason=str(exc))
             else:
                 # The watcher submits the new version (its writes bring events, and the
                 # reconcile scan finds it in any case) as a job of its own.
@@ -295,29 +296,35 @@ class Worker(threading.Thread):
             self._settle(job, source, exc, time.monotonic() - started)
         finally:
             self.current = None
-            self.lease = None
-            self.target = None
 
     def _count(self, source: Path, outcome: str, audio_s: float = 0.0, wall_s: float = 0.0) -> None:
         if self.metrics is not None:
             kind = "decode" if source.suffix.lower() == ".dac" else "encode"
             self.metrics.finished(kind, outcome, audio_s, wall_s)
 
-    def _finished_elsewhere(self, job: Job, source: Path) -> bool:
+    def _finished_elsewhere(self, job: Job, source: Path) -> Path | None:
         """After a crash or a takeover, the source vanished while this worker converted it
-        and the output it claimed is in place: the earlier holder finished the work."""
-        return (
+        and the output it claimed is in place: the earlier holder finished the work. That
+        output, or None."""
+        target = self.current.target if self.current is not None else None
+        if (
             job.last_error == CRASHED
-            and self.target is not None
+            and target is not None
             and not os.path.lexists(source)
-            and self.target.exists()
+            and target.exists()
             and self._queue_call(self.queue.holds, job.id, job.lease)
-        )
+        ):
+            return target
+        return None
+
+    def _version(self, path: Path) -> Identity:
+        """The identity of ``path`` as the queue compares it (without the inode when shared)."""
+        return self.queue.version(identity(path))
 
     def _still_there(self, job: Job, source: Path) -> bool:
         """The job's exact file is still in the inbox; otherwise forget the job."""
         try:
-            now = self.queue.version(identity(source))
+            now = self._version(source)
         except FileNotFoundError:
             output = Path(job.output) if job.output else self._output_of(source)
             if job.last_error == CRASHED and output.exists():
@@ -349,7 +356,7 @@ class Worker(threading.Thread):
         if not self._queue_call(self.queue.holds, job.id, job.lease):
             raise LeaseLost(f"the lease on {source} expired and another node took the job over")
         try:
-            now = self.queue.version(identity(source))
+            now = self._version(source)
         except FileNotFoundError:
             raise SourceChanged(f"{source} vanished while it was converted") from None
         if now != job.identity:
@@ -382,7 +389,9 @@ class Worker(threading.Thread):
     def _convert(self, source: Path, job: Job) -> Result:
         s = self.settings
         check_regular_file(source)
-        target = self.target = self._reserve(source, job)
+        target = self._reserve(source, job)
+        if self.current is not None:
+            self.current.target = target
         check = functools.partial(self._unchanged, source, job)
         if source.suffix.lower() == ".dac":
             fmt = OutputFormat(s.output.format, s.output.sample_format)
@@ -423,7 +432,7 @@ class Worker(threading.Thread):
             release_frames(exc)  # the failed pass's tensors, before the cache is emptied
             if self.metrics is not None:
                 self.metrics.out_of_memory.labels(self.device).inc()
-            shrunk = self.pool.shrink(self.generation)
+            shrunk = self.pool.shrink(self.current.generation if self.current is not None else None)
             self.log.warning("job.out_of_memory", geometry=shrunk or "smallest", **fields)
             if shrunk:  # a smaller batch or window: again at once, the attempt not counted
                 self._record(self.queue.retry_later, job.id, error, 0.0, False)
@@ -481,7 +490,7 @@ class Worker(threading.Thread):
                 os.rename(source, aside)
             except FileNotFoundError:
                 return
-            if self.queue.version(identity(aside)) != job_identity:
+            if self._version(aside) != job_identity:
                 os.rename(aside, source)
                 raise SourceChanged(f"{source} changed as it was to be deleted")
             aside.unlink()
