@@ -377,12 +377,15 @@ class ChunkedCodec:
         # sharing a device batch together (dacwatch.gate). Only the shortest files,
         # under MIN_WINDOW_FRAMES frames past the edges, run whole.
         if not fill(first_len + window_len + 2 * hop):
-            while n > MIN_WINDOW_FRAMES and buf.end < first_len + window_len + 2 * hop:
-                n = max(MIN_WINDOW_FRAMES, n // 2)
-                window_len = rf.size + (n - 1) * hop
-            if buf.end < first_len + window_len + 2 * hop:
+
+            def fits(k: int) -> bool:
+                return buf.end >= first_len + rf.size + (k - 1) * hop + 2 * hop
+
+            n = _halved(n, fits)
+            if not fits(n):
                 yield from self._encode_whole(buf, what)
                 return
+            window_len = rf.size + (n - 1) * hop
 
         if first_len:
             samples = buf.get(0, first_len)
@@ -473,8 +476,7 @@ class ChunkedCodec:
             # A short file takes the longest halved window that fits it with its
             # context (as in encoding: few shapes, which files sharing a device batch
             # together); one shorter than the smallest such window runs whole.
-            while n > MIN_WINDOW_FRAMES and n + ctx.left + ctx.right > frames:
-                n = max(MIN_WINDOW_FRAMES, n // 2)
+            n = _halved(n, lambda k: k + ctx.left + ctx.right <= frames)
             if n + ctx.left + ctx.right > frames:
                 n = frames
         first, last = start // hop, min(frames, math.ceil(stop / hop))
@@ -603,6 +605,15 @@ class _RollingBuffer:
         if drop:
             self._data = self._data[:, drop:].copy()
             self.start += drop
+
+
+def _halved(n: int, fits: Callable[[int], bool]) -> int:
+    """The window ladder for short files: ``n`` frames, halved until ``fits`` (a short
+    file: only a few shapes occur, which files sharing a device batch together) or
+    down to :data:`MIN_WINDOW_FRAMES`."""
+    while n > MIN_WINDOW_FRAMES and not fits(n):
+        n = max(MIN_WINDOW_FRAMES, n // 2)
+    return n
 
 
 def _ceil_to(value: int, multiple: int) -> int:
