@@ -24,7 +24,7 @@ from dacwatch.container import read
 from dacwatch.convert import CodecPool, CodecSettings, encode_file
 from dacwatch.fsio import identity
 from dacwatch.model import ModelSpec
-from dacwatch.queue import JobQueue, Status
+from dacwatch.queue import BaseQueue, JobQueue, Status
 from dacwatch.service import Service
 from dacwatch.worker import Worker
 
@@ -45,9 +45,9 @@ def memory_budget(model: Any, samples: int) -> Any:
 class Running:
     """A real worker thread on a real queue; submit files, wait, stop."""
 
-    def __init__(self, settings: Settings, pool: CodecPool) -> None:
+    def __init__(self, settings: Settings, pool: CodecPool, queue: BaseQueue | None = None) -> None:
         self.settings = settings
-        self.queue = JobQueue(settings.state_db)
+        self.queue = queue or JobQueue(settings.state_db)
         self.worker = Worker(settings, self.queue, pool, "cpu", structlog.get_logger("test"))
 
     def submit(self, *paths: Path) -> None:
@@ -251,10 +251,7 @@ def test_a_worker_whose_lease_was_taken_over_renames_nothing(tmp_path: Path, poo
 
     s = settings_for(tmp_path, pool.spec.weights)
     src = wav(s.inbox / "talk.wav", seconds=3.0, rate=44100)
-    run = Running(s, pool)
-    run.queue.close()
-    run.queue = PostgresQueue(pg_url, "this-host")
-    run.worker = Worker(s, run.queue, pool, "cpu", structlog.get_logger("test"))
+    run = Running(s, pool, PostgresQueue(pg_url, "this-host"))
     run.submit(src)
     other = PostgresQueue(pg_url, "other-host", lease_timeout_s=0.001)
     stolen: list[Any] = []
@@ -296,10 +293,7 @@ def test_a_taken_over_job_finished_by_its_first_holder_is_recorded_done(
     assert held is not None
     output = s.outbox / "talk.dac"
     assert first.reserve_output(held.id, "talk.wav", [str(output)], lease=held.lease) == str(output)
-    run = Running(s, pool)
-    run.queue.close()
-    run.queue = PostgresQueue(pg_url, "this-host", lease_timeout_s=0.001)
-    run.worker = Worker(s, run.queue, pool, "cpu", structlog.get_logger("test"))
+    run = Running(s, pool, PostgresQueue(pg_url, "this-host", lease_timeout_s=0.001))
     finished: list[bool] = []
 
     def first_host_finishes(_module: Any, _args: Any) -> None:
