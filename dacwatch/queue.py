@@ -400,10 +400,10 @@ class BaseQueue:
 
     def report(self, failures: int = 10) -> dict[str, Any]:
         with self._read() as db:
+            # SELECT *: an older database (dacwatch status never migrates) has no node or heartbeat.
             running = [
-                {k: dict(r).get(k) for k in ("path", "attempts", "worker", "node", "started_at", "heartbeat_at")}
-                for r in db.execute("SELECT * FROM jobs WHERE status = 'running' ORDER BY id").fetchall()
-            ]  # an older database (dacwatch status never migrates) has no node or heartbeat
+                dict(r) for r in db.execute("SELECT * FROM jobs WHERE status = 'running' ORDER BY id").fetchall()
+            ]
             failed = db.execute(
                 "SELECT path, attempts, last_error, finished_at FROM jobs WHERE status = 'failed' "
                 "ORDER BY finished_at DESC LIMIT ?",
@@ -412,7 +412,8 @@ class BaseQueue:
         return {
             "counts": self.counts(),
             "running": [
-                dict(r) | {"started_at": _iso(r["started_at"]), "heartbeat_at": _iso(r["heartbeat_at"])}
+                {k: r.get(k) for k in ("path", "attempts", "worker", "node")}
+                | {"started_at": _iso(r.get("started_at")), "heartbeat_at": _iso(r.get("heartbeat_at"))}
                 for r in running
             ],
             "recent_failures": [dict(r) | {"finished_at": _iso(r["finished_at"])} for r in failed],
