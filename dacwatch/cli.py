@@ -134,7 +134,17 @@ def build_parser() -> argparse.ArgumentParser:
     c = csub.add_parser("check", help="validate and print the effective configuration")
     c.add_argument("--config", type=Path, default=None)
     c.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("doctor", help="is this host ready: the ML stack, devices, weights, folders")
+    p.add_argument("--config", type=Path, default=None, help="also check this configuration's weights and folders")
+    p.add_argument("--network", action="store_true", help="also try to reach the weights' download address")
     return parser
+
+
+# Commands that import torch and DAC: the stack is checked first, so a broken install
+# ends in one sentence (dacwatch.stack), never in a loader's traceback. ``run`` checks
+# it itself, once its signal handlers are in place.
+NEEDS_STACK = frozenset(["encode", "decode", "verify", "retry", "config"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -148,8 +158,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "status": _status,
         "retry": _retry,
         "config": _config_check,
+        "doctor": _doctor,
     }
     try:
+        if args.command in NEEDS_STACK:
+            from .stack import require
+
+            require()
         return handlers[args.command](args)
     except KeyboardInterrupt:
         print("dacwatch: interrupted", file=sys.stderr)
@@ -328,6 +343,9 @@ def _run(args: argparse.Namespace) -> int:
     early: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: early.append(signum))
+    from .stack import require
+
+    require()
     from .service import run
 
     status: int = run(_settings(args), early_signals=early)
@@ -405,6 +423,16 @@ def _check_runtime(settings: Any) -> list[str]:
     pool = make_pool(settings, "cpu")
     check_against_model(settings, pool)
     return [*lines, f"model: {pool.spec.describe()}, {pool.codec().n_codebooks} codebooks: the configuration fits"]
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from .doctor import examine
+
+    settings = _settings(args) if args.config is not None or os.environ.get("DACWATCH_CONFIG") else None
+    report = examine(settings, network=args.network)
+    for line in report.lines:
+        print(line)
+    return report.status
 
 
 if __name__ == "__main__":
