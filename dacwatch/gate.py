@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import threading
+import time
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,6 +61,34 @@ class DeviceGate:
         self._pending: list[_Request] = []
         self._busy = False
         self.stats = GateStats()
+        # Liveness (Worker.stalled): the threads inside the gate, waiting or running a
+        # pass, and when the device last moved (a pass started or ended). A thread in
+        # the gate makes progress as long as the device does.
+        self._inside: dict[int, float] = {}
+        self._left: dict[int, float] = {}
+        self.moved_at = time.monotonic()
+
+    def progress(self, thread: int | None) -> tuple[bool, float | None]:
+        """For a thread (its ident): whether it is inside the gate now, and the last time
+        it or the device made progress there (it entered, a pass started or ended while
+        it was inside, or it left). ``(False, None)`` for a thread never seen here."""
+        with self._cv:
+            entered = self._inside.get(thread) if thread is not None else None
+            if entered is not None:
+                return True, max(entered, self.moved_at)
+            return False, self._left.get(thread) if thread is not None else None
+
+    @contextlib.contextmanager
+    def _entered(self) -> Iterator[None]:
+        me = threading.get_ident()
+        with self._cv:
+            self._inside[me] = time.monotonic()
+        try:
+            yield
+        finally:
+            with self._cv:
+                self._inside.pop(me, None)
+                self._left[me] = time.monotonic()
 
     def run(self, key: Hashable, rows: np.ndarray, windows: int, limit: int, fn: RowsPass) -> tuple[np.ndarray, Any]:
         """``fn(rows)``, perhaps with other callers' rows of the same ``key`` stacked after
@@ -71,15 +100,17 @@ class DeviceGate:
         An exception in the pass is raised in every caller whose rows were in it.
         """
         request = _Request(key, rows, windows)
-        with self._cv:
-            self._pending.append(request)
-            while self._busy and not request.done:
-                self._cv.wait()
+        with self._entered():
+            with self._cv:
+                self._pending.append(request)
+                while self._busy and not request.done:
+                    self._cv.wait()
+                if not request.done:
+                    self._busy = True
+                    self.moved_at = time.monotonic()
+                    group = self._take(request, limit)
             if not request.done:
-                self._busy = True
-                group = self._take(request, limit)
-        if not request.done:
-            self._execute(group, fn)
+                self._execute(group, fn)
         if request.error is not None:
             raise request.error
         assert request.result is not None
@@ -93,16 +124,19 @@ class DeviceGate:
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
         """Hold the device for work that cannot be merged (DAC 1.0.0's own chunks)."""
-        with self._cv:
-            while self._busy:
-                self._cv.wait()
-            self._busy = True
-        try:
-            yield
-        finally:
+        with self._entered():
             with self._cv:
-                self._busy = False
-                self._cv.notify_all()
+                while self._busy:
+                    self._cv.wait()
+                self._busy = True
+                self.moved_at = time.monotonic()
+            try:
+                yield
+            finally:
+                with self._cv:
+                    self._busy = False
+                    self.moved_at = time.monotonic()
+                    self._cv.notify_all()
 
     def _take(self, request: _Request, limit: int) -> list[_Request]:
         """``request`` and the waiting requests of its key that fit, in arrival order
@@ -136,6 +170,7 @@ class DeviceGate:
                 for r in group:
                     r.done = True
                 self._busy = False
+                self.moved_at = time.monotonic()
                 self._cv.notify_all()
 
 

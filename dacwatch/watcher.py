@@ -110,7 +110,8 @@ class Debouncer:
     mtime unchanged for ``settle_s``. An empty file is never complete. In every
     case the file must still be unchanged at the moment it is taken.
 
-    Clock, probe and writer check are injected so tests need no sleeps.
+    Clock, probe and writer check are injected so tests need no sleeps; ``beat`` is
+    called for every path looked at (the watcher's heartbeat: progress, however many).
     """
 
     settle_s: float
@@ -118,6 +119,7 @@ class Debouncer:
     probe: Probe = probe
     writers: WriterCheck | None = scan_writers
     quiet_s: float = QUIET_S
+    beat: Callable[[], None] = field(default=lambda: None)
     _pending: dict[Path, _Pending] = field(default_factory=dict)
     _scan: WriterScan | None = None
     _scanned: frozenset[str] = frozenset()
@@ -125,6 +127,7 @@ class Debouncer:
 
     def seen(self, path: Path, what: Seen = Seen.SCAN) -> None:
         """An event or a scan saw ``path``."""
+        self.beat()
         ident = self.probe(path)
         if ident is None:
             self._pending.pop(path, None)
@@ -154,6 +157,7 @@ class Debouncer:
         stable: list[tuple[Path, _Pending]] = []
         ready: list[tuple[Path, Identity]] = []
         for path, entry in list(self._pending.items()):
+            self.beat()
             ident = self.probe(path)
             if ident is None:
                 del self._pending[path]
@@ -166,9 +170,16 @@ class Debouncer:
                 stable.append((path, entry))
         if not stable:
             return ready
-        scan = self._writers({_real(path) for path, _ in stable}, now)
+        # Resolved only for the /proc scan (its links name real paths): 50,000 realpath
+        # calls cost seconds.
+        real: dict[Path, str] = {}
+        for path, _ in stable if self.writers is not None else ():
+            self.beat()
+            real[path] = _real(path)
+        scan = self._writers(set(real.values()), now)
         for path, entry in stable:
-            if self._complete(entry, _real(path), now, scan):
+            self.beat()
+            if self._complete(entry, real.get(path, ""), now, scan):
                 del self._pending[path]
                 ready.append((path, entry.identity))
         return ready
@@ -235,7 +246,9 @@ class Watcher(threading.Thread):
         super().__init__(name="dacwatch-watcher", daemon=True)
         self.rules = rules
         self.submit = submit
-        self.debouncer = Debouncer(settle_s, writers=scan_writers if writer_check else None)
+        # Every look at a candidate is progress: a scan or a burst of 50,000 new files on
+        # a slow disk takes many seconds of probes, and must not read as a dead watcher.
+        self.debouncer = Debouncer(settle_s, writers=scan_writers if writer_check else None, beat=self._beat)
         self.polling = polling
         self.poll_interval_s = poll_interval_s
         self.reconcile_interval_s = reconcile_interval_s
@@ -246,6 +259,9 @@ class Watcher(threading.Thread):
         self._stopping = threading.Event()
         self._rescan = threading.Event()
         self._observer: Any = None
+
+    def _beat(self) -> None:
+        self.heartbeat = time.monotonic()
 
     # the observer's side: never blocks, never touches the disk
     def _on_event(self, event: Any) -> None:
@@ -277,6 +293,7 @@ class Watcher(threading.Thread):
         count = 0
         for dirpath, dirs, files in os.walk(self.rules.inbox):
             base = Path(dirpath)
+            self.heartbeat = time.monotonic()
             dirs[:] = [d for d in dirs if self.rules.ignored(base / d) is None]
             for name in files:
                 path = base / name
@@ -300,6 +317,7 @@ class Watcher(threading.Thread):
                         self.log.debug("watch.reconciled", candidates=found)
                     next_scan = time.monotonic() + self.reconcile_interval_s
                 for path, ident in self.debouncer.due():
+                    self.heartbeat = time.monotonic()  # a queue on a loaded disk takes its time
                     if self.rules.ignored(path) is None:
                         self.submit(path, ident)
                 self._stopping.wait(0.1)

@@ -187,7 +187,9 @@ class Worker(threading.Thread):
         now = time.monotonic()
         if self.current is not None:
             if self.current.ticks:  # the wait for the first report is not a gap between two
-                self.current.longest_gap = max(self.current.longest_gap, now - self.heartbeat)
+                # Time in the device's gate is judged there (stalled), not as a gap.
+                since = max(self.heartbeat, self.pool.gate.progress(self.ident)[1] or 0.0)
+                self.current.longest_gap = max(self.current.longest_gap, now - since)
             self.current.ticks += 1
         self.heartbeat = now
         if self.abort.is_set():
@@ -207,17 +209,25 @@ class Worker(threading.Thread):
         Work reports progress after every block it reads, decodes or writes. Before
         its first block a job may load another model or read a slow share, so it gets
         ``stall_timeout_s``; after that, ten times the longest gap between its blocks
-        so far, at least a tenth of ``stall_timeout_s``. Between jobs the loop beats
-        every 0.2 s.
+        so far, at least a tenth of ``stall_timeout_s``. Inside the device's gate it
+        makes progress while the device does, and each forward pass (a whole file's,
+        with window 0) gets ``stall_timeout_s``. Between jobs the loop beats every 0.2 s.
         """
         now = time.monotonic() if now is None else now
         current = self.current
         first = self.settings.stall_timeout_s
-        if current is None or current.ticks == 0 or current.finishing:
+        inside, device = self.pool.gate.progress(self.ident)
+        last = max(self.heartbeat, device or 0.0)
+        if inside:
+            # In the device's gate: waiting behind other files' passes (progress is the
+            # device's) or running one pass, which may be a whole file (window 0) and
+            # reports nothing until it ends: each pass gets the first-block allowance.
+            bound = first
+        elif current is None or current.ticks == 0 or current.finishing:
             bound = first
         else:
             bound = max(first / 10, 10 * current.longest_gap)
-        silent = now - self.heartbeat
+        silent = now - last
         if silent <= bound:
             return None
         what = f"converting {current.path}" if current is not None else "between jobs"
