@@ -246,6 +246,7 @@ class Worker(threading.Thread):
                 # The process died during each of these attempts: stop the crash loop.
                 raise PermanentError(f"the daemon died {job.attempts - 1} times converting this file")
             result = self._convert(source, job)
+            mine = output_identity(result.output)  # what this worker renamed into place
             self._finishing()
             crash_point("after_rename")
             try:
@@ -256,8 +257,7 @@ class Worker(threading.Thread):
                 if self._finished_elsewhere(job, source) is None and self._queue_call(
                     self.queue.holds, job.id, job.lease
                 ):
-                    with contextlib.suppress(FileNotFoundError):
-                        result.output.unlink()
+                    drop_output(result.output, mine)
                 raise
             self._dispose(source, job.identity)
             crash_point("after_dispose")
@@ -546,6 +546,25 @@ def release_frames(exc: BaseException) -> None:
         seen.add(id(current))
         traceback.clear_frames(current.__traceback__)
         current = current.__cause__ or current.__context__
+
+
+def output_identity(path: Path) -> Identity | None:
+    """The identity of the output just renamed into place (None if it is gone already)."""
+    try:
+        return identity(path)
+    except FileNotFoundError:
+        return None
+
+
+def drop_output(path: Path, mine: Identity | None) -> bool:
+    """Unlink ``path`` only if it is still the file this worker wrote (``mine``): while a
+    lane or host stalled after its rename, a newer version of the source may have been
+    converted under the same name, and that output is not this worker's to delete."""
+    if mine is None or output_identity(path) != mine:
+        return False
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    return True
 
 
 def unique(path: Path) -> Path:

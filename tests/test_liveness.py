@@ -4,6 +4,7 @@ restarts it mid-import), and a hung one still is (tests/test_queue_moves.py)."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from structlog.testing import capture_logs
 from dacwatch.fsio import Identity
 from dacwatch.service import Service
 from dacwatch.watcher import IgnoreRules, Watcher
+from dacwatch.worker import drop_output, output_identity
 
 from .conftest import settings_for
 from .daemon import wav
@@ -96,3 +98,19 @@ def test_the_watcher_beats_through_a_long_scan_and_a_long_submission(tmp_path: P
         watcher.join(30)
     assert len(submit.paths) == len(names)
     assert longest < 0.5, f"the watcher was silent for {longest:.2f} s"
+
+
+def test_a_changed_sources_output_is_unlinked_only_if_it_is_still_ours(tmp_path: Path) -> None:
+    """After the rename, a changed source makes the worker drop its output: only the file
+    it wrote. A newer version's output renamed over the same name meanwhile (a lane or a
+    host stalled between its rename and its check) is kept."""
+    output = tmp_path / "talk.dac"
+    output.write_bytes(b"v1 codes")
+    mine = output_identity(output)
+    newer = tmp_path / ".newer"
+    newer.write_bytes(b"v2 codes, converted by another lane")
+    os.replace(newer, output)
+    assert drop_output(output, mine) is False
+    assert output.read_bytes() == b"v2 codes, converted by another lane"
+    assert drop_output(output, output_identity(output)) is True and not output.exists()
+    assert drop_output(output, None) is False
