@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -36,13 +37,22 @@ from .gate import DeviceGate
 from .model import (
     DacNet,
     DecoderContext,
-    ReceptiveField,
     back_interval,
     decoder_context,
     decoder_output_length,
     decoder_stages,
     encoder_receptive_field,
     layer_padding,
+)
+from .windows import (
+    MIN_WINDOW_FRAMES,
+    ReceptiveField,
+    WindowSpec,
+    ceil_to,
+    encode_plan,
+    halved,
+    long_file_prefix,
+    lookahead,
 )
 
 # Per-device defaults, chosen by bench/ (DESIGN.md, "Performance notes"): on a
@@ -54,7 +64,6 @@ GPU_ENCODE_WINDOW_S = 10.0
 GPU_DECODE_WINDOW_S = 5.0
 CPU_BATCH = 1
 GPU_BATCH = 16
-MIN_WINDOW_FRAMES = 16  # the smallest window out-of-memory recovery shrinks to
 
 # Numerics (DESIGN.md, "GPU"). float32 is exact: no TF32 in convolutions or
 # matrix products, cuDNN limited to deterministic algorithms and never
@@ -347,9 +356,11 @@ class ChunkedCodec:
         yield from self._windows(blocks, channels, ("codes", nq))
 
     def _windows(self, blocks: Iterable[np.ndarray], channels: int, what: RowPass) -> Iterator[np.ndarray]:
-        """The exact windowing (module doc) of a stream, each batch computing ``what``."""
-        rf, hop = self.rf, self.hop
-        n = self.frames_per_window()
+        """Run a stream through its window plan (:mod:`dacwatch.windows`), each batch
+        computing ``what``. A stream long enough for full windows starts on the plan's
+        prefix as the samples arrive; the rest of the plan, which depends on the length,
+        runs once the stream has ended."""
+        rf, n = self.rf, self.frames_per_window()
         buf = _RollingBuffer(channels)
         source = iter(blocks)
 
@@ -362,88 +373,40 @@ class ChunkedCodec:
                 buf.append(block)
             return True
 
-        if n == 0:
+        done: list[WindowSpec] = []
+        pending: list[WindowSpec] = []
+        if n and fill(lookahead(rf, n)):
+            prefix = long_file_prefix(rf, n)
+            spec = next(prefix)
+            while True:
+                while spec.padded or spec.stop <= buf.end:  # every sample of the window is here
+                    pending.append(spec)
+                    spec = next(prefix)
+                    if len(pending) >= self.batch_size:  # another lane may have shrunk it meanwhile
+                        yield from self._run_plan(buf, pending, what)
+                        done += pending
+                        buf.discard_before(pending[-1].start)
+                        pending = []
+                if not fill(buf.end + 1):
+                    break
+        else:
             fill(np.iinfo(np.int64).max)
-            yield from self._encode_whole(buf, what)
-            return
-
-        t_lo = math.ceil(rf.padding / hop)  # first interior frame
-        first_len = _ceil_to(rf.end(t_lo - 1), hop) if t_lo > 0 else 0
-        window_len = rf.size + (n - 1) * hop
-        # Decide between the split plan and one whole-file pass: the split plan needs
-        # the file to be longer than both edge windows and one interior window. A
-        # shorter file takes the longest of the halved windows (n/2, n/4, ...) that
-        # fits it: every file then runs in one of a few window shapes, which files
-        # sharing a device batch together (dacwatch.gate). Only the shortest files,
-        # under MIN_WINDOW_FRAMES frames past the edges, run whole.
-        if not fill(first_len + window_len + 2 * hop):
-
-            def fits(k: int) -> bool:
-                return buf.end >= first_len + rf.size + (k - 1) * hop + 2 * hop
-
-            n = _halved(n, fits)
-            if not fits(n):
-                yield from self._encode_whole(buf, what)
-                return
-            window_len = rf.size + (n - 1) * hop
-
-        if first_len:
-            samples = buf.get(0, first_len)
-            yield from self._run_encode([_Window(0, 0, t_lo, samples)], True, what)
-        next_frame = t_lo
-        pending: list[_Window] = []
-
-        def interior(t0: int, count: int, skip: int = 0) -> _Window:
-            start = rf.first(t0 - skip)
-            return _Window(t0, skip, count, buf.get(start, start + window_len))
-
-        # Interior windows while the stream runs: any frame whose samples are
-        # all here is interior, because the file is at least that long.
-        while True:
-            while rf.end(next_frame + n - 1) <= buf.end:
-                pending.append(interior(next_frame, n))
-                next_frame += n
-                if len(pending) >= self.batch_size:  # another lane may have shrunk it meanwhile
-                    yield from self._run_encode(pending, False, what)
-                    pending.clear()
-                    buf.discard_before(rf.first(next_frame - n))
-            if not fill(buf.end + 1):
-                break
-
         length = buf.end
-        padded_len = _ceil_to(length, hop)
-        buf.append(np.zeros((channels, padded_len - length), dtype=np.float32))
-        total = padded_len // hop
-        t_hi = (padded_len - rf.size + rf.padding) // hop  # last interior frame
-        remaining = t_hi + 1 - next_frame
-        if remaining > 0:
-            # Keep one window shape for the batch: the last window overlaps the
-            # previous one and drops the frames already produced.
-            overlap = n - remaining if t_hi + 1 - n >= t_lo else 0
-            if overlap:
-                pending.append(interior(next_frame, remaining, skip=overlap))
-            else:
-                pending.append(_Window(next_frame, 0, remaining, buf.get(rf.first(next_frame), rf.end(t_hi))))
-            next_frame = t_hi + 1
-        # Equal lengths batch together; a short last window runs on its own.
-        for same in _group_by_length(pending):
-            yield from self._run_encode(same, False, what)
+        plan = encode_plan(length, rf, n)
+        done += pending
+        if plan[: len(done)] != done:
+            raise AssertionError("the streamed windows left the window plan")  # a bug of ours, never a file's
+        buf.append(np.zeros((channels, ceil_to(length, self.hop) - length), dtype=np.float32))
+        # What is left of the prefix runs with the plan's last windows: equal shapes share a batch.
+        yield from self._run_plan(buf, pending + plan[len(done) :], what)
 
-        if next_frame < total:
-            start = max(0, (rf.first(next_frame) // hop) * hop)
-            skip = next_frame - start // hop
-            last = _Window(next_frame, skip, total - next_frame, buf.get(start, padded_len))
-            yield from self._run_encode([last], True, what)
-
-    def _encode_whole(self, buf: _RollingBuffer, what: RowPass) -> Iterator[np.ndarray]:
-        """One padded pass over everything buffered, exactly what DAC's own forward does."""
-        length = buf.end
-        if length == 0:
-            return
-        padded_len = _ceil_to(length, self.hop)
-        buf.append(np.zeros((buf.channels, padded_len - length), dtype=np.float32))
-        samples = buf.get(0, padded_len)
-        yield from self._run_encode([_Window(0, 0, padded_len // self.hop, samples)], True, what)
+    def _run_plan(self, buf: _RollingBuffer, specs: Sequence[WindowSpec], what: RowPass) -> Iterator[np.ndarray]:
+        """Run ``specs`` in order, batching neighbours of one shape (edges, with layer padding
+        on, apart from interior windows); yield each window's kept frames ``[frames, K, C]``."""
+        for (padded, _samples), group in itertools.groupby(specs, key=lambda w: (w.padded, w.samples)):
+            windows = [_Window(w.first_frame, w.skip, w.count, buf.get(w.start, w.stop)) for w in group]
+            for i in range(0, len(windows), self.batch_size):
+                yield from self._run_encode(windows[i : i + self.batch_size], padded, what)
 
     # ------------------------------------------------------------------ decoding
 
@@ -476,7 +439,7 @@ class ChunkedCodec:
             # A short file takes the longest halved window that fits it with its
             # context (as in encoding: few shapes, which files sharing a device batch
             # together); one shorter than the smallest such window runs whole.
-            n = _halved(n, lambda k: k + ctx.left + ctx.right <= frames)
+            n = halved(n, lambda k: k + ctx.left + ctx.right <= frames)
             if n + ctx.left + ctx.right > frames:
                 n = frames
         first, last = start // hop, min(frames, math.ceil(stop / hop))
@@ -605,23 +568,3 @@ class _RollingBuffer:
         if drop:
             self._data = self._data[:, drop:].copy()
             self.start += drop
-
-
-def _halved(n: int, fits: Callable[[int], bool]) -> int:
-    """The window ladder for short files: ``n`` frames, halved until ``fits`` (a short
-    file: only a few shapes occur, which files sharing a device batch together) or
-    down to :data:`MIN_WINDOW_FRAMES`."""
-    while n > MIN_WINDOW_FRAMES and not fits(n):
-        n = max(MIN_WINDOW_FRAMES, n // 2)
-    return n
-
-
-def _ceil_to(value: int, multiple: int) -> int:
-    return -(-value // multiple) * multiple
-
-
-def _group_by_length(windows: list[_Window]) -> list[list[_Window]]:
-    groups: dict[int, list[_Window]] = {}
-    for w in windows:
-        groups.setdefault(w.samples.shape[1], []).append(w)
-    return list(groups.values())

@@ -26,6 +26,7 @@ from torch import nn
 
 from . import kernels
 from .errors import ModelUnavailableError
+from .windows import ReceptiveField
 
 ModelType = Literal["44khz", "24khz", "16khz"]
 ModelBitrate = Literal["8kbps", "16kbps"]
@@ -226,23 +227,6 @@ def layer_padding(model: nn.Module, enabled: bool) -> Iterator[None]:
     finally:
         for m, padding in saved:
             m.padding = padding
-
-
-@dataclass(frozen=True)
-class ReceptiveField:
-    """Where encoder frame ``t`` looks: input samples ``[t*stride - padding, t*stride - padding + size)``."""
-
-    size: int
-    stride: int
-    padding: int
-
-    def first(self, frame: int) -> int:
-        """First input sample (in the padded file) that ``frame`` depends on."""
-        return frame * self.stride - self.padding
-
-    def end(self, frame: int) -> int:
-        """One past the last input sample that ``frame`` depends on."""
-        return self.first(frame) + self.size
 
 
 def encoder_receptive_field(model: DacNet) -> ReceptiveField:
