@@ -10,6 +10,7 @@ stable files. The reconcile scan finds everything again, so a lost event
 from __future__ import annotations
 
 import enum
+import logging
 import os
 import queue as stdqueue
 import stat as stmod
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .complete import Evidence, Scan, Verdict, judge
 from .fsio import TEMP_PREFIX, Identity, within
 from .writers import WriterScan, scan_writers
 
@@ -99,16 +101,9 @@ SCAN_INTERVAL_S = 1.0  # the /proc walk runs at most this often
 
 @dataclass
 class Debouncer:
-    """Decides when a candidate is complete: when no process holds it open for writing.
-
-    In order of trust: a scan of ``/proc`` that could see every process (no
-    writer: complete once its size and mtime stay put for a moment); inotify's
-    events for this file (modified and not closed since: a writer is between
-    writes, however long it stalls; closed after writing with nothing else
-    open: complete at once); else, where writers cannot be seen (polling on a
-    network share, a file found by a scan under the hardened unit), size and
-    mtime unchanged for ``settle_s``. An empty file is never complete. In every
-    case the file must still be unchanged at the moment it is taken.
+    """Gathers what is known of each candidate (events, identity over time, the writer
+    scan) and asks :func:`dacwatch.complete.judge` whether it is complete. In every case
+    the file must still be unchanged at the moment it is taken.
 
     Clock, probe and writer check are injected so tests need no sleeps; ``beat`` is
     called for every path looked at (the watcher's heartbeat: progress, however many).
@@ -152,10 +147,10 @@ class Debouncer:
             entry.writing, entry.closed = False, True
 
     def due(self) -> list[tuple[Path, Identity]]:
-        """Paths that are complete now, with the identity they had when judged so."""
+        """Paths that are complete now (or to be refused at once), with the identity they had
+        when judged so. The rule itself is :func:`dacwatch.complete.judge`."""
         now = self.clock()
-        stable: list[tuple[Path, _Pending]] = []
-        ready: list[tuple[Path, Identity]] = []
+        looked: list[tuple[Path, _Pending]] = []
         for path, entry in list(self._pending.items()):
             self.beat()
             ident = self.probe(path)
@@ -163,26 +158,49 @@ class Debouncer:
                 del self._pending[path]
             elif ident != entry.identity:
                 entry.identity, entry.since = ident, now
-            elif not ident.regular:  # a FIFO or device: the worker refuses it at once
-                del self._pending[path]
-                ready.append((path, ident))
-            elif ident.size > 0 and now - entry.since >= min(self.quiet_s, self.settle_s):
-                stable.append((path, entry))
-        if not stable:
-            return ready
-        # Resolved only for the /proc scan (its links name real paths): 50,000 realpath
-        # calls cost seconds.
+            else:
+                looked.append((path, entry))
+        quiet = min(self.quiet_s, self.settle_s)
+        # The /proc scan only for files it can decide: regular, not empty, still, not
+        # being written (the rule's earlier rows decide the others).
         real: dict[Path, str] = {}
-        for path, _ in stable if self.writers is not None else ():
+        for path, entry in looked if self.writers is not None else ():
+            i = entry.identity
+            if i.regular and i.size > 0 and now - entry.since >= quiet and not entry.writing:
+                self.beat()
+                real[path] = _real(path)
+        scan = self._writers(set(real.values()), now) if real else None
+        ready: list[tuple[Path, Identity]] = []
+        for path, entry in looked:
             self.beat()
-            real[path] = _real(path)
-        scan = self._writers(set(real.values()), now)
-        for path, entry in stable:
-            self.beat()
-            if self._complete(entry, real.get(path, ""), now, scan):
+            i = entry.identity
+            if scan is None or path not in real:
+                seen = Scan.NONE
+            elif real[path] in scan.writers:
+                seen = Scan.WRITER
+            else:
+                seen = Scan.CLEAR if scan.complete else Scan.CLEAR_PARTIAL
+            evidence = Evidence(
+                regular=i.regular,
+                empty=i.size == 0,
+                quiet=now - entry.since >= quiet,
+                settled=now - entry.since >= self.settle_s,
+                events=entry.events,
+                writing=entry.writing,
+                closed=entry.closed,
+                open_elsewhere=entry.opens > 0,
+                scan=seen,
+            )
+            if judge(evidence).verdict is not Verdict.WAIT:
                 del self._pending[path]
-                ready.append((path, entry.identity))
+                ready.append((path, i))
         return ready
+
+    def forget_events(self) -> None:
+        """inotify lost events (its queue overflowed): what it said of pending files may miss
+        a close, so every pending file is judged by the writer scan and the settle time."""
+        for entry in self._pending.values():
+            entry.events, entry.opens, entry.writing, entry.closed = False, 0, False, False
 
     def _writers(self, paths: set[str], now: float) -> WriterScan | None:
         """The /proc scan for ``paths``: at most once a second, again sooner only for a
@@ -192,21 +210,6 @@ class Debouncer:
         if now - self._scanned_at >= SCAN_INTERVAL_S or not paths <= self._scanned:
             self._scan, self._scanned, self._scanned_at = self.writers(sorted(paths)), frozenset(paths), now
         return self._scan
-
-    def _complete(self, entry: _Pending, path: str, now: float, scan: WriterScan | None) -> bool:
-        if entry.writing:
-            # Modified, not closed since: a writer is between writes. Trusted over a
-            # scan that saw no writer (a writer in another PID namespace, or the
-            # kernel's own, holds no descriptor this process can see).
-            return False
-        if scan is not None and path in scan.writers:
-            return False
-        if scan is not None and scan.complete:
-            return True  # every process seen, none writing it
-        settled = now - entry.since >= self.settle_s
-        if not entry.events:
-            return settled
-        return (entry.closed and entry.opens == 0) or settled
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -227,6 +230,20 @@ _SEEN = {
     "closed_no_write": Seen.CLOSED_NOWRITE,
     "moved": Seen.MOVED_IN,
 }
+
+
+class _Overflowed(logging.Handler):
+    """watchdog tells of a lost inotify queue (IN_Q_OVERFLOW) only in a log record."""
+
+    LOGGER = "watchdog.observers.inotify_c"
+
+    def __init__(self, flag: threading.Event) -> None:
+        super().__init__(logging.WARNING)
+        self.flag = flag
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "overflowed" in record.getMessage():
+            self.flag.set()
 
 
 class Watcher(threading.Thread):
@@ -258,6 +275,8 @@ class Watcher(threading.Thread):
         self._events: stdqueue.SimpleQueue[tuple[Path, Seen]] = stdqueue.SimpleQueue()
         self._stopping = threading.Event()
         self._rescan = threading.Event()
+        self._overflowed = threading.Event()
+        self._alarm = _Overflowed(self._overflowed)
         self._observer: Any = None
 
     def _beat(self) -> None:
@@ -283,6 +302,7 @@ class Watcher(threading.Thread):
 
         handler = FileSystemEventHandler()
         handler.dispatch = self._on_event  # type: ignore[method-assign]
+        logging.getLogger(_Overflowed.LOGGER).addHandler(self._alarm)
         observer = PollingObserver(timeout=self.poll_interval_s) if self.polling else Observer()
         observer.schedule(handler, str(self.rules.inbox), recursive=True)
         observer.start()
@@ -310,6 +330,14 @@ class Watcher(threading.Thread):
             while not self._stopping.is_set():
                 self.heartbeat = time.monotonic()
                 self._drain(self._events)
+                if self._overflowed.is_set():
+                    # Events were lost, a writer's close among them perhaps: judge every
+                    # pending file by the scan and settle time, and look at everything again.
+                    self._overflowed.clear()
+                    self.debouncer.forget_events()
+                    self._rescan.set()
+                    if self.log is not None:
+                        self.log.warning("watch.events_lost", reason="inotify queue overflowed")
                 if self._rescan.is_set() or time.monotonic() >= next_scan:
                     self._rescan.clear()
                     found = self.scan()
@@ -326,6 +354,7 @@ class Watcher(threading.Thread):
             if self.log is not None:
                 self.log.exception("watch.crashed")
         finally:
+            logging.getLogger(_Overflowed.LOGGER).removeHandler(self._alarm)
             if self._observer is not None:
                 self._observer.stop()
                 self._observer.join(timeout=5)
