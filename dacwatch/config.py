@@ -204,18 +204,23 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _folders_distinct(self) -> Settings:
-        folders = {"inbox": self.inbox, "outbox": self.outbox, "done": self.done, "failed": self.failed}
-        seen: dict[Path, str] = {}
-        for name, path in folders.items():
-            key = path.absolute()
-            if key in seen:
-                raise ValueError(f"{name} and {seen[key]} must be different folders (both {path})")
-            seen[key] = name
-        for name in ("outbox", "done", "failed"):
-            if self.inbox.absolute().is_relative_to(folders[name].absolute()):
-                raise ValueError(f"the inbox must not lie inside the {name} folder")
-        if self.on_success == "move" and self.done.absolute() == self.inbox.absolute():
-            raise ValueError("done must differ from the inbox")
+        """No folder may equal or lie inside another (symbolic links followed where they
+        exist), except that outbox, done and failed may lie inside the inbox: the watcher
+        ignores them there. A state_dir inside the inbox would have its own queue
+        quarantined; an inbox inside the outbox would convert its own outputs."""
+        folders = {"inbox": self.inbox, "outbox": self.outbox, "failed": self.failed, "state_dir": self.state_dir}
+        if self.on_success == "move":
+            folders["done"] = self.done
+        real = {name: path.resolve() for name, path in folders.items()}
+        for name, path in real.items():
+            for other, other_path in real.items():
+                if name == other or not path.is_relative_to(other_path):
+                    continue
+                if path == other_path:
+                    if list(real).index(name) < list(real).index(other):
+                        raise ValueError(f"{name} and {other} must be different folders (both {path})")
+                elif not (other == "inbox" and name in ("outbox", "done", "failed")):
+                    raise ValueError(f"{name} ({folders[name]}) must not lie inside {other} ({folders[other]})")
         return self
 
     @property
@@ -256,7 +261,7 @@ def load_settings(path: Path | None = None) -> Settings:
 def _explain(error: Any) -> str:
     loc = [str(part) for part in error.get("loc", ()) if not isinstance(part, int)]
     if not loc:
-        return str(error.get("msg"))
+        return str(error.get("msg")).removeprefix("Value error, ")
     key = ".".join(loc)
     env = ENV_PREFIX + "__".join(p.upper() for p in loc)
     msg = str(error.get("msg", "invalid"))

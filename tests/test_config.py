@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -13,9 +14,11 @@ from dacwatch.errors import ConfigError
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def write(tmp_path: Path, text: str) -> Path:
+def write(tmp_path: Path, text: str, **top: str) -> Path:
+    """A config file with ``text`` (sections) after the top-level keys ``top`` (and an inbox and state_dir)."""
     path = tmp_path / "config.toml"
-    path.write_text(f'inbox = "{tmp_path}/inbox"\nstate_dir = "{tmp_path}/state"\n' + text)
+    keys = {"inbox": f"{tmp_path}/inbox", "state_dir": f"{tmp_path}/state"} | top
+    path.write_text("".join(f'{k} = "{v}"\n' for k, v in keys.items()) + text)
     return path
 
 
@@ -78,3 +81,39 @@ def test_config_check_refuses_an_impossible_port_with_exit_2_and_one_line(
     assert main(["config", "check", "--config", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "metrics.listen (env DACWATCH_METRICS__LISTEN)" in err[0] and "1-65535" in err[0]
+
+
+def folders(tmp_path: Path, **changed: str) -> Path:
+    names = {k: f"{tmp_path}/{k}" for k in ("outbox", "done", "failed")}
+    return write(tmp_path, "", **names | {k: v.format(t=tmp_path) for k, v in changed.items()})
+
+
+@pytest.mark.parametrize(
+    "changed, message",
+    [
+        ({"state_dir": "{t}/inbox/.state"}, "state_dir ({t}/inbox/.state) must not lie inside inbox"),
+        ({"inbox": "{t}/outbox/in"}, "inbox ({t}/outbox/in) must not lie inside outbox"),
+        ({"failed": "{t}/outbox/failed"}, "failed ({t}/outbox/failed) must not lie inside outbox"),
+        ({"outbox": "{t}/state/out"}, "outbox ({t}/state/out) must not lie inside state_dir"),
+        ({"state_dir": "{t}/failed"}, "failed and state_dir must be different folders"),
+        ({"done": "{t}/inbox"}, "inbox and done must be different folders"),
+        ({"state_dir": "{t}/link/state"}, "state_dir ({t}/link/state) must not lie inside inbox"),
+    ],
+)
+def test_overlapping_folders_are_refused(tmp_path: Path, changed: dict[str, str], message: str) -> None:
+    (tmp_path / "inbox").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "inbox")  # a symbolic link is followed
+    with pytest.raises(ConfigError, match=re.escape(message.format(t=tmp_path))):
+        load_settings(folders(tmp_path, **changed))
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        {"outbox": "{t}/inbox/out", "done": "{t}/inbox/done", "failed": "{t}/inbox/failed"},
+        {"done": "{t}/inbox", "on_success": "keep"},
+        {"done": "{t}/outbox", "on_success": "delete"},
+    ],
+)
+def test_outputs_inside_the_inbox_and_an_unused_done_are_allowed(tmp_path: Path, changed: dict[str, str]) -> None:
+    load_settings(folders(tmp_path, **changed))
