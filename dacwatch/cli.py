@@ -423,7 +423,7 @@ def _retry(args: argparse.Namespace) -> int:
     from .worker import retry
 
     settings = _settings(args)
-    with open_queue(settings.state_db, settings.queue.url)[0] as queue:
+    with open_queue(settings.state_db, settings.queue.url, existing=True)[0] as queue:
         count, moved = retry(settings, queue, None if args.all else _source_key(settings, args.path))
     print(f"re-queued {count} job(s); moved {moved} file(s) back from the failed folder into the inbox")
     return 0 if count else 1

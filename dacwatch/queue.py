@@ -134,10 +134,11 @@ class Db(Protocol):
     def execute(self, sql: str, params: Any = ..., /) -> Cursor: ...
 
 
-def default_node(state_dir: Path | None = None) -> str:
+def default_node(state_dir: Path | None = None, keep: bool = True) -> str:
     """This daemon's name in a shared queue: the host's name and a random id kept in its
     state_dir (``node-id``), so that cloned hosts of one name, or several daemons on one
-    host, never take each other's jobs for their own at boot."""
+    host, never take each other's jobs for their own at boot. Without ``keep`` (the
+    commands that only read or change rows) nothing is written: a name for now."""
     if state_dir is None:
         return f"{socket.gethostname()}:pid{os.getpid()}"
     path = state_dir / "node-id"
@@ -147,6 +148,8 @@ def default_node(state_dir: Path | None = None) -> str:
         ident = ""
     if not ident:
         ident = secrets.token_hex(6)
+        if not keep:
+            return f"{socket.gethostname()}:{ident}"
         with contextlib.suppress(OSError):  # a read-only state_dir (dacwatch status): a name for now
             state_dir.mkdir(parents=True, exist_ok=True)
             path.write_text(ident + "\n")
@@ -429,28 +432,45 @@ class JobQueue(BaseQueue):
         readonly: bool = False,
         node: str | None = None,
         lease_timeout_s: float = LEASE_TIMEOUT_S,
+        create: bool = True,
     ) -> None:
         super().__init__(node, lease_timeout_s)
         self.path = path
         self.where = f"queue database {path}"
         try:
-            if readonly:
-                uri = f"file:{path}?mode=ro"
-                self._db = sqlite3.connect(uri, uri=True, timeout=5.0, check_same_thread=False)
+            if readonly or not create:  # never makes the file (nor its folder)
+                uri = f"file:{path}?mode={'ro' if readonly else 'rw'}"
+                self._db = sqlite3.connect(uri, uri=True, timeout=5.0, check_same_thread=False, isolation_level=None)
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 self._db = sqlite3.connect(str(path), timeout=5.0, check_same_thread=False, isolation_level=None)
+        except sqlite3.OperationalError as exc:
+            raise QueueError(f"queue database {path} cannot be opened: {exc}") from exc
+        try:
+            self._prepare(readonly, create)
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _prepare(self, readonly: bool, create: bool) -> None:
+        try:
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA busy_timeout = 5000")
+            if (
+                not create
+                and not self._db.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'jobs'"
+                ).fetchone()
+            ):
+                raise QueueError(f"{self.path} holds no dacwatch queue (has the daemon run with this state_dir?)")
             if not readonly:
                 self._db.execute("PRAGMA journal_mode = WAL")
                 self._db.execute("PRAGMA synchronous = FULL")
                 self._migrate()
             integrity = self._db.execute("PRAGMA quick_check").fetchone()[0]
         except sqlite3.OperationalError as exc:
-            raise QueueError(f"queue database {path} cannot be opened: {exc}") from exc
+            raise QueueError(f"queue database {self.path} cannot be opened: {exc}") from exc
         if integrity != "ok":
-            self._db.close()
             raise sqlite3.DatabaseError(f"integrity check failed: {integrity}")
 
     def _migrate(self) -> None:
@@ -467,10 +487,19 @@ class JobQueue(BaseQueue):
         self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @classmethod
-    def open_readonly(cls, path: Path) -> JobQueue:
-        if not path.exists():
+    def open_existing(cls, path: Path, readonly: bool = True, node: str | None = None) -> JobQueue:
+        """Open the queue the daemon made, for commands that read it or change its rows
+        (``status``, ``retry``): nothing is ever created or rebuilt; what is missing or
+        damaged is said in one sentence (the daemon rebuilds a damaged one at its start)."""
+        if not path.is_file():
             raise QueueError(f"no queue database at {path} (has the daemon run with this state_dir?)")
-        return cls(path, readonly=True)
+        try:
+            return cls(path, readonly=readonly, node=node, create=False)
+        except sqlite3.DatabaseError as exc:
+            raise QueueError(
+                f"queue database {path} is damaged ({exc}): the daemon moves it aside and makes a new one "
+                "at its next start"
+            ) from exc
 
     @classmethod
     def open_or_rebuild(
@@ -530,15 +559,22 @@ def _iso(ts: float | None) -> str | None:
 
 
 def open_queue(
-    state_db: Path, url: str | None = None, lease_timeout_s: float = LEASE_TIMEOUT_S, readonly: bool = False
+    state_db: Path,
+    url: str | None = None,
+    lease_timeout_s: float = LEASE_TIMEOUT_S,
+    readonly: bool = False,
+    existing: bool = False,
 ) -> tuple[BaseQueue, Path | None]:
     """The daemon's queue: PostgreSQL when ``url`` is set, else SQLite at ``state_db`` (a
-    corrupted one moved aside and returned, or opened read-only for ``status``)."""
-    node = default_node(state_db.parent)
+    corrupted one moved aside and returned). ``readonly`` (``status``) or ``existing``
+    (``retry``, which only changes rows): open the queue a daemon made, creating,
+    migrating the schema of or rebuilding nothing, or say in one sentence why not."""
+    existing = existing or readonly
+    node = default_node(state_db.parent, keep=not existing)
     if url:
         from .pgqueue import PostgresQueue
 
-        return PostgresQueue(url, node, lease_timeout_s, readonly=readonly), None
-    if readonly:
-        return JobQueue.open_readonly(state_db), None
+        return PostgresQueue(url, node, lease_timeout_s, readonly=readonly, create=not existing), None
+    if existing:
+        return JobQueue.open_existing(state_db, readonly, node), None
     return JobQueue.open_or_rebuild(state_db, node, lease_timeout_s)

@@ -129,7 +129,7 @@ def test_status_reader_sees_a_live_database(tmp_path: Path) -> None:
         q.submit("a.wav", A)
         job = q.lease("cpu")
         assert job
-        with JobQueue.open_readonly(tmp_path / "q.db") as ro:
+        with JobQueue.open_existing(tmp_path / "q.db") as ro:
             report = ro.report()
         assert report["counts"]["running"] == 1 and report["running"][0]["path"] == "a.wav"
 
