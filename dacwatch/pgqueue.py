@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from .errors import ConfigError
-from .queue import LEASE_TIMEOUT_S, SCHEMA_VERSION, BaseQueue, Cursor, Db, QueueError, jobs_schema
+from .queue import LEASE_TIMEOUT_S, MIGRATIONS, SCHEMA_VERSION, BaseQueue, Cursor, Db, QueueError, jobs_schema
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS dacwatch_schema (version INTEGER NOT NULL);" + jobs_schema(
     "BIGSERIAL PRIMARY KEY", "BIGINT", "DOUBLE PRECISION"
@@ -120,7 +120,10 @@ class PostgresQueue(BaseQueue):
                     f"{self.where} holds schema version {version}, newer than this dacwatch knows "
                     f"({SCHEMA_VERSION}): upgrade dacwatch on this host"
                 )
-            elif version < SCHEMA_VERSION:  # no older PostgreSQL schema has been released yet
+            elif version < SCHEMA_VERSION:  # PostgreSQL schemas began at version 2
+                for v in range(max(version, 2) + 1, SCHEMA_VERSION + 1):
+                    for statement in MIGRATIONS.get(v, []):
+                        db.execute(statement.replace("ADD COLUMN", "ADD COLUMN IF NOT EXISTS"))
                 db.execute("UPDATE dacwatch_schema SET version = ?", (SCHEMA_VERSION,))
 
     def _require_schema(self) -> None:

@@ -39,7 +39,7 @@ from typing import Any, Protocol, cast
 from .errors import TransientError
 from .fsio import Identity
 
-SCHEMA_VERSION = 2  # 1: no leases; 2: node, lease token, heartbeat
+SCHEMA_VERSION = 3  # 1: no leases; 2: node, lease token, heartbeat; 3: where a failed source was quarantined
 # The job table, written once for both backends: SQLite's types, and PostgreSQL's
 # (64-bit ids and sizes, double precision times: its REAL is 32-bit).
 _JOBS = """
@@ -62,6 +62,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     node TEXT,
     lease TEXT,
     heartbeat_at {real},
+    quarantined TEXT,
     UNIQUE (path, size, mtime_ns, inode)
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, not_before, id);
@@ -77,7 +78,8 @@ def jobs_schema(id_type: str, int_type: str, real_type: str) -> str:
 SCHEMA = jobs_schema("INTEGER PRIMARY KEY", "INTEGER", "REAL")
 # Columns added by each version, for databases made by an older one.
 MIGRATIONS = {2: ["ALTER TABLE jobs ADD COLUMN node TEXT", "ALTER TABLE jobs ADD COLUMN lease TEXT",
-                  "ALTER TABLE jobs ADD COLUMN heartbeat_at REAL"]}  # fmt: skip
+                  "ALTER TABLE jobs ADD COLUMN heartbeat_at REAL"],
+              3: ["ALTER TABLE jobs ADD COLUMN quarantined TEXT"]}  # fmt: skip
 LEASE_TIMEOUT_S = 120.0
 
 
@@ -101,6 +103,9 @@ class Job:
     last_error: str | None
     output: str | None = None  # the output name it holds (claimed, or written)
     lease: str | None = None  # the token of the lease this copy was taken under
+    # Where its source went in the failed folder (relative to it): two bad versions of
+    # one name are quarantined under two names (x.wav, x.1.wav).
+    quarantined: str | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> Job:
@@ -113,6 +118,7 @@ class Job:
             last_error=row["last_error"],
             output=row["output"],
             lease=row["lease"],
+            quarantined=row["quarantined"] if "quarantined" in row.keys() else None,  # noqa: SIM118 - sqlite3.Row
         )
 
 
@@ -284,15 +290,21 @@ class BaseQueue:
         return ("", ()) if lease is None else (" AND lease = ? AND status = 'running'", (lease,))
 
     def _finish(
-        self, job_id: int, status: Status, error: str | None = None, output: str | None = None, lease: str | None = None
+        self,
+        job_id: int,
+        status: Status,
+        error: str | None = None,
+        output: str | None = None,
+        lease: str | None = None,
+        quarantined: str | None = None,
     ) -> bool:
         cond, args = self._mine(lease)
         with self._tx() as db:
             now = self._now(db)
             cur = db.execute(
                 "UPDATE jobs SET status = ?, last_error = ?, output = COALESCE(?, output), finished_at = ?, "
-                "updated_at = ?, worker = NULL WHERE id = ?" + cond,
-                (status.value, error, output, now, now, job_id, *args),
+                "updated_at = ?, worker = NULL, quarantined = ? WHERE id = ?" + cond,
+                (status.value, error, output, now, now, quarantined, job_id, *args),
             )
             return cur.rowcount == 1
 
@@ -300,8 +312,9 @@ class BaseQueue:
         """Done. False if ``lease`` no longer holds the job (nothing changed)."""
         return self._finish(job_id, Status.DONE, output=output, lease=lease)
 
-    def fail(self, job_id: int, error: str, lease: str | None = None) -> bool:
-        return self._finish(job_id, Status.FAILED, error=error, lease=lease)
+    def fail(self, job_id: int, error: str, lease: str | None = None, quarantined: str | None = None) -> bool:
+        """Failed for good; ``quarantined``: where its source now lies, relative to the failed folder."""
+        return self._finish(job_id, Status.FAILED, error=error, lease=lease, quarantined=quarantined)
 
     def retry_later(
         self, job_id: int, error: str, delay_s: float, counted: bool = True, lease: str | None = None
@@ -367,13 +380,20 @@ class BaseQueue:
             )
             return cur.rowcount
 
-    def retry_failed(self, path: str | None = None) -> int:
-        """Failed jobs back to queued with fresh attempts (all, or those of one path)."""
-        which, args = ("", ()) if path is None else (" AND path = ?", (path,))
+    def retry_failed(self, path: str | None = None, ids: list[int] | None = None) -> int:
+        """Failed jobs back to queued with fresh attempts (all, those of one path, or these)."""
+        which: str = ""
+        args: tuple[Any, ...] = ()
+        if path is not None:
+            which, args = " AND path = ?", (path,)
+        if ids is not None:
+            if not ids:
+                return 0
+            which, args = which + f" AND id IN ({', '.join('?' * len(ids))})", (*args, *ids)
         with self._tx() as db:
             now = self._now(db)
             cur = db.execute(
-                "UPDATE jobs SET status = 'queued', attempts = 0, not_before = 0, updated_at = ? "
+                "UPDATE jobs SET status = 'queued', attempts = 0, not_before = 0, updated_at = ?, quarantined = NULL "
                 "WHERE status = 'failed'" + which,
                 (now, *args),
             )

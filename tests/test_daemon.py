@@ -277,3 +277,31 @@ def test_a_state_dir_inside_the_inbox_is_refused_before_ready(tmp_path: Path, ti
         assert not (daemon.inbox / ".state").exists()
     finally:
         daemon.close()
+
+
+def test_retry_brings_back_every_quarantined_version_from_where_it_went(
+    daemon: Daemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dacwatch.cli import main
+
+    daemon.start().ready()
+    (daemon.inbox / "x.wav").write_bytes(b"\0" * 100)
+    daemon.wait_event("job.failed")
+    (daemon.inbox / "x.wav").write_bytes(b"\1" * 200)  # a second bad version of the same name
+    daemon.wait_event("job.failed", 2)
+    assert daemon.stop() == 0
+    assert (daemon.failed / "x.wav").read_bytes() == b"\0" * 100
+    assert (daemon.failed / "x.1.wav").read_bytes() == b"\1" * 200
+    capsys.readouterr()
+    assert main(["retry", "--config", str(daemon.config), str(daemon.failed / "x.1.wav")]) == 0
+    assert "re-queued 1 job(s); moved 1 file(s)" in capsys.readouterr().out
+    assert (daemon.inbox / "x.wav").read_bytes() == b"\1" * 200
+    assert main(["retry", "--config", str(daemon.config), "--all"]) == 0
+    assert "re-queued 1 job(s); moved 1 file(s)" in capsys.readouterr().out
+    assert (daemon.inbox / "x.1.wav").read_bytes() == b"\0" * 100  # beside the other, a job of its own
+    assert not [p for p in daemon.failed.rglob("*") if p.is_file()]
+    daemon.start().ready()
+    daemon.wait_event("job.failed", 4)  # both converted again (and bad again), neither lost
+    assert daemon.stop() == 0
+    assert not daemon.events("job.vanished")
+    assert sorted(p.name for p in daemon.failed.iterdir() if not p.name.endswith(".json")) == ["x.1.wav", "x.wav"]
