@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import stat
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from . import __version__
-from .errors import ConfigError, DacwatchError
+from .errors import ConfigError, DacwatchError, UsageError
 
 AUDIO_SUFFIXES = frozenset(
     [
@@ -44,6 +46,45 @@ AUDIO_SUFFIXES = frozenset(
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """Argument errors in one line (argparse would print the usage first), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _seconds(text: str) -> float:
+    """A time in seconds: finite and not negative."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: seconds must be a finite number, 0 or more")
+    return value
+
+
+def _count(text: str) -> int:
+    """A positive whole number."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be 1 or more")
+    return value
+
+
+def _regular(path: Path) -> None:
+    """Refuse at once what is not a regular file (reading a FIFO would wait forever)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return  # the reader says so, in its own words
+    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        raise UsageError(f"{path} is not a regular file")
+
+
 def _env(key: str, default: str | None) -> str | None:
     """The daemon's setting ``model.<key>`` from the environment (``DACWATCH_MODEL__<KEY>``):
     one-shot commands read the same variables, so one export serves every command."""
@@ -73,8 +114,8 @@ def _model_args(p: argparse.ArgumentParser, with_model: bool = True) -> None:
         help="a local DAC weights file (offline hosts; env DACWATCH_MODEL__WEIGHTS)",
     )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda:N")
-    p.add_argument("--window", type=float, default=None, help="window length in seconds; 0 = whole file")
-    p.add_argument("--batch", type=int, default=None, help="windows per forward pass")
+    p.add_argument("--window", type=_seconds, default=None, help="window length in seconds; 0 = whole file")
+    p.add_argument("--batch", type=_count, default=None, help="windows per forward pass")
     p.add_argument(
         "--precision",
         choices=["float32", "tf32", "bf16"],
@@ -84,7 +125,7 @@ def _model_args(p: argparse.ArgumentParser, with_model: bool = True) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dacwatch", description="Descript Audio Codec converter and folder daemon")
+    parser = _Parser(prog="dacwatch", description="Descript Audio Codec converter and folder daemon")
     parser.add_argument("--version", action="version", version=f"dacwatch {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -92,15 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", type=Path)
     p.add_argument("output", type=Path)
     _model_args(p)
-    p.add_argument("--codebooks", type=int, default=None, help="codebooks to keep (fewer = lower bitrate)")
+    p.add_argument("--codebooks", type=_count, default=None, help="codebooks to keep (fewer = lower bitrate)")
     p.add_argument("--overwrite", action="store_true")
 
     p = sub.add_parser("decode", help=".dac file or folder -> audio")
     p.add_argument("input", type=Path)
     p.add_argument("output", type=Path)
     p.add_argument("--resample", action="store_true", help="restore the original sample rate and exact length")
-    p.add_argument("--start", type=float, default=0.0, help="excerpt start, seconds")
-    p.add_argument("--duration", type=float, default=None, help="excerpt length, seconds")
+    p.add_argument("--start", type=_seconds, default=0.0, help="excerpt start, seconds")
+    p.add_argument("--duration", type=_seconds, default=None, help="excerpt length, seconds")
     p.add_argument("--format", choices=["wav", "flac"], default=None, help="default: from OUT's suffix, else wav")
     p.add_argument("--sample-format", choices=["float", "pcm16", "pcm24"], default="float")
     _model_args(p)
@@ -109,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="chunked vs whole-file encoding: frames compared, frames differing")
     p.add_argument("input", type=Path)
     _model_args(p)
-    p.add_argument("--codebooks", type=int, default=None)
+    p.add_argument("--codebooks", type=_count, default=None)
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("info", help="describe a .dac file")
@@ -171,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except (DacwatchError, ValueError, OSError) as exc:
         print(f"dacwatch: error: {_one_line(exc)}", file=sys.stderr)
-        return 2 if isinstance(exc, ConfigError) else 1
+        return 2 if isinstance(exc, (ConfigError, UsageError)) else 1
 
 
 def _one_line(exc: BaseException) -> str:
@@ -206,13 +247,14 @@ def _pool(args: argparse.Namespace) -> Any:
 def _pairs(src: Path, dst: Path, wanted: Callable[[Path], bool], suffix: str) -> Iterator[tuple[Path, Path]]:
     """(input, output) pairs: one for a file, the mirrored tree for a folder."""
     if not src.is_dir():
+        _regular(src)
         yield src, dst
         return
     for dirpath, dirs, files in os.walk(src):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             path = Path(dirpath) / name
-            if name.startswith(".") or not wanted(path):
+            if name.startswith(".") or not wanted(path) or not path.is_file():  # a FIFO would hang
                 continue
             yield path, (dst / path.relative_to(src)).with_suffix(suffix)
 
@@ -289,6 +331,7 @@ def _decode(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from .convert import verify_file
 
+    _regular(args.input)
     report = verify_file(_pool(args), args.input, args.codebooks)
     if args.json:
         print(json.dumps(report))
@@ -303,6 +346,7 @@ def _verify(args: argparse.Namespace) -> int:
 def _info(args: argparse.Namespace) -> int:
     from .container import ModelRecord, read, summarize
 
+    _regular(args.input)
     summary = summarize(read(args.input))
     if args.json:
         print(json.dumps(asdict(summary)))
@@ -379,7 +423,7 @@ def _retry(args: argparse.Namespace) -> int:
     from .worker import retry
 
     settings = _settings(args)
-    with open_queue(settings.state_db, settings.queue.url)[0] as queue:
+    with open_queue(settings.state_db, settings.queue.url, existing=True)[0] as queue:
         count, moved = retry(settings, queue, None if args.all else _source_key(settings, args.path))
     print(f"re-queued {count} job(s); moved {moved} file(s) back from the failed folder into the inbox")
     return 0 if count else 1

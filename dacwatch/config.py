@@ -13,8 +13,8 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from .errors import ConfigError
 
@@ -28,14 +28,20 @@ def _default_state_dir() -> Path:
     return Path(env.split(":")[0]) if env else Path("/var/lib/dacwatch")
 
 
+# Upper bounds: far beyond any sensible value, low enough that every later sum,
+# product and timer stays finite (inf and nan are refused everywhere).
+DAY_S = 86400.0
+HOUR_S = 3600.0
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class ModelConfig(_Section):
     type: Literal["44khz", "24khz", "16khz"] = "44khz"
     bitrate: Literal["8kbps", "16kbps"] = "8kbps"
-    tag: str = "latest"
+    tag: str = Field(default="latest", pattern=r"^[^\s/]+$")  # a release tag, or latest
     weights: Path | None = None
     cache_dir: Path | None = None
 
@@ -50,17 +56,34 @@ DEVICE_PATTERN = r"^(auto|cpu|cuda|cuda:\d+)$"  # whether the GPU exists is chec
 
 
 class CodecConfig(_Section):
-    devices: list[Annotated[str, Field(pattern=DEVICE_PATTERN)]] = Field(default_factory=lambda: ["auto"], min_length=1)
-    encode_window_s: float | None = Field(default=None, ge=0)
-    decode_window_s: float | None = Field(default=None, ge=0)
-    batch_size: int | None = Field(default=None, ge=1)
-    codebooks: int | None = Field(default=None, ge=1)
+    # NoDecode: the environment may say cpu, cuda:0,cuda:1 or ["cpu"] (_device_list).
+    devices: Annotated[list[Annotated[str, Field(pattern=DEVICE_PATTERN)]], NoDecode] = Field(
+        default_factory=lambda: ["auto"], min_length=1
+    )
+    encode_window_s: float | None = Field(default=None, ge=0, le=HOUR_S)
+    decode_window_s: float | None = Field(default=None, ge=0, le=HOUR_S)
+    batch_size: int | None = Field(default=None, ge=1, le=4096)
+    codebooks: int | None = Field(default=None, ge=1, le=64)
     # Files converted at once on each device: their reading, loudness pass, resampling
     # and writing overlap the device work of the others, and their windows share
     # forward passes (dacwatch.gate). None: 2 on a CPU, 4 on a GPU.
     jobs_per_device: int | None = Field(default=None, ge=1, le=64)
     # float32: exact (chunked equals whole-file); tf32 and bf16: faster on a GPU, by choice.
     precision: Literal["float32", "tf32", "bf16"] = "float32"
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _device_list(cls, value: Any) -> Any:
+        """A list as TOML gives it, or a string as the environment does: JSON, or names separated by commas."""
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f'{value!r} is not a list: write cpu, cuda:0,cuda:1 or ["cuda:0"]') from exc
+        return [d.strip() for d in text.split(",") if d.strip()]
 
     @model_validator(mode="after")
     def _devices_distinct(self) -> CodecConfig:
@@ -81,13 +104,13 @@ class OutputConfig(_Section):
 class WatchConfig(_Section):
     # Only where writers cannot be seen (polling, a file found by a scan under the
     # hardened unit): how long size and mtime must hold still.
-    settle_seconds: float = Field(default=2.0, ge=0)
+    settle_seconds: float = Field(default=2.0, ge=0, le=DAY_S)
     # Look for processes holding a candidate open for writing in /proc, as fuser
     # does (only sees what this process may see; events and settle cover the rest).
     writer_check: bool = True
     polling: bool = False
-    poll_interval_s: float = Field(default=2.0, gt=0)
-    reconcile_interval_s: float = Field(default=60.0, gt=0)
+    poll_interval_s: float = Field(default=2.0, gt=0, le=HOUR_S)
+    reconcile_interval_s: float = Field(default=60.0, gt=0, le=DAY_S)
 
 
 class QueueConfig(_Section):
@@ -95,8 +118,8 @@ class QueueConfig(_Section):
     # naming the same database shares one queue (many hosts on one inbox).
     url: str | None = Field(default=None, pattern=r"^(postgresql|postgres)://")
     # A running job whose node has not beaten for this long is taken over by another.
-    lease_timeout_s: float = Field(default=120.0, gt=0)
-    heartbeat_s: float = Field(default=10.0, gt=0)
+    lease_timeout_s: float = Field(default=120.0, gt=0, le=DAY_S)
+    heartbeat_s: float = Field(default=10.0, gt=0, le=DAY_S)
 
     @model_validator(mode="after")
     def _beats_fit_the_lease(self) -> QueueConfig:
@@ -113,11 +136,19 @@ class MetricsConfig(_Section):
     # default: expose it further only on purpose (README, "Many hosts").
     listen: str = Field(default="127.0.0.1:9464", pattern=r"^$|^(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]+):\d{1,5}$")
 
+    @field_validator("listen")
+    @classmethod
+    def _port_in_range(cls, value: str) -> str:
+        # Port 0 (any free port) is refused too: Prometheus must know where to scrape.
+        if value and not 1 <= int(value.rpartition(":")[2]) <= 65535:
+            raise ValueError(f'{value!r}: the port must be 1-65535 ("" turns metrics off)')
+        return value
+
 
 class RetryConfig(_Section):
-    max_attempts: int = Field(default=5, ge=1)
-    backoff_initial_s: float = Field(default=5.0, ge=0)
-    backoff_max_s: float = Field(default=300.0, ge=0)
+    max_attempts: int = Field(default=5, ge=1, le=1000)
+    backoff_initial_s: float = Field(default=5.0, ge=0, le=DAY_S)
+    backoff_max_s: float = Field(default=300.0, ge=0, le=DAY_S)
 
     def delay(self, attempt: int) -> float:
         """Exponential backoff after the ``attempt``-th failure (1-based)."""
@@ -128,7 +159,12 @@ class Settings(BaseSettings):
     """The effective configuration of one daemon."""
 
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, env_nested_delimiter="__", frozen=True, extra="forbid", case_sensitive=False
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="forbid",
+        case_sensitive=False,
+        allow_inf_nan=False,
     )
 
     inbox: Path = Path("/srv/dacwatch/inbox")
@@ -139,11 +175,11 @@ class Settings(BaseSettings):
     on_success: Literal["keep", "move", "delete"] = "move"
     # Make missing folders at startup (with a warning); false: refuse to start instead.
     create_folders: bool = True
-    stop_timeout_s: float = Field(default=30.0, ge=0)
+    stop_timeout_s: float = Field(default=30.0, ge=0, le=DAY_S)
     # A job that reports no progress for this long before its first block (loading a
     # model, a slow share), or for ten times its longest gap between blocks (at least
     # a tenth of this) afterwards, counts as hung: systemd's watchdog is no longer fed.
-    stall_timeout_s: float = Field(default=600.0, gt=0)
+    stall_timeout_s: float = Field(default=600.0, gt=0, le=DAY_S)
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     model: ModelConfig = ModelConfig()
@@ -168,18 +204,23 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _folders_distinct(self) -> Settings:
-        folders = {"inbox": self.inbox, "outbox": self.outbox, "done": self.done, "failed": self.failed}
-        seen: dict[Path, str] = {}
-        for name, path in folders.items():
-            key = path.absolute()
-            if key in seen:
-                raise ValueError(f"{name} and {seen[key]} must be different folders (both {path})")
-            seen[key] = name
-        for name in ("outbox", "done", "failed"):
-            if self.inbox.absolute().is_relative_to(folders[name].absolute()):
-                raise ValueError(f"the inbox must not lie inside the {name} folder")
-        if self.on_success == "move" and self.done.absolute() == self.inbox.absolute():
-            raise ValueError("done must differ from the inbox")
+        """No folder may equal or lie inside another (symbolic links followed where they
+        exist), except that outbox, done and failed may lie inside the inbox: the watcher
+        ignores them there. A state_dir inside the inbox would have its own queue
+        quarantined; an inbox inside the outbox would convert its own outputs."""
+        folders = {"inbox": self.inbox, "outbox": self.outbox, "failed": self.failed, "state_dir": self.state_dir}
+        if self.on_success == "move":
+            folders["done"] = self.done
+        real = {name: path.resolve() for name, path in folders.items()}
+        for name, path in real.items():
+            for other, other_path in real.items():
+                if name == other or not path.is_relative_to(other_path):
+                    continue
+                if path == other_path:
+                    if list(real).index(name) < list(real).index(other):
+                        raise ValueError(f"{name} and {other} must be different folders (both {path})")
+                elif not (other == "inbox" and name in ("outbox", "done", "failed")):
+                    raise ValueError(f"{name} ({folders[name]}) must not lie inside {other} ({folders[other]})")
         return self
 
     @property
@@ -213,12 +254,14 @@ def load_settings(path: Path | None = None) -> Settings:
         return Settings(**data)
     except ValidationError as exc:
         raise ConfigError(f"invalid configuration in {path}: " + "; ".join(_explain(e) for e in exc.errors())) from exc
+    except SettingsError as exc:  # an environment value that is not the JSON its key needs
+        raise ConfigError(f"invalid configuration in the environment: {exc} (nested keys take JSON)") from exc
 
 
 def _explain(error: Any) -> str:
     loc = [str(part) for part in error.get("loc", ()) if not isinstance(part, int)]
     if not loc:
-        return str(error.get("msg"))
+        return str(error.get("msg")).removeprefix("Value error, ")
     key = ".".join(loc)
     env = ENV_PREFIX + "__".join(p.upper() for p in loc)
     msg = str(error.get("msg", "invalid"))
@@ -226,6 +269,10 @@ def _explain(error: Any) -> str:
         msg = "unknown key"
     elif error.get("type") == "string_pattern_mismatch" and "devices" in loc:
         msg = f"unknown device {error.get('input')!r}: use auto, cpu, cuda or cuda:N"
+    elif error.get("type") == "string_pattern_mismatch" and loc == ["model", "tag"]:
+        msg = f"{error.get('input')!r} is not a release tag: use latest or a tag such as 0.0.1"
+    elif error.get("type") == "value_error":
+        msg = msg.removeprefix("Value error, ")
     return f"{key} (env {env}): {msg}"
 
 

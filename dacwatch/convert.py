@@ -34,7 +34,7 @@ from .codec import ChunkedCodec, resolve_device
 from .container import LOCAL_TAG, CodeSpill, DacFile, Metadata, ModelRecord
 from .container import read as read_dac
 from .container import write as write_dac
-from .errors import ModelMismatchError, ModelUnavailableError, OutOfMemoryError, PermanentError
+from .errors import ModelMismatchError, ModelUnavailableError, OutOfMemoryError, PermanentError, UsageError
 from .fsio import atomic_output, ensure_dir
 from .gate import DeviceGate
 from .model import (
@@ -447,6 +447,8 @@ def _decode_file(
     total = meta.length if resample else meta.model_length
     if start_s < 0 or (duration_s is not None and duration_s < 0):
         raise PermanentError("start and duration must not be negative")
+    if start_s > 0 and round(start_s * rate) >= total:
+        raise UsageError(f"{source}: the excerpt starts at {start_s:g} s, past the file's end at {total / rate:.3f} s")
     first = min(total, round(start_s * rate))
     last = total if duration_s is None else min(total, first + round(duration_s * rate))
     blocks = _decoded(codec, dac, rate, first, last)

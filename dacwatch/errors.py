@@ -42,3 +42,8 @@ class ModelMismatchError(DacwatchError):
 
 class ConfigError(DacwatchError):
     """The configuration is missing or invalid."""
+
+
+class UsageError(DacwatchError):
+    """A command asked for what its input cannot give (an excerpt past the file's end):
+    the command line is wrong, as with a bad argument (exit 2)."""

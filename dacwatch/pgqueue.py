@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from .errors import ConfigError
-from .queue import LEASE_TIMEOUT_S, SCHEMA_VERSION, BaseQueue, Cursor, Db, QueueError, jobs_schema
+from .queue import LEASE_TIMEOUT_S, MIGRATIONS, SCHEMA_VERSION, BaseQueue, Cursor, Db, QueueError, jobs_schema
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS dacwatch_schema (version INTEGER NOT NULL);" + jobs_schema(
     "BIGSERIAL PRIMARY KEY", "BIGINT", "DOUBLE PRECISION"
@@ -58,6 +58,7 @@ class PostgresQueue(BaseQueue):
         lease_timeout_s: float = LEASE_TIMEOUT_S,
         connect_timeout_s: float = 5,
         readonly: bool = False,
+        create: bool = True,
     ) -> None:
         super().__init__(node, lease_timeout_s)
         try:
@@ -73,7 +74,9 @@ class PostgresQueue(BaseQueue):
         self._conn: Any = None
         with self._lock:
             self._connect()
-            if not readonly:  # dacwatch status may run as a role that can only read
+            if not create or readonly:  # dacwatch status may run as a role that can only read
+                self._require_schema()
+            else:
                 self._migrate()
 
     def _connect(self) -> Any:
@@ -117,8 +120,21 @@ class PostgresQueue(BaseQueue):
                     f"{self.where} holds schema version {version}, newer than this dacwatch knows "
                     f"({SCHEMA_VERSION}): upgrade dacwatch on this host"
                 )
-            elif version < SCHEMA_VERSION:  # no older PostgreSQL schema has been released yet
+            elif version < SCHEMA_VERSION:  # PostgreSQL schemas began at version 2
+                for v in range(max(version, 2) + 1, SCHEMA_VERSION + 1):
+                    for statement in MIGRATIONS.get(v, []):
+                        db.execute(statement.replace("ADD COLUMN", "ADD COLUMN IF NOT EXISTS"))
                 db.execute("UPDATE dacwatch_schema SET version = ?", (SCHEMA_VERSION,))
+
+    def _require_schema(self) -> None:
+        """For the commands that never create (status, retry): the daemon's tables must be there."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT to_regclass('dacwatch_schema') IS NOT NULL AND to_regclass('jobs') IS NOT NULL AS ok"
+            ).fetchone()
+        if not row["ok"]:
+            self.close()
+            raise QueueError(f"{self.where} holds no dacwatch queue yet (has a daemon run with this queue.url?)")
 
     def close(self) -> None:
         with self._lock:

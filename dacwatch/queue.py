@@ -39,7 +39,7 @@ from typing import Any, Protocol, cast
 from .errors import TransientError
 from .fsio import Identity
 
-SCHEMA_VERSION = 2  # 1: no leases; 2: node, lease token, heartbeat
+SCHEMA_VERSION = 3  # 1: no leases; 2: node, lease token, heartbeat; 3: where a failed source was quarantined
 # The job table, written once for both backends: SQLite's types, and PostgreSQL's
 # (64-bit ids and sizes, double precision times: its REAL is 32-bit).
 _JOBS = """
@@ -62,6 +62,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     node TEXT,
     lease TEXT,
     heartbeat_at {real},
+    quarantined TEXT,
     UNIQUE (path, size, mtime_ns, inode)
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, not_before, id);
@@ -77,7 +78,8 @@ def jobs_schema(id_type: str, int_type: str, real_type: str) -> str:
 SCHEMA = jobs_schema("INTEGER PRIMARY KEY", "INTEGER", "REAL")
 # Columns added by each version, for databases made by an older one.
 MIGRATIONS = {2: ["ALTER TABLE jobs ADD COLUMN node TEXT", "ALTER TABLE jobs ADD COLUMN lease TEXT",
-                  "ALTER TABLE jobs ADD COLUMN heartbeat_at REAL"]}  # fmt: skip
+                  "ALTER TABLE jobs ADD COLUMN heartbeat_at REAL"],
+              3: ["ALTER TABLE jobs ADD COLUMN quarantined TEXT"]}  # fmt: skip
 LEASE_TIMEOUT_S = 120.0
 
 
@@ -101,6 +103,9 @@ class Job:
     last_error: str | None
     output: str | None = None  # the output name it holds (claimed, or written)
     lease: str | None = None  # the token of the lease this copy was taken under
+    # Where its source went in the failed folder (relative to it): two bad versions of
+    # one name are quarantined under two names (x.wav, x.1.wav).
+    quarantined: str | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> Job:
@@ -113,6 +118,7 @@ class Job:
             last_error=row["last_error"],
             output=row["output"],
             lease=row["lease"],
+            quarantined=row["quarantined"] if "quarantined" in row.keys() else None,  # noqa: SIM118 - sqlite3.Row
         )
 
 
@@ -134,10 +140,11 @@ class Db(Protocol):
     def execute(self, sql: str, params: Any = ..., /) -> Cursor: ...
 
 
-def default_node(state_dir: Path | None = None) -> str:
+def default_node(state_dir: Path | None = None, keep: bool = True) -> str:
     """This daemon's name in a shared queue: the host's name and a random id kept in its
     state_dir (``node-id``), so that cloned hosts of one name, or several daemons on one
-    host, never take each other's jobs for their own at boot."""
+    host, never take each other's jobs for their own at boot. Without ``keep`` (the
+    commands that only read or change rows) nothing is written: a name for now."""
     if state_dir is None:
         return f"{socket.gethostname()}:pid{os.getpid()}"
     path = state_dir / "node-id"
@@ -147,6 +154,8 @@ def default_node(state_dir: Path | None = None) -> str:
         ident = ""
     if not ident:
         ident = secrets.token_hex(6)
+        if not keep:
+            return f"{socket.gethostname()}:{ident}"
         with contextlib.suppress(OSError):  # a read-only state_dir (dacwatch status): a name for now
             state_dir.mkdir(parents=True, exist_ok=True)
             path.write_text(ident + "\n")
@@ -281,15 +290,21 @@ class BaseQueue:
         return ("", ()) if lease is None else (" AND lease = ? AND status = 'running'", (lease,))
 
     def _finish(
-        self, job_id: int, status: Status, error: str | None = None, output: str | None = None, lease: str | None = None
+        self,
+        job_id: int,
+        status: Status,
+        error: str | None = None,
+        output: str | None = None,
+        lease: str | None = None,
+        quarantined: str | None = None,
     ) -> bool:
         cond, args = self._mine(lease)
         with self._tx() as db:
             now = self._now(db)
             cur = db.execute(
                 "UPDATE jobs SET status = ?, last_error = ?, output = COALESCE(?, output), finished_at = ?, "
-                "updated_at = ?, worker = NULL WHERE id = ?" + cond,
-                (status.value, error, output, now, now, job_id, *args),
+                "updated_at = ?, worker = NULL, quarantined = ? WHERE id = ?" + cond,
+                (status.value, error, output, now, now, quarantined, job_id, *args),
             )
             return cur.rowcount == 1
 
@@ -297,8 +312,9 @@ class BaseQueue:
         """Done. False if ``lease`` no longer holds the job (nothing changed)."""
         return self._finish(job_id, Status.DONE, output=output, lease=lease)
 
-    def fail(self, job_id: int, error: str, lease: str | None = None) -> bool:
-        return self._finish(job_id, Status.FAILED, error=error, lease=lease)
+    def fail(self, job_id: int, error: str, lease: str | None = None, quarantined: str | None = None) -> bool:
+        """Failed for good; ``quarantined``: where its source now lies, relative to the failed folder."""
+        return self._finish(job_id, Status.FAILED, error=error, lease=lease, quarantined=quarantined)
 
     def retry_later(
         self, job_id: int, error: str, delay_s: float, counted: bool = True, lease: str | None = None
@@ -364,13 +380,20 @@ class BaseQueue:
             )
             return cur.rowcount
 
-    def retry_failed(self, path: str | None = None) -> int:
-        """Failed jobs back to queued with fresh attempts (all, or those of one path)."""
-        which, args = ("", ()) if path is None else (" AND path = ?", (path,))
+    def retry_failed(self, path: str | None = None, ids: list[int] | None = None) -> int:
+        """Failed jobs back to queued with fresh attempts (all, those of one path, or these)."""
+        which: str = ""
+        args: tuple[Any, ...] = ()
+        if path is not None:
+            which, args = " AND path = ?", (path,)
+        if ids is not None:
+            if not ids:
+                return 0
+            which, args = which + f" AND id IN ({', '.join('?' * len(ids))})", (*args, *ids)
         with self._tx() as db:
             now = self._now(db)
             cur = db.execute(
-                "UPDATE jobs SET status = 'queued', attempts = 0, not_before = 0, updated_at = ? "
+                "UPDATE jobs SET status = 'queued', attempts = 0, not_before = 0, updated_at = ?, quarantined = NULL "
                 "WHERE status = 'failed'" + which,
                 (now, *args),
             )
@@ -429,28 +452,45 @@ class JobQueue(BaseQueue):
         readonly: bool = False,
         node: str | None = None,
         lease_timeout_s: float = LEASE_TIMEOUT_S,
+        create: bool = True,
     ) -> None:
         super().__init__(node, lease_timeout_s)
         self.path = path
         self.where = f"queue database {path}"
         try:
-            if readonly:
-                uri = f"file:{path}?mode=ro"
-                self._db = sqlite3.connect(uri, uri=True, timeout=5.0, check_same_thread=False)
+            if readonly or not create:  # never makes the file (nor its folder)
+                uri = f"file:{path}?mode={'ro' if readonly else 'rw'}"
+                self._db = sqlite3.connect(uri, uri=True, timeout=5.0, check_same_thread=False, isolation_level=None)
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 self._db = sqlite3.connect(str(path), timeout=5.0, check_same_thread=False, isolation_level=None)
+        except sqlite3.OperationalError as exc:
+            raise QueueError(f"queue database {path} cannot be opened: {exc}") from exc
+        try:
+            self._prepare(readonly, create)
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _prepare(self, readonly: bool, create: bool) -> None:
+        try:
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA busy_timeout = 5000")
+            if (
+                not create
+                and not self._db.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'jobs'"
+                ).fetchone()
+            ):
+                raise QueueError(f"{self.path} holds no dacwatch queue (has the daemon run with this state_dir?)")
             if not readonly:
                 self._db.execute("PRAGMA journal_mode = WAL")
                 self._db.execute("PRAGMA synchronous = FULL")
                 self._migrate()
             integrity = self._db.execute("PRAGMA quick_check").fetchone()[0]
         except sqlite3.OperationalError as exc:
-            raise QueueError(f"queue database {path} cannot be opened: {exc}") from exc
+            raise QueueError(f"queue database {self.path} cannot be opened: {exc}") from exc
         if integrity != "ok":
-            self._db.close()
             raise sqlite3.DatabaseError(f"integrity check failed: {integrity}")
 
     def _migrate(self) -> None:
@@ -467,10 +507,19 @@ class JobQueue(BaseQueue):
         self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @classmethod
-    def open_readonly(cls, path: Path) -> JobQueue:
-        if not path.exists():
+    def open_existing(cls, path: Path, readonly: bool = True, node: str | None = None) -> JobQueue:
+        """Open the queue the daemon made, for commands that read it or change its rows
+        (``status``, ``retry``): nothing is ever created or rebuilt; what is missing or
+        damaged is said in one sentence (the daemon rebuilds a damaged one at its start)."""
+        if not path.is_file():
             raise QueueError(f"no queue database at {path} (has the daemon run with this state_dir?)")
-        return cls(path, readonly=True)
+        try:
+            return cls(path, readonly=readonly, node=node, create=False)
+        except sqlite3.DatabaseError as exc:
+            raise QueueError(
+                f"queue database {path} is damaged ({exc}): the daemon moves it aside and makes a new one "
+                "at its next start"
+            ) from exc
 
     @classmethod
     def open_or_rebuild(
@@ -530,15 +579,22 @@ def _iso(ts: float | None) -> str | None:
 
 
 def open_queue(
-    state_db: Path, url: str | None = None, lease_timeout_s: float = LEASE_TIMEOUT_S, readonly: bool = False
+    state_db: Path,
+    url: str | None = None,
+    lease_timeout_s: float = LEASE_TIMEOUT_S,
+    readonly: bool = False,
+    existing: bool = False,
 ) -> tuple[BaseQueue, Path | None]:
     """The daemon's queue: PostgreSQL when ``url`` is set, else SQLite at ``state_db`` (a
-    corrupted one moved aside and returned, or opened read-only for ``status``)."""
-    node = default_node(state_db.parent)
+    corrupted one moved aside and returned). ``readonly`` (``status``) or ``existing``
+    (``retry``, which only changes rows): open the queue a daemon made, creating,
+    migrating the schema of or rebuilding nothing, or say in one sentence why not."""
+    existing = existing or readonly
+    node = default_node(state_db.parent, keep=not existing)
     if url:
         from .pgqueue import PostgresQueue
 
-        return PostgresQueue(url, node, lease_timeout_s, readonly=readonly), None
-    if readonly:
-        return JobQueue.open_readonly(state_db), None
+        return PostgresQueue(url, node, lease_timeout_s, readonly=readonly, create=not existing), None
+    if existing:
+        return JobQueue.open_existing(state_db, readonly, node), None
     return JobQueue.open_or_rebuild(state_db, node, lease_timeout_s)

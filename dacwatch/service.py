@@ -9,6 +9,7 @@ The systemd notifier is injected; without ``NOTIFY_SOCKET`` it does nothing.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import socket
@@ -96,6 +97,7 @@ class Service:
         self.metrics = Metrics()
         self.beats: BaseQueue | None = None
         self.failed = False  # every worker stopped: exit 1 so the supervisor restarts us
+        self._state_lock: int | None = None  # held for the process's life: one daemon per state_dir
 
     # signal handlers: flags only
     def on_signal(self, signum: int, _frame: FrameType | None) -> None:
@@ -106,6 +108,7 @@ class Service:
     def startup(self) -> None:
         s = self.settings
         self._folders()
+        self._lock_state()
         self.queue, aside = open_queue(s.state_db, s.queue.url, s.queue.lease_timeout_s)
         self.log.info("queue.opened", queue=self.queue.where, node=self.queue.node, shared=self.queue.shared)
         if self.queue.shared:  # beats on a connection of their own: never queued behind a worker's call
@@ -181,6 +184,30 @@ class Service:
                 raise ConfigError(f"{name} {folder} does not exist and cannot be made: {exc.strerror}") from exc
             self.log.warning("startup.folder_created", folder=name, path=str(folder.absolute()))
         self.log.info("service.folders", **{k: str(v.absolute()) for k, v in folders.items()})
+
+    def _lock_state(self) -> None:
+        """Take state_dir for this process alone, before anything reads or changes it: a
+        second daemon's boot would requeue the first one's running jobs and sweep its
+        temporary files. The kernel drops the lock when the process ends, however it ends.
+        (With PostgreSQL, many daemons share the queue, but each has its own state_dir.)"""
+        state_dir = self.settings.state_dir
+        path = state_dir / "lock"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise ConfigError(f"state_dir {state_dir} cannot be locked ({path}): {exc.strerror}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise ConfigError(
+                f"another dacwatch{f' (pid {holder})' if holder else ''} is running on state_dir {state_dir}: "
+                "one daemon per state_dir (give this one a state_dir of its own)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._state_lock = fd
 
     def _submit(self, path: Path, ident: Any) -> None:
         assert self.queue is not None
@@ -302,6 +329,9 @@ class Service:
             if queue is not None:
                 queue.close()
         self.metrics.close()
+        if self._state_lock is not None:  # last: the state is left as it stays
+            os.close(self._state_lock)
+            self._state_lock = None
         self.log.info("service.stopped")
 
 
@@ -328,7 +358,7 @@ def run(settings: Settings, early_signals: list[int] | None = None) -> int:
         except DacwatchError as exc:
             log.error("service.startup_failed", error=" ".join(str(exc).split()))
             service.shutdown(0)
-            return 1
+            return 2 if isinstance(exc, ConfigError) else 1
         if service.stopping.is_set():  # asked to stop while starting: no READY, clean exit
             service.shutdown(0)
             return 0

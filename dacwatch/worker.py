@@ -38,7 +38,7 @@ from .errors import (
 from .fsio import TEMP_PREFIX, Identity, atomic_output, ensure_dir, identity, mirror, within
 from .metrics import Metrics
 from .model import ModelSpec
-from .queue import CRASHED, BaseQueue, Job, QueueError
+from .queue import CRASHED, BaseQueue, Job, QueueError, Status
 
 T = TypeVar("T")
 UNEXPECTED_IN_A_ROW = 3  # unexpected failures in a row after which a worker stops taking work
@@ -163,13 +163,13 @@ class Worker(threading.Thread):
             self.error = exc
             self.log.exception("worker.crashed")
 
-    def _record(self, action: Callable[..., bool], *args: Any) -> None:
+    def _record(self, action: Callable[..., bool], *args: Any, **kwargs: Any) -> None:
         """Write a job's outcome under its lease, waiting out a locked or unreachable
         database: the outcome must not be lost. If the lease was taken over meanwhile (this
         node was silent past ``queue.lease_timeout_s``), nothing is written: the job is
         another node's now."""
         lease = self.current.lease if self.current is not None else None
-        if not self._queue_call(action, *args, lease=lease):
+        if not self._queue_call(action, *args, lease=lease, **kwargs):
             self.log.warning("job.lease_lost", job=args[0] if args else None, action=action.__name__)
 
     def _queue_call(self, action: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -481,7 +481,9 @@ class Worker(threading.Thread):
             self._record(self.queue.retry_later, job.id, f"{error}; quarantine failed: {move_exc}", delay)
             self.log.error("job.quarantine_failed", **fields)
             return
-        self._record(self.queue.fail, job.id, error)
+        # Where this version went (x.1.wav when x.wav was taken), for retry.
+        away = os.path.relpath(note.with_name(note.name.removesuffix(".error.json")), self.settings.failed)
+        self._record(self.queue.fail, job.id, error, quarantined=away)
         self._count(source, "failed")
         self.log.error("job.failed", quarantined=str(note), **fields)
 
@@ -595,17 +597,28 @@ def move_within(source: Path, target: Path) -> None:
 def retry(settings: Settings, queue: BaseQueue, path: str | None) -> tuple[int, int]:
     """Re-queue failed jobs and move their sources back from the failed folder.
 
-    Returns (jobs re-queued, files moved back).
+    ``path``: a source's name in the inbox, or the name a quarantined version has
+    in the failed folder. Each version comes back from where it was quarantined; one
+    whose name another version now holds in the inbox comes back beside it under a
+    free name (a job of its own, queued by the watcher). Returns (jobs re-queued,
+    files moved back).
     """
-    failed = [j for j in queue.jobs() if j.status.value == "failed" and (path is None or j.path == path)]
+    failed = [j for j in queue.jobs(Status.FAILED) if path is None or path in (j.path, j.quarantined)]
+    again: list[int] = []
+    renamed: list[int] = []
     moved = 0
     for job in failed:
         home = settings.inbox / job.path
-        away = settings.failed / job.path
-        if os.path.lexists(away) and not os.path.lexists(home):
-            move_within(away, home)
-            moved += 1
+        away = settings.failed / (job.quarantined or job.path)
+        if not os.path.lexists(away):
+            again.append(job.id)  # kept in the inbox (gave up on a fault of the moment)
+            continue
+        target = unique(home)
+        move_within(away, target)
+        moved += 1
+        (again if target == home else renamed).append(job.id)
         with contextlib.suppress(FileNotFoundError):
             away.with_name(away.name + ".error.json").unlink()
-    count = queue.retry_failed(path)
+    count = queue.retry_failed(ids=again)
+    count += sum(queue.drop(job_id) for job_id in renamed)  # the watcher queues it under its new name
     return count, moved

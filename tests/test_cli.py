@@ -232,3 +232,52 @@ def test_one_shot_commands_read_the_weights_from_the_environment(tmp_path: Path,
         text=True,
     )
     assert decoded.returncode == 0, decoded.stderr
+
+
+@pytest.mark.parametrize(
+    "command, option, value",
+    [
+        ("encode", "--window", "inf"),
+        ("encode", "--window", "-1"),
+        ("decode", "--start", "inf"),
+        ("decode", "--duration", "inf"),
+        ("decode", "--start", "nan"),
+        ("decode", "--duration", "-0.5"),
+        ("encode", "--batch", "0"),
+    ],
+)
+def test_non_finite_or_negative_numbers_are_refused_at_parsing_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str, option: str, value: str
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        run(command, tmp_path / "in", tmp_path / "out", option, value)
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and option in err[0] and value in err[0], err
+
+
+def test_info_on_a_fifo_is_refused_at_once(tmp_path: Path, tiny_weights: Path) -> None:
+    os.mkfifo(tmp_path / "x.dac")
+    os.mkfifo(tmp_path / "f.wav")
+    encode = ["encode", str(tmp_path / "f.wav"), str(tmp_path / "o.dac"), "--weights", str(tiny_weights)]
+    for command in (["info", str(tmp_path / "x.dac")], encode):
+        proc = subprocess.run(
+            [sys.executable, "-m", "dacwatch", *command], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.strip() == f"dacwatch: error: {command[1]} is not a regular file"
+
+
+def test_an_excerpt_past_the_end_is_refused_and_nothing_written(
+    tmp_path: Path, tiny_weights: Path, write_wav: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = write_wav("a.wav", 44100, 1.0, 1)
+    assert run("encode", src, tmp_path / "a.dac", "--weights", tiny_weights) == 0
+    for extra in ([], ["--resample"]):
+        capsys.readouterr()
+        args = ("decode", tmp_path / "a.dac", tmp_path / "x.wav", "--weights", tiny_weights, "--start", "100", *extra)
+        assert run(*args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "past the file's end at 1.0" in err[0], err
+        assert not (tmp_path / "x.wav").exists()
+    assert run("decode", tmp_path / "a.dac", tmp_path / "x.wav", "--weights", tiny_weights, "--start", "0.5") == 0

@@ -15,6 +15,7 @@ import pytest
 import soundfile as sf
 
 from dacwatch.container import read
+from dacwatch.fsio import TEMP_PREFIX
 
 from .conftest import tone
 from .daemon import Daemon, wav
@@ -218,7 +219,7 @@ def test_folders_are_logged_and_a_missing_one_is_made_with_a_warning(daemon: Dae
 @pytest.mark.parametrize("daemon", [{"create_folders": False}], indirect=True)
 def test_a_mistyped_folder_refuses_to_start_when_asked_to(daemon: Daemon) -> None:
     daemon.start()
-    assert daemon.proc is not None and daemon.proc.wait(timeout=60) == 1
+    assert daemon.proc is not None and daemon.proc.wait(timeout=60) == 2  # configuration
     error = daemon.events("service.startup_failed")[0]["error"]
     assert f"outbox {daemon.outbox} does not exist" in error and "create_folders" in error
     assert not daemon.outbox.exists()
@@ -239,3 +240,68 @@ def test_short_files_are_not_held_up_by_a_long_one(daemon: Daemon) -> None:
     lanes = {e["lane"] for e in daemon.events("job.done")}
     assert lanes == {0, 1}, lanes
     assert daemon.stop() == 0
+
+
+def test_a_second_daemon_on_the_same_state_dir_refuses_and_touches_nothing(
+    daemon: Daemon, tmp_path: Path, tiny_weights: Path
+) -> None:
+    daemon.start().ready()
+    leftover = daemon.outbox / f"{TEMP_PREFIX}being-written.dac"  # as if the first were writing it
+    leftover.write_bytes(b"partial")
+    folders = {k: str(getattr(daemon, k)) for k in ("inbox", "outbox", "done", "failed")}
+    second = Daemon(tmp_path / "second", tiny_weights, state_dir=str(daemon.state), **folders)
+    try:
+        second.start()
+        assert second.proc is not None and second.proc.wait(timeout=60) == 2
+        (error,) = [e["error"] for e in second.events("service.startup_failed")]
+        assert f"(pid {daemon.proc.pid}) is running on state_dir {daemon.state}" in error  # type: ignore[union-attr]
+        assert not second.events("queue.opened") and not second.events("startup.removed_temp_file")
+        assert leftover.exists()
+        wav(daemon.inbox / "a.wav")  # the first goes on serving
+        daemon.wait_for(lambda: (daemon.outbox / "a.dac").exists(), what="a.dac")
+    finally:
+        second.close()
+    assert daemon.stop() == 0
+    restarted = Daemon(tmp_path / "second", tiny_weights, state_dir=str(daemon.state), **folders)
+    restarted.start().ready()  # the lock went with the first process
+    assert restarted.stop() == 0
+
+
+def test_a_state_dir_inside_the_inbox_is_refused_before_ready(tmp_path: Path, tiny_weights: Path) -> None:
+    daemon = Daemon(tmp_path, tiny_weights, state_dir=str(tmp_path / "inbox" / ".state"))
+    try:
+        daemon.start(notify=True)
+        assert daemon.proc is not None and daemon.proc.wait(timeout=60) == 2
+        assert "READY=1" not in daemon.messages()
+        assert f"state_dir ({tmp_path}/inbox/.state) must not lie inside inbox" in daemon.tail()
+        assert not (daemon.inbox / ".state").exists()
+    finally:
+        daemon.close()
+
+
+def test_retry_brings_back_every_quarantined_version_from_where_it_went(
+    daemon: Daemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dacwatch.cli import main
+
+    daemon.start().ready()
+    (daemon.inbox / "x.wav").write_bytes(b"\0" * 100)
+    daemon.wait_event("job.failed")
+    (daemon.inbox / "x.wav").write_bytes(b"\1" * 200)  # a second bad version of the same name
+    daemon.wait_event("job.failed", 2)
+    assert daemon.stop() == 0
+    assert (daemon.failed / "x.wav").read_bytes() == b"\0" * 100
+    assert (daemon.failed / "x.1.wav").read_bytes() == b"\1" * 200
+    capsys.readouterr()
+    assert main(["retry", "--config", str(daemon.config), str(daemon.failed / "x.1.wav")]) == 0
+    assert "re-queued 1 job(s); moved 1 file(s)" in capsys.readouterr().out
+    assert (daemon.inbox / "x.wav").read_bytes() == b"\1" * 200
+    assert main(["retry", "--config", str(daemon.config), "--all"]) == 0
+    assert "re-queued 1 job(s); moved 1 file(s)" in capsys.readouterr().out
+    assert (daemon.inbox / "x.1.wav").read_bytes() == b"\0" * 100  # beside the other, a job of its own
+    assert not [p for p in daemon.failed.rglob("*") if p.is_file()]
+    daemon.start().ready()
+    daemon.wait_event("job.failed", 4)  # both converted again (and bad again), neither lost
+    assert daemon.stop() == 0
+    assert not daemon.events("job.vanished")
+    assert sorted(p.name for p in daemon.failed.iterdir() if not p.name.endswith(".json")) == ["x.1.wav", "x.wav"]

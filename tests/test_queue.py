@@ -129,7 +129,7 @@ def test_status_reader_sees_a_live_database(tmp_path: Path) -> None:
         q.submit("a.wav", A)
         job = q.lease("cpu")
         assert job
-        with JobQueue.open_readonly(tmp_path / "q.db") as ro:
+        with JobQueue.open_existing(tmp_path / "q.db") as ro:
             report = ro.report()
         assert report["counts"]["running"] == 1 and report["running"][0]["path"] == "a.wav"
 
@@ -316,3 +316,27 @@ def test_an_older_sqlite_database_is_migrated(tmp_path: Path) -> None:
         job = q.lease("w")
         assert job is not None and job.path == "a.wav" and job.lease and q.holds(job.id, job.lease)
         assert q.complete(job.id, "out/a.dac", lease=job.lease)
+        q.submit("b.wav", A)
+        other = q.lease("w")
+        assert other is not None and q.fail(other.id, "bad", lease=other.lease, quarantined="b.1.wav")
+        assert q.jobs(Status.FAILED)[0].quarantined == "b.1.wav"  # the column added by version 3
+
+
+def test_a_version_2_postgres_schema_gains_the_quarantine_column(pg_url: str) -> None:
+    import psycopg
+
+    from dacwatch.pgqueue import PostgresQueue
+    from dacwatch.queue import jobs_schema
+
+    v2 = jobs_schema("BIGSERIAL PRIMARY KEY", "BIGINT", "DOUBLE PRECISION").replace("    quarantined TEXT,\n", "")
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE dacwatch_schema (version INTEGER NOT NULL); INSERT INTO dacwatch_schema VALUES (2)")
+        for statement in v2.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+    with PostgresQueue(pg_url, "n1") as q:
+        q.submit("x.wav", A)
+        job = q.lease("w")
+        assert job is not None and q.fail(job.id, "bad", lease=job.lease, quarantined="x.1.wav")
+        assert q.jobs(Status.FAILED)[0].quarantined == "x.1.wav"
+        assert q.retry_failed(ids=[job.id]) == 1 and q.jobs(Status.QUEUED)[0].quarantined is None

@@ -189,7 +189,7 @@ def test_a_configuration_error_fails_before_ready_and_quarantines_nothing(tmp_pa
     d = Daemon(tmp_path, tiny_weights, codec__codebooks=9)  # the tiny network has 4
     wav(d.inbox / "good.wav")
     d.start()
-    assert d.proc is not None and d.proc.wait(timeout=60) == 1
+    assert d.proc is not None and d.proc.wait(timeout=60) == 2  # configuration, as config check says
     failed = d.events("service.startup_failed")
     assert failed and "codec.codebooks" in failed[0]["error"] and "has 4 codebooks" in failed[0]["error"]
     assert not d.events("service.ready") and (d.inbox / "good.wav").exists() and not list(d.failed.rglob("*"))
