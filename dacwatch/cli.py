@@ -134,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", type=Path)
     _model_args(p)
     p.add_argument("--codebooks", type=_count, default=None, help="codebooks to keep (fewer = lower bitrate)")
+    p.add_argument(
+        "--code-format",
+        choices=["packed", "int16"],
+        default="packed",
+        help="packed: format 2, at the codec's own bitrate (default); int16: format 1",
+    )
     p.add_argument("--overwrite", action="store_true")
 
     p = sub.add_parser("decode", help=".dac file or folder -> audio")
@@ -156,6 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="describe a .dac file")
     p.add_argument("input", type=Path)
     p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("repack", help="rewrite .dac files (files or trees) in another code format, exactly")
+    p.add_argument("paths", nargs="+", type=Path)
+    p.add_argument("--code-format", choices=["packed", "int16"], default="packed")
 
     p = sub.add_parser("run", help="run the folder daemon")
     p.add_argument("--config", type=Path, default=None)
@@ -200,6 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "retry": _retry,
         "config": _config_check,
         "doctor": _doctor,
+        "repack": _repack,
     }
     try:
         if args.command in NEEDS_STACK:
@@ -305,7 +316,11 @@ def _encode(args: argparse.Namespace) -> int:
     pool.codec()  # load once, fail early with the model's own message
     pairs = list(_pairs(args.input, args.output, lambda p: p.suffix.lower() in AUDIO_SUFFIXES, ".dac"))
     return _convert_many(
-        args, pairs, lambda s, d, prog: encode_file(pool, s, d, args.codebooks, overwrite=True, progress=prog)
+        args,
+        pairs,
+        lambda s, d, prog: encode_file(
+            pool, s, d, args.codebooks, overwrite=True, progress=prog, code_format=args.code_format
+        ),
     )
 
 
@@ -364,7 +379,10 @@ def _info(args: argparse.Namespace) -> int:
     print(f"  channels   {summary.channels}")
     print(f"  frames     {summary.frames}")
     print(f"  codebooks  {summary.codebooks} of {m['model_codebooks']} ({m['codebook_size']} entries)")
-    print(f"  bitrate    {summary.bitrate_kbps:.2f} kbps")
+    on_disk = (
+        "" if summary.file_kbps is None else f"; this file {summary.file_kbps:.2f} kbps ({summary.file_bytes} bytes)"
+    )
+    print(f"  bitrate    {summary.bitrate_kbps:.2f} kbps (the codec's){on_disk}")
     print(f"  loudness   {loud}")
     for k, v in summary.extra.items():
         print(f"  {k:<10} {v}")
@@ -467,6 +485,17 @@ def _check_runtime(settings: Any) -> list[str]:
     pool = make_pool(settings, "cpu")
     check_against_model(settings, pool)
     return [*lines, f"model: {pool.spec.describe()}, {pool.codec().n_codebooks} codebooks: the configuration fits"]
+
+
+def _repack(args: argparse.Namespace) -> int:
+    from .repack import repack_tree
+
+    outcome = repack_tree(args.paths, args.code_format, report=print)
+    print(
+        f"repack: {outcome.repacked} rewritten, {outcome.already} already {args.code_format}, "
+        f"{outcome.skipped} skipped, {outcome.failed} failed; {outcome.bytes_before} -> {outcome.bytes_after} bytes"
+    )
+    return 1 if outcome.failed else 0
 
 
 def _doctor(args: argparse.Namespace) -> int:

@@ -99,6 +99,9 @@ class OutputConfig(_Section):
     format: Literal["wav", "flac"] = "wav"
     sample_format: Literal["float", "pcm16", "pcm24"] = "float"
     resample: bool = True  # decode back to the original sample rate and exact length
+    # .dac files: "packed" (format 2, at the codec's own bitrate) or "int16" (format 1, for
+    # tools that expect it; both are read forever).
+    code_format: Literal["packed", "int16"] = "packed"
 
 
 class WatchConfig(_Section):

@@ -36,9 +36,12 @@ import numpy as np
 
 from . import __version__
 from .errors import PermanentError
+from .packing import PackedCodes, Packing, pack
 
 FORMAT_NAME = "dacwatch"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # written by default: codes bit-packed (dacwatch.packing)
+FORMAT_VERSIONS = (1, 2)  # read: 1 stores codes as int16
+CODE_FORMATS = {"packed": 2, "int16": 1}  # output.code_format / --code-format -> format version
 CODES_ENTRY = "codes.npy"
 METADATA_ENTRY = "metadata.npy"
 MAX_METADATA_BYTES = 1 << 20  # metadata is a few hundred bytes; anything huge is hostile
@@ -102,13 +105,20 @@ class Metadata:
     loudness: float | None  # integrated loudness of the input; None for silence or too short
     gain_db: float  # gain applied before encoding; decoding applies the opposite
     dacwatch_version: str = __version__
+    packing: Packing | None = None  # format 2: how the codes are bit-packed; None: format 1 (int16)
+
+    @property
+    def version(self) -> int:
+        return 1 if self.packing is None else 2
 
     @property
     def duration_s(self) -> float:
         return self.length / self.sample_rate if self.sample_rate else 0.0
 
     def to_json(self) -> str:
-        body = {"format": FORMAT_NAME, "version": FORMAT_VERSION, **asdict(self)}
+        body = {"format": FORMAT_NAME, "version": self.version, **asdict(self)}
+        if self.packing is None:
+            del body["packing"]
         return json.dumps(body, sort_keys=True, allow_nan=False)
 
     @classmethod
@@ -122,13 +132,16 @@ class Metadata:
         if raw.get("format") != FORMAT_NAME:
             raise ContainerError(f"{where}: not a {FORMAT_NAME} file (format {raw.get('format')!r})")
         version = raw.get("version")
-        if version != FORMAT_VERSION:
+        if version not in FORMAT_VERSIONS or isinstance(version, bool):
             raise ContainerError(
                 f"{where}: format version {version!r} is not one this dacwatch ({__version__}) reads "
-                f"(it reads version {FORMAT_VERSION})"
+                f"(it reads versions {', '.join(map(str, FORMAT_VERSIONS))})"
             )
+        if (version == 2) != ("packing" in raw):
+            raise ContainerError(f"{where}: format version {version} {'needs' if version == 2 else 'has no'} packing")
         try:
             model = ModelRecord(**raw["model"])
+            packing = Packing(**raw["packing"]) if version == 2 else None
             meta = cls(
                 model=model,
                 sample_rate=raw["sample_rate"],
@@ -138,6 +151,7 @@ class Metadata:
                 loudness=raw["loudness"],
                 gain_db=raw["gain_db"],
                 dacwatch_version=raw.get("dacwatch_version", "unknown"),
+                packing=packing,
             )
         except (KeyError, TypeError) as exc:
             raise ContainerError(f"{where}: metadata is missing or has a wrong field ({exc})") from exc
@@ -174,6 +188,18 @@ class Metadata:
             raise ContainerError(f"{where}: loudness must be a finite number or null")
         if not (isinstance(self.gain_db, (int, float)) and math.isfinite(self.gain_db)):
             raise ContainerError(f"{where}: gain_db must be a finite number")
+        if self.packing is not None:
+            p = self.packing
+            if any(isinstance(v, bool) or not isinstance(v, int) for v in (p.bits, p.group_frames, p.frames)):
+                raise ContainerError(f"{where}: packing must hold integers, not {p}")
+            if p.frames != self.expected_frames():
+                raise ContainerError(
+                    f"{where}: packing holds {p.frames} frames, the length needs {self.expected_frames()}"
+                )
+            try:
+                p.check(m.codebook_size, m.n_codebooks, self.channels, where)
+            except ValueError as exc:
+                raise ContainerError(str(exc)) from exc
 
     def check_lengths(self, where: str) -> None:
         """The original length must be the duration the codes hold (a forged length would
@@ -200,10 +226,11 @@ class LegacyLayout:
 
 @dataclass
 class DacFile:
-    """An opened ``.dac`` file. ``codes`` is ``[frames, codebooks, channels]``; a memmap for format 1."""
+    """An opened ``.dac`` file. ``codes`` is ``[frames, codebooks, channels]``: a memmap for
+    format 1, a :class:`PackedCodes` view of a memmap for format 2 (slices unpack only their groups)."""
 
     metadata: Metadata
-    codes: np.ndarray
+    codes: np.ndarray | PackedCodes
     legacy: LegacyLayout | None = None
     path: Path | None = None
 
@@ -218,7 +245,7 @@ class DacFile:
             length = self.frames * model.hop_length
         return replace(self, metadata=replace(self.metadata, model=model, model_length=length))
 
-    def iter_code_blocks(self, frames: int = 65536) -> Iterator[np.ndarray]:
+    def iter_code_blocks(self, frames: int = 1 << 16) -> Iterator[np.ndarray]:
         for i in range(0, self.frames, frames):
             yield np.asarray(self.codes[i : i + frames])
 
@@ -252,10 +279,12 @@ class CodeSpill:
         self._file.write(np.ascontiguousarray(block, dtype="<i2").tobytes())
         self.frames += block.shape[0]
 
-    def copy_to(self, out: IO[bytes]) -> None:
+    def blocks(self, frames: int = 1 << 16) -> Iterator[np.ndarray]:
+        """The codes appended, in order, ``frames`` at a time ``[n, codebooks, channels]``."""
         self._file.seek(0)
-        while chunk := self._file.read(1 << 20):
-            out.write(chunk)
+        size = frames * self.n_codebooks * self.channels * 2
+        while chunk := self._file.read(size):
+            yield np.frombuffer(chunk, dtype="<i2").reshape(-1, self.n_codebooks, self.channels)
 
     def close(self) -> None:
         self._file.close()
@@ -267,8 +296,13 @@ class CodeSpill:
         self.close()
 
 
-def write(out: BinaryIO, metadata: Metadata, codes: np.ndarray | CodeSpill) -> None:
-    """Write a format 1 file to the binary file object ``out``."""
+def write(
+    out: BinaryIO, metadata: Metadata, codes: np.ndarray | PackedCodes | CodeSpill, code_format: str = "packed"
+) -> Metadata:
+    """Write a ``.dac`` file to the binary file object ``out``: format 2 (``packed``, the
+    codec's own bitrate) or format 1 (``int16``). Returns the metadata as written."""
+    if code_format not in CODE_FORMATS:
+        raise ValueError(f"code format must be one of {', '.join(CODE_FORMATS)}, not {code_format!r}")
     shape: tuple[int, ...]
     if isinstance(codes, CodeSpill):
         shape = (codes.frames, codes.n_codebooks, codes.channels)
@@ -282,17 +316,47 @@ def write(out: BinaryIO, metadata: Metadata, codes: np.ndarray | CodeSpill) -> N
         or shape[2] != metadata.channels
     ):
         raise ValueError(f"codes {shape} disagree with the metadata")
+    packing = None
+    if CODE_FORMATS[code_format] == 2:
+        packing = Packing.for_codes(metadata.model.codebook_size, shape[1], shape[2], shape[0])
+    metadata = replace(metadata, packing=packing)
     metadata.validate("metadata to write")
+    blocks = codes.blocks() if isinstance(codes, CodeSpill) else _blocks_of(codes)
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
         with zf.open(METADATA_ENTRY, "w") as entry:
             np.lib.format.write_array(entry, np.array(metadata.to_json()), allow_pickle=False)
         with zf.open(CODES_ENTRY, "w", force_zip64=True) as entry:
-            header = {"descr": "<i2", "fortran_order": False, "shape": shape}
-            np.lib.format.write_array_header_1_0(entry, header)
-            if isinstance(codes, CodeSpill):
-                codes.copy_to(entry)
+            if packing is None:
+                np.lib.format.write_array_header_1_0(entry, {"descr": "<i2", "fortran_order": False, "shape": shape})
+                for block in blocks:
+                    entry.write(np.ascontiguousarray(block, dtype="<i2").tobytes())
             else:
-                entry.write(np.ascontiguousarray(codes, dtype="<i2").tobytes())
+                rows = (packing.groups, packing.group_bytes)
+                np.lib.format.write_array_header_1_0(entry, {"descr": "|u1", "fortran_order": False, "shape": rows})
+                for block in _regrouped(blocks, packing.group_frames):
+                    entry.write(pack(block, packing).tobytes())
+    return metadata
+
+
+BLOCK_FRAMES = 1 << 16  # codes are written and scanned this many frames at a time
+
+
+def _blocks_of(codes: np.ndarray | PackedCodes) -> Iterator[np.ndarray]:
+    for i in range(0, codes.shape[0], BLOCK_FRAMES):
+        yield np.asarray(codes[i : i + BLOCK_FRAMES])
+
+
+def _regrouped(blocks: Iterator[np.ndarray], group: int) -> Iterator[np.ndarray]:
+    """The same frames in blocks of a whole number of groups (the last may be short)."""
+    held: np.ndarray | None = None
+    for block in blocks:
+        held = block if held is None else np.concatenate([held, block])
+        whole = held.shape[0] - held.shape[0] % group
+        if whole:
+            yield held[:whole]
+            held = held[whole:]
+    if held is not None and held.shape[0]:
+        yield held
 
 
 # ---------------------------------------------------------------------- reading
@@ -334,7 +398,17 @@ def read(path: str | os.PathLike[str], mmap: bool = True) -> DacFile:
     if meta_array.dtype.kind != "U" or meta_array.ndim != 0:
         raise ContainerError(f"{where}: metadata must be a unicode scalar, found {meta_array.dtype} {meta_array.shape}")
     metadata = Metadata.from_json(str(meta_array[()]), where)
-    codes = _open_codes(path, codes_info, mmap, where, dtype=np.dtype("<i2"))
+    codes: np.ndarray | PackedCodes
+    if metadata.packing is None:
+        codes = _open_codes(path, codes_info, mmap, where, dtype=np.dtype("<i2"))
+    else:
+        p, m = metadata.packing, metadata.model
+        rows = _open_codes(path, codes_info, mmap, where, dtype=np.dtype("u1"), rank=2)
+        if rows.shape != (p.groups, p.group_bytes):
+            raise ContainerError(
+                f"{where}: packed codes are {rows.shape}, the packing needs {(p.groups, p.group_bytes)}"
+            )
+        codes = PackedCodes(rows, p, m.n_codebooks, metadata.channels)
     _check_shape(codes, metadata, where)
     metadata.check_lengths(where)
     return DacFile(metadata=metadata, codes=codes, path=path)
@@ -354,7 +428,7 @@ def _legacy(reader: Any, path: Path) -> DacFile:
     return dac
 
 
-def _check_shape(codes: np.ndarray, metadata: Metadata, where: str) -> None:
+def _check_shape(codes: np.ndarray | PackedCodes, metadata: Metadata, where: str) -> None:
     if codes.ndim != 3:
         raise ContainerError(f"{where}: codes must have rank 3 [frames, codebooks, channels], found rank {codes.ndim}")
     frames, nq, channels = codes.shape
@@ -388,9 +462,11 @@ def _local_data_offset(f: BinaryIO, info: zipfile.ZipInfo, where: str) -> int:
     return int(info.header_offset) + 30 + int(name_len) + int(extra_len)
 
 
-def _open_codes(path: Path, info: zipfile.ZipInfo, mmap: bool, where: str, dtype: np.dtype[Any] | None) -> np.ndarray:
+def _open_codes(
+    path: Path, info: zipfile.ZipInfo, mmap: bool, where: str, dtype: np.dtype[Any] | None, rank: int = 3
+) -> np.ndarray:
     if info.compress_type != zipfile.ZIP_STORED:
-        raise ContainerError(f"{where}: codes entry is compressed; format 1 stores it uncompressed")
+        raise ContainerError(f"{where}: codes entry is compressed; dacwatch stores it uncompressed")
     with open(path, "rb") as f:
         start = _local_data_offset(f, info, where)
         f.seek(start)
@@ -402,13 +478,14 @@ def _open_codes(path: Path, info: zipfile.ZipInfo, mmap: bool, where: str, dtype
     if found.hasobject:
         raise ContainerError(f"{where}: codes entry holds pickled objects; refusing")
     if dtype is not None and found != dtype:
-        raise ContainerError(f"{where}: codes must be int16, found {found}")
+        raise ContainerError(f"{where}: codes must be {dtype.name}, found {found}")
     if found.kind not in "iu":
         raise ContainerError(f"{where}: codes must be integers, found {found}")
     if fortran:
         raise ContainerError(f"{where}: codes must be in C order")
-    if len(shape) != 3:
-        raise ContainerError(f"{where}: codes must have rank 3 [frames, codebooks, channels], found rank {len(shape)}")
+    if len(shape) != rank:
+        layout = "[frames, codebooks, channels]" if rank == 3 else "[groups, group bytes]"
+        raise ContainerError(f"{where}: codes must have rank {rank} {layout}, found rank {len(shape)}")
     nbytes = int(np.prod(shape, dtype=np.int64)) * found.itemsize
     if data_offset - start + nbytes != info.file_size or data_offset + nbytes > path.stat().st_size:
         raise ContainerError(f"{where}: codes entry is truncated ({info.file_size} bytes for shape {shape})")
@@ -886,7 +963,9 @@ class Summary:
     channels: int
     frames: int
     codebooks: int
-    bitrate_kbps: float
+    bitrate_kbps: float  # the codec's: ceil(log2(codebook size)) bits per code, as DAC counts it
+    file_bytes: int | None  # the file's own size
+    file_kbps: float | None  # what the file costs per second of audio, headers included
     loudness_lufs: float | None
     dacwatch_version: str
     extra: dict[str, Any] = field(default_factory=dict)
@@ -895,11 +974,16 @@ class Summary:
 def summarize(dac: DacFile) -> Summary:
     m = dac.metadata
     frame_rate = m.model.sample_rate / m.model.hop_length
-    bits = math.log2(m.model.codebook_size) * m.model.n_codebooks * frame_rate * m.channels
-    fmt = f"{FORMAT_NAME} {FORMAT_VERSION}" if dac.legacy is None else dac.legacy.kind
+    bits = math.ceil(math.log2(m.model.codebook_size)) * m.model.n_codebooks * frame_rate * m.channels
+    fmt = f"{FORMAT_NAME} {m.version}" if dac.legacy is None else dac.legacy.kind
     extra: dict[str, Any] = {}
     if dac.legacy is not None and dac.legacy.chunk_length:
         extra = {"chunk_length": dac.legacy.chunk_length, "padding": dac.legacy.padding}
+    if m.packing is not None:
+        extra["packing"] = (
+            f"{m.packing.bits} bits a code, {m.packing.group_frames} frames in {m.packing.group_bytes} bytes"
+        )
+    size = dac.path.stat().st_size if dac.path is not None and dac.path.exists() else None
     return Summary(
         path=str(dac.path),
         format=fmt,
@@ -910,10 +994,21 @@ def summarize(dac: DacFile) -> Summary:
         frames=dac.frames,
         codebooks=m.model.n_codebooks,
         bitrate_kbps=bits / 1000,
+        file_bytes=size,
+        file_kbps=size * 8 / m.duration_s / 1000 if size is not None and m.duration_s > 0 else None,
         loudness_lufs=m.loudness,
         dacwatch_version=m.dacwatch_version,
         extra=extra,
     )
+
+
+def read_codes(path: str | os.PathLike[str], start_frame: int = 0, n_frames: int | None = None) -> np.ndarray:
+    """Codes ``[n_frames, codebooks, channels]`` (int16) from ``start_frame`` of a ``.dac`` file of
+    any layout; for dacwatch's own formats only the bytes (format 2: the groups) holding
+    those frames are read."""
+    dac = read(path)
+    stop = dac.frames if n_frames is None else min(dac.frames, start_frame + n_frames)
+    return np.array(dac.codes[max(0, start_frame) : stop], dtype=np.int16)
 
 
 if __name__ == "__main__":

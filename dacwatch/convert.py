@@ -319,13 +319,16 @@ def encode_file(
     before_rename: Check | None = None,
     written: Callable[[], None] | None = None,
     encoder: Encoder | None = None,
+    code_format: str = "packed",
 ) -> Result:
-    """Audio file -> ``.dac`` (format 1), through a temporary file renamed into place
-    (``written`` runs once the data is written, ``before_rename`` just before the rename,
-    which it may stop). ``encoder`` replaces the pool's network (bench.host measures
-    everything around it with one that only counts frames)."""
+    """Audio file -> ``.dac`` (format 2, or format 1 with ``code_format="int16"``), through a
+    temporary file renamed into place (``written`` runs once the data is written,
+    ``before_rename`` just before the rename, which it may stop). ``encoder`` replaces the
+    pool's network (bench.host measures everything around it with one that only counts frames)."""
     try:
-        return _encode_file(pool, source, output, n_codebooks, overwrite, progress, before_rename, written, encoder)
+        return _encode_file(
+            pool, source, output, n_codebooks, overwrite, progress, before_rename, written, encoder, code_format
+        )
     except PermanentError as exc:
         raise _naming(source, exc) from exc
 
@@ -340,6 +343,7 @@ def _encode_file(
     before_rename: Check | None,
     written: Callable[[], None] | None,
     encoder: Encoder | None,
+    code_format: str,
 ) -> Result:
     codec = pool.codec()
     encode = encoder or codec.encode_stream
@@ -367,7 +371,7 @@ def _encode_file(
             )
             with atomic_output(output, overwrite, before_rename) as tmp:
                 with open(tmp, "wb") as f:
-                    write_dac(f, metadata, spill)
+                    write_dac(f, metadata, spill, code_format)
                 if written is not None:
                     written()
             frames = spill.frames

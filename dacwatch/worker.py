@@ -423,6 +423,7 @@ class Worker(threading.Thread):
             progress=self._tick,
             before_rename=check,
             written=self._finishing,
+            code_format=s.output.code_format,
         )
 
     def _settle(self, job: Job, source: Path, exc: Exception, wall: float) -> None:

@@ -8,6 +8,7 @@ import os
 import pickle
 import warnings
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -48,9 +49,9 @@ def meta(frames: int, channels: int = 2, **kw: object) -> Metadata:
     return Metadata(**base)  # type: ignore[arg-type]
 
 
-def write(path: Path, metadata: Metadata, codes: np.ndarray) -> Path:
+def write(path: Path, metadata: Metadata, codes: np.ndarray, code_format: str = "packed") -> Path:
     with open(path, "wb") as f:
-        container.write(f, metadata, codes)
+        container.write(f, metadata, codes, code_format)
     return path
 
 
@@ -63,17 +64,18 @@ def test_writer_refuses_codes_that_disagree_with_the_metadata(tmp_path: Path) ->
         container.write(f, meta(30), codes_for(31))
 
 
-def test_round_trip_every_field(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("code_format", "version", "dtype"), [("int16", 1, np.int16), ("packed", 2, np.uint8)])
+def test_round_trip_every_field(tmp_path: Path, code_format: str, version: int, dtype: type) -> None:
     codes = codes_for(30)
     m = meta(30)
-    path = write(tmp_path / "a.dac", m, codes)
+    path = write(tmp_path / "a.dac", m, codes, code_format)
     back = container.read(path)
-    assert back.metadata == m
+    assert replace(back.metadata, packing=None) == m and back.metadata.version == version
     assert np.array_equal(np.asarray(back.codes), codes)
     raw = np.load(path, allow_pickle=False)  # plain numpy reads it, no pickle
-    assert raw["codes"].dtype == np.int16 and raw["codes"].flags.c_contiguous
+    assert raw["codes"].dtype == dtype and raw["codes"].flags.c_contiguous
     body = json.loads(str(raw["metadata"]))
-    assert body["format"] == "dacwatch" and body["version"] == 1 and body["model"]["hop_length"] == 512
+    assert body["format"] == "dacwatch" and body["version"] == version and body["model"]["hop_length"] == 512
     for entry in zipfile.ZipFile(path).infolist():
         assert entry.compress_type == zipfile.ZIP_STORED
 
@@ -84,15 +86,17 @@ def test_silence_has_null_loudness(tmp_path: Path) -> None:
     assert "NaN" not in str(np.load(path)["metadata"])
 
 
-def test_codes_are_memory_mapped_and_a_range_reads_only_its_frames(tmp_path: Path) -> None:
-    frames = 200_000  # 3.2 MB of codes
+@pytest.mark.parametrize("code_format", ["int16", "packed"])
+def test_codes_are_memory_mapped_and_a_range_reads_only_its_frames(tmp_path: Path, code_format: str) -> None:
+    frames = 200_000  # 3.2 MB of codes as int16, 1.2 MB packed
     codes = codes_for(frames, channels=2, seed=1)
-    path = write(tmp_path / "long.dac", meta(frames), codes)
+    path = write(tmp_path / "long.dac", meta(frames), codes, code_format)
     before = _bytes_read()
     opened = container.read(path)
     excerpt = np.asarray(opened.codes[150_000:150_010])
     after = _bytes_read()
-    assert isinstance(opened.codes, np.memmap)
+    mapped = opened.codes if code_format == "int16" else opened.codes.rows  # type: ignore[union-attr]
+    assert isinstance(mapped, np.memmap)
     assert np.array_equal(excerpt, codes[150_000:150_010])
     assert after - before < 64 * 1024, after - before  # headers only, not 3.2 MB
 
@@ -177,7 +181,7 @@ def test_compressed_codes_are_refused(tmp_path: Path) -> None:
 def test_out_of_range_codes_found_by_scan(tmp_path: Path) -> None:
     codes = codes_for(20)
     codes[7, 1, 0] = 999
-    path = write(tmp_path / "r.dac", meta(20), codes)
+    path = write(tmp_path / "r.dac", meta(20), codes, "int16")  # packed, 999 would not fit 6 bits
     with pytest.raises(ContainerError, match="out of range"):
         container.read(path).check_codes()
 
@@ -314,7 +318,7 @@ def test_zip_bomb_metadata_is_refused(tmp_path: Path) -> None:
 def test_a_length_the_codes_do_not_hold_is_refused(tmp_path: Path) -> None:
     """A forged original length (10^12 samples) would make a resampling decode pad
     terabytes of silence onto the disk."""
-    path = write(tmp_path / "long.dac", meta(10), codes_for(10))
+    path = write(tmp_path / "long.dac", meta(10), codes_for(10), "int16")
     raw = json.loads(str(np.load(path, allow_pickle=False)["metadata"]))
     raw["length"] = 10**12
     forged = tmp_path / "forged.dac"
