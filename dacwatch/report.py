@@ -168,7 +168,9 @@ def build(
             }
         done.append(row)
     failures = [
-        dict(job) | {"path": printable(job["path"]), "error_note": _note(failed, job["path"], notes)}
+        dict(job)
+        | {"path": printable(job["path"]), "last_error": printable(job.get("last_error"))}
+        | {"error_note": _note(failed, job["path"], notes)}
         for job in q["recent_failures"]
     ]
     hosts: dict[str, dict[str, Any]] = {}

@@ -26,7 +26,6 @@ from .pg import free_port
 
 HOSTILE_BAD = "<img src=x onerror=alert(1)>.wav"  # fails: not audio
 HOSTILE_GOOD = "<script>alert(2)<script>.wav"  # converts ('/' cannot be in a name)
-LATIN1 = os.fsdecode(b"caf\xe9.wav")  # not UTF-8
 
 
 def get(url: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
@@ -54,62 +53,59 @@ def progress_of(dom: str, name: str) -> float:
 def test_the_status_page_in_a_real_browser(tmp_path: Path, tiny_weights: Path) -> None:
     browser.chromium()  # skip early, before a daemon starts, where there is none
     port = free_port()
-    d = Daemon(tmp_path, tiny_weights, metrics__listen=f"127.0.0.1:{port}", codec__jobs_per_device=1)
+    d = Daemon(
+        tmp_path, tiny_weights, metrics__listen=f"127.0.0.1:{port}", codec__jobs_per_device=1, stop_timeout_s=1.0
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         d.start().ready()
         assert get(base + "/readyz")[0] == 200 and get(base + "/healthz")[:3:2] == (200, b"ok\n")
         (d.inbox / HOSTILE_BAD).write_text("not audio\n" * 20)
         wav(d.inbox / HOSTILE_GOOD, seconds=0.5)
-        wav(d.inbox / LATIN1, seconds=0.5)
+        wav(d.inbox / "plain.wav", seconds=0.5)
         d.wait_event("job.done", 2)
         d.wait_event("job.failed")
-        # One long file (about 10 s on a tiny network) and two behind it: one worker.
-        wav(d.inbox / "long.wav", seconds=40.0, rate=16000)
+        # One long file (half a minute or more on a tiny network: it is still running when
+        # the test ends) and two queued behind it (one worker).
+        wav(d.inbox / "long.wav", seconds=300.0, rate=16000)
         d.wait_for(lambda: any(j["path"] == "long.wav" and j.get("progress") for j in status(base)["running"]), 30)
         for name in ("later1.wav", "later2.wav"):
             wav(d.inbox / name, seconds=0.5)
+        d.wait_for(lambda: status(base)["counts"]["queued"] == 2, 10, "two queued")
         first = browser.dom(base + "/")
-        second = browser.dom(base + "/")
-        assert 0 < progress_of(first, "long.wav") < progress_of(second, "long.wav") <= 1, "progress did not move"
-        assert 'data-refreshed="' in second  # app.js fetched /api/status and re-rendered
-        shot = browser.screenshot(base + "/", tmp_path / "status-page.png")
-        print(f"status page screenshot: {shot}")
-        if os.environ.get("DACWATCH_UPDATE_SCREENSHOT"):
-            shutil.copyfile(shot, Path(__file__).parents[1] / "docs" / "status-page.png")
-        live = status(base)
-        running = next(j for j in live["running"] if j["path"] == "long.wav")
-        assert running["device"] == "cpu" and running["total_s"] == 40.0 and running["eta_s"] is not None
-        assert live["hosts"][0]["jobs"] == ["long.wav"] and live["hosts"][0]["heartbeat_at"]
-
-        d.wait_event("job.done", 5, timeout=90)
-        d.wait_for(lambda: status(base)["counts"]["done"] == 5, 10, "the report to catch up")
         page = browser.dom(base + "/")
+        assert 0 < progress_of(first, "long.wav") < progress_of(page, "long.wav") < 1, "progress did not move"
+        assert 'data-refreshed="' in page  # app.js fetched /api/status and re-rendered
         counts = {k: int(v) for k, v in re.findall(r'id="count-(\w+)">(\d+)<', page)}
-        assert counts == {"queued": 0, "running": 0, "done": 5, "failed": 1}
+        assert counts == {"queued": 2, "running": 1, "done": 2, "failed": 1}
         # Hostile names are text: escaped where the server renders, textContent where app.js does.
         assert "&lt;img src=x onerror=alert(1)&gt;.wav" in page and "<img" not in page
         assert "&lt;script&gt;alert(2)&lt;script&gt;.wav" in page
         assert len(re.findall(r"<script", page)) == 1  # app.js, nothing injected
-        assert "caf\\xe9.wav" in page  # not UTF-8: shown with its byte
-        failure = status(base)["recent_failures"][0]
+        report = status(base)
+        failure = report["recent_failures"][0]
         assert failure["path"] == HOSTILE_BAD and failure["error_note"]["error"] == failure["last_error"]
-        assert failure["last_error"] and json.dumps(failure["last_error"])[1:30] in json.dumps(page)
-        assert '"dacwatch_version"' in page or "&quot;dacwatch_version&quot;" in page  # the .error.json
+        assert "not audio that libsndfile or ffmpeg can read" in failure["last_error"]
+        assert "not audio that libsndfile or ffmpeg can read" in page and "dacwatch_version" in page  # + .error.json
         points = re.search(r'<polyline[^>]*points="([^"]+)"', page)
         assert points, page[:2000]
         ys = [float(p.split(",")[1]) for p in points.group(1).split()]
         assert len(ys) == 60 and min(ys) < max(ys)  # a minute with audio converted
-        done = {j["path"]: j for j in status(base)["recent_done"]}
-        assert done["long.wav"]["rtf"] > 0 and done["long.wav"]["audio_s"] == 40.0
-        assert "Nothing queued." in page
+        assert "The queue drains in about" in page and report["drain"]["eta_s"] > 0
+        running = next(j for j in report["running"] if j["path"] == "long.wav")
+        assert running["device"] == "cpu" and running["total_s"] == 300.0 and running["eta_s"] > 0
+        assert report["hosts"][0]["jobs"] == ["long.wav"] and report["hosts"][0]["heartbeat_at"]
+        done = {j["path"]: j for j in report["recent_done"]}
+        assert done["plain.wav"]["rtf"] > 0 and done["plain.wav"]["audio_s"] == 0.5
+        shot = browser.screenshot(base + "/", tmp_path / "status-page.png")
+        print(f"status page screenshot: {shot}")
+        if os.environ.get("DACWATCH_UPDATE_SCREENSHOT"):
+            shutil.copyfile(shot, Path(__file__).parents[1] / "docs" / "status-page.png")
 
         for path in ("/", "/app.js", "/api/status", "/metrics", "/healthz", "/readyz", "/nothing"):
-            code, headers, _ = get(base + path)
-            assert headers["Content-Security-Policy"].startswith("default-src 'none';"), path
-            assert "script-src 'self'" in headers["Content-Security-Policy"] and "unsafe-inline" not in (
-                headers["Content-Security-Policy"].split("script-src")[1].split(";")[0]
-            )
+            _, headers, _ = get(base + path)
+            policy = headers["Content-Security-Policy"]
+            assert policy.startswith("default-src 'none';") and "script-src 'self';" in policy, path
             assert headers["X-Content-Type-Options"] == "nosniff", path
         assert get(base + "/", "POST")[0] == 405  # read-only
         assert d.stop() == 0
@@ -129,6 +125,7 @@ def test_health_follows_the_watchdog_rule_and_readiness_follows_ready(tmp_path: 
     service.serve()
     assert service.served is not None
     base = f"http://{service.served}"
+    release = threading.Event()
     try:
         assert get(base + "/readyz")[:3:2] == (503, b"starting\n")
         assert get(base + "/healthz")[0] == 503 and get(base + "/api/status")[0] == 503
@@ -136,7 +133,6 @@ def test_health_follows_the_watchdog_rule_and_readiness_follows_ready(tmp_path: 
         assert get(base + "/readyz")[0] == 503  # loaded, but READY not sent yet
         service.ready.set()  # what run() does once READY=1 is sent
         hung_at: list[float] = []
-        release = threading.Event()
 
         def hang(*_: Any) -> None:  # the fourth window never returns (until released)
             if len(hung_at) < 4:
@@ -163,9 +159,7 @@ def test_health_follows_the_watchdog_rule_and_readiness_follows_ready(tmp_path: 
         assert get(base + "/readyz")[:3:2] == (503, b"stopping\n")
         loop.join(30)
     finally:
-        release_all = locals().get("release")
-        if isinstance(release_all, threading.Event):
-            release_all.set()
+        release.set()
         service.stopping.set()
         service.shutdown(10)
 
@@ -192,3 +186,19 @@ def test_status_watch_redraws_and_ends_cleanly_on_ctrl_c(tmp_path: Path, tiny_we
         assert d.stop() == 0
     finally:
         d.close()
+
+
+def test_a_name_that_is_not_utf8_is_shown_with_its_bytes_and_never_breaks_the_page() -> None:
+    """The queue cannot hold such names yet (the watcher's submit fails on them: another
+    issue's); the report and page must already render them whatever they are."""
+    from dacwatch.report import build
+    from dacwatch.web import render
+
+    name = os.fsdecode(b"caf\xe9 <b>.wav")  # surrogate-escaped, as os.listdir gives it
+    job = {"path": name, "attempts": 1, "worker": "cpu", "node": "n", "started_at": None, "heartbeat_at": None}
+    failed = {"path": name, "attempts": 1, "last_error": f"{name}: not audio", "finished_at": None}
+    q = {"counts": {"queued": 0, "running": 1, "done": 0, "failed": 1}, "running": [job], "recent_failures": [failed]}
+    report = build(q, node="n")
+    page = render(report).decode("utf-8")
+    assert page.count("caf\\xe9 &lt;b&gt;.wav") == 4 and "<b>" not in page
+    json.dumps(report).encode("utf-8")  # /api/status: encodable
