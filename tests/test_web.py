@@ -82,6 +82,8 @@ def test_the_status_page_in_a_real_browser(tmp_path: Path, tiny_weights: Path) -
         assert "&lt;img src=x onerror=alert(1)&gt;.wav" in page and "<img" not in page
         assert "&lt;script&gt;alert(2)&lt;script&gt;.wav" in page
         assert len(re.findall(r"<script", page)) == 1  # app.js, nothing injected
+        served = get(base + "/")[2].decode()  # as a terminal browser (no script) sees it
+        assert "&lt;img src=x onerror=alert(1)&gt;.wav" in served and "<img" not in served
         report = status(base)
         failure = report["recent_failures"][0]
         assert failure["path"] == HOSTILE_BAD and failure["error_note"]["error"] == failure["last_error"]
