@@ -404,11 +404,12 @@ class BaseQueue:
         last ``window_s`` (the drain estimate of :mod:`dacwatch.report`)."""
         with self._read() as db:
             now = self._now(db)
-            done = db.execute(
-                "SELECT path, output, node, attempts, started_at, finished_at FROM jobs WHERE status = 'done' "
-                "ORDER BY finished_at DESC LIMIT ?",
-                (finished,),
-            ).fetchall()
+            done = [  # SELECT *, as above
+                dict(r)
+                for r in db.execute(
+                    "SELECT * FROM jobs WHERE status = 'done' ORDER BY finished_at DESC LIMIT ?", (finished,)
+                ).fetchall()
+            ]
             pending = db.execute(
                 "SELECT COALESCE(SUM(size), 0) AS b FROM jobs WHERE status IN ('queued', 'running')"
             ).fetchone()
@@ -435,7 +436,7 @@ class BaseQueue:
             ],
             "recent_failures": [dict(r) | {"finished_at": _iso(r["finished_at"])} for r in failed],
             "recent_done": [
-                dict(r)
+                {k: r.get(k) for k in ("path", "output", "node", "attempts")}
                 | {"finished_at": _iso(r["finished_at"]), "started_at": _iso(r["started_at"])}
                 | {"wall_s": r["finished_at"] - r["started_at"] if r["started_at"] else None}
                 for r in done

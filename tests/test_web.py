@@ -204,3 +204,35 @@ def test_a_name_that_is_not_utf8_is_shown_with_its_bytes_and_never_breaks_the_pa
     page = render(report).decode("utf-8")
     assert page.count("caf\\xe9 &lt;b&gt;.wav") == 4 and "<b>" not in page
     json.dumps(report).encode("utf-8")  # /api/status: encodable
+
+
+def test_the_report_reads_an_older_database_without_migrating_it(tmp_path: Path) -> None:
+    """``dacwatch status`` opens the queue read-only: a database made before leases (no
+    node or heartbeat columns) still gives the whole report, drain estimate included."""
+    import sqlite3
+
+    from dacwatch.queue import JobQueue
+    from dacwatch.report import status_of, text
+
+    path = tmp_path / "q.db"
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE jobs (id INTEGER PRIMARY KEY, path TEXT NOT NULL, size INTEGER NOT NULL, "
+        "mtime_ns INTEGER NOT NULL, inode INTEGER NOT NULL, status TEXT NOT NULL, attempts INTEGER NOT NULL "
+        "DEFAULT 0, last_error TEXT, output TEXT, worker TEXT, not_before REAL NOT NULL DEFAULT 0, "
+        "created_at REAL NOT NULL, updated_at REAL NOT NULL, started_at REAL, finished_at REAL, "
+        "UNIQUE (path, size, mtime_ns, inode));"
+    )
+    now = time.time()
+    old.executemany(
+        "INSERT INTO jobs (path, size, mtime_ns, inode, status, created_at, updated_at, started_at, finished_at) "
+        "VALUES (?, ?, 1, ?, ?, 0, 0, ?, ?)",
+        [("a.wav", 6_000_000, 1, "done", now - 120, now - 60), ("b.wav", 3_000_000, 2, "queued", None, None)],
+    )
+    old.commit()
+    old.close()
+    with JobQueue.open_readonly(path) as q:
+        report = status_of(q, tmp_path / "failed")
+    assert report["recent_done"][0]["path"] == "a.wav" and report["recent_done"][0]["wall_s"] == 60
+    assert report["drain"]["pending_bytes"] == 3_000_000 and 50 < report["drain"]["eta_s"] < 70  # 50 kB/s
+    assert "eta: the queue drains in about 1 min" in "\n".join(text(report))
