@@ -8,6 +8,7 @@ import math
 import os
 import stat
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -173,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="queue counts, running jobs, recent failures")
     p.add_argument("--config", type=Path, default=None)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--watch", action="store_true", help="redraw every 2 s until Ctrl-C (like watch)")
 
     p = sub.add_parser("retry", help="re-queue failed jobs")
     p.add_argument("--config", type=Path, default=None)
@@ -416,24 +418,23 @@ def _run(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     from .queue import open_queue
+    from .report import status_of, text
 
     settings = _settings(args)
     with open_queue(settings.state_db, settings.queue.url, readonly=True)[0] as queue:
-        report = queue.report()
-    if args.json:
-        print(json.dumps(report))
-        return 0
-    counts = report["counts"]
-    print("queue: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-    for job in report["running"]:
-        where = f"{job['node']}, {job['worker']}" if job.get("node") else job["worker"]
-        print(
-            f"running: {job['path']} on {where} (attempt {job['attempts']}, since {job['started_at']}, "
-            f"last heartbeat {job['heartbeat_at']})"
-        )
-    for job in report["recent_failures"]:
-        print(f"failed: {job['path']}: {job['last_error']}")
-    return 0
+        if not args.watch:
+            report = status_of(queue, settings.failed, inbox=settings.inbox)
+            print(json.dumps(report) if args.json else "\n".join(text(report)))
+            return 0
+        try:  # the same report, redrawn; Ctrl-C is how a watch ends, not an error
+            while True:
+                report = status_of(queue, settings.failed, inbox=settings.inbox)
+                body = json.dumps(report) if args.json else "\n".join(text(report))
+                sys.stdout.write(f"\x1b[H\x1b[2Jdacwatch status, every 2 s (Ctrl-C ends)\n\n{body}\n")
+                sys.stdout.flush()
+                time.sleep(2.0)
+        except KeyboardInterrupt:
+            return 0
 
 
 def _retry(args: argparse.Namespace) -> int:

@@ -1,7 +1,7 @@
 """Prometheus metrics for people running a fleet (``metrics.listen``, 127.0.0.1 by default).
 
-One registry per daemon (never the process-global one), served over HTTP by
-``prometheus_client``. Workers count what they finish; the service's loop sets
+One registry per daemon (never the process-global one), served over HTTP at
+``/metrics`` beside the status page (:mod:`dacwatch.web`). Workers count what they finish; the service's loop sets
 what is read from elsewhere once a second (the queue's depth by status: every
 node's jobs when the queue is shared; running jobs; lease takeovers; networks
 loaded; device memory).
@@ -10,9 +10,12 @@ loaded; device memory).
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+
+from .report import Finished, History
 
 RTF_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 
@@ -42,18 +45,18 @@ class Metrics:
         self.device_memory = Gauge(
             "dacwatch_device_memory_bytes", "Device memory held by tensors, by device (GPUs)", ["device"], registry=r
         )
+        self.history = History()  # the status page's throughput and realtime factors
         self._seen: dict[str, float] = {}
         self._server: Any = None
 
-    def serve(self, listen: str) -> str:
-        """Serve ``/metrics`` on ``host:port``; returns the address served."""
-        host, _, port = listen.rpartition(":")
-        started = start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1", registry=self.registry)
-        self._server = started[0] if isinstance(started, tuple) else None
-        if self._server is not None:
-            bound = self._server.server_address
-            return f"{bound[0]}:{bound[1]}"
-        return listen
+    def serve(self, listen: str, site: Any = None) -> str:
+        """Serve ``/metrics`` (and, given a ``site``, the status page and health endpoints:
+        :class:`dacwatch.web.Site`) on ``host:port``; returns the address served."""
+        from .web import serve
+
+        self._server = serve(listen, self.registry, site)
+        host, port = self._server.server_address[:2]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def close(self) -> None:
         if self._server is not None:
@@ -62,8 +65,9 @@ class Metrics:
                 self._server.server_close()
             self._server = None
 
-    def finished(self, kind: str, outcome: str, audio_s: float = 0.0, wall_s: float = 0.0) -> None:
+    def finished(self, kind: str, outcome: str, audio_s: float = 0.0, wall_s: float = 0.0, source: str = "") -> None:
         self.jobs.labels(kind, outcome).inc()
+        self.history.add(Finished(time.time(), kind, outcome, audio_s, wall_s, source))
         if outcome == "done":
             self.audio.labels(kind).inc(audio_s)
             if wall_s > 0:

@@ -421,8 +421,26 @@ class BaseQueue:
         out.update({r["status"]: int(r["n"]) for r in rows})
         return out
 
-    def report(self, failures: int = 10) -> dict[str, Any]:
+    def report(self, failures: int = 10, finished: int = 0, window_s: float = 3600.0) -> dict[str, Any]:
+        """What the queue knows, every node's: counts, running jobs, the last ``failures``
+        failures and ``finished`` finished jobs, and the bytes pending and finished in the
+        last ``window_s`` (the drain estimate of :mod:`dacwatch.report`)."""
         with self._read() as db:
+            now = self._now(db)
+            done = [  # SELECT *, as above
+                dict(r)
+                for r in db.execute(
+                    "SELECT * FROM jobs WHERE status = 'done' ORDER BY finished_at DESC LIMIT ?", (finished,)
+                ).fetchall()
+            ]
+            pending = db.execute(
+                "SELECT COALESCE(SUM(size), 0) AS b FROM jobs WHERE status IN ('queued', 'running')"
+            ).fetchone()
+            recent = db.execute(
+                "SELECT COALESCE(SUM(size), 0) AS b, MIN(started_at) AS first FROM jobs "
+                "WHERE status = 'done' AND finished_at >= ?",
+                (now - window_s,),
+            ).fetchone()
             # SELECT *: an older database (dacwatch status never migrates) has no node or heartbeat.
             running = [
                 dict(r) for r in db.execute("SELECT * FROM jobs WHERE status = 'running' ORDER BY id").fetchall()
@@ -440,6 +458,17 @@ class BaseQueue:
                 for r in running
             ],
             "recent_failures": [dict(r) | {"finished_at": _iso(r["finished_at"])} for r in failed],
+            "recent_done": [
+                {k: r.get(k) for k in ("path", "output", "node", "attempts")}
+                | {"finished_at": _iso(r["finished_at"]), "started_at": _iso(r["started_at"])}
+                | {"wall_s": r["finished_at"] - r["started_at"] if r["started_at"] else None}
+                for r in done
+            ],
+            "bytes": {
+                "pending": int(pending["b"]),
+                "done_recently": int(recent["b"]),
+                "since_s": min(window_s, now - recent["first"]) if recent["first"] is not None else None,
+            },
         }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import signal
 import socket
@@ -20,7 +21,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from . import __version__, logs
+from . import __version__, logs, report
 from .config import Settings
 from .errors import ConfigError, DacwatchError
 from .fsio import sweep_temp_files
@@ -98,6 +99,10 @@ class Service:
         self.beats: BaseQueue | None = None
         self.failed = False  # every worker stopped: exit 1 so the supervisor restarts us
         self._state_lock: int | None = None  # held for the process's life: one daemon per state_dir
+        self.ready = threading.Event()  # READY sent, not stopping: /readyz
+        self.served: str | None = None  # the status page's address, when it is served
+        self._snapshot: tuple[bytes, dict[str, Any]] | None = None  # /api/status, built by the loop
+        self._notes: dict[tuple[str, Any], Any] = {}  # .error.json files read for it
 
     # signal handlers: flags only
     def on_signal(self, signum: int, _frame: FrameType | None) -> None:
@@ -156,15 +161,55 @@ class Service:
             logs.get("dacwatch.watcher"),
             s.watch.writer_check,
         )
-        if s.metrics.listen:
-            try:
-                served = self.metrics.serve(s.metrics.listen)
-                self.log.info("metrics.serving", url=f"http://{served}/metrics")
-            except (OSError, ValueError) as exc:  # a port taken, an address not ours: convert anyway
-                self.log.error("metrics.unavailable", listen=s.metrics.listen, error=str(exc))
         for worker in self.workers:
             worker.start()
         self.watcher.start()
+
+    def serve(self) -> None:
+        """Serve metrics, health and the status page (from before startup: /readyz says
+        "starting" while the model loads)."""
+        listen = self.settings.metrics.listen
+        if not listen:
+            return
+        try:
+            self.served = self.metrics.serve(listen, self)
+            self.log.info("metrics.serving", url=f"http://{self.served}/metrics", page=f"http://{self.served}/")
+        except (OSError, ValueError) as exc:  # a port taken, an address not ours: convert anyway
+            self.log.error("metrics.unavailable", listen=listen, error=str(exc))
+
+    def readiness(self) -> str | None:
+        if self.stopping.is_set():
+            return "stopping"
+        return None if self.ready.is_set() else "starting"
+
+    def snapshot(self) -> tuple[bytes, dict[str, Any]] | None:
+        return self._snapshot
+
+    def _report(self, problems: list[str]) -> dict[str, int]:
+        """Build the status report for the page (once a second, here, never per request);
+        returns the queue's counts."""
+        assert self.queue is not None
+        live = [
+            report.Live(w.label, w.device, c.path, time.time() - (time.monotonic() - c.started), c.done_s, c.total_s)
+            for w in self.workers
+            if (c := w.current) is not None
+        ]
+        health = {"ready": self.readiness() is None, "readiness": self.readiness(), "problems": problems}
+        s = self.settings
+        built = report.status_of(
+            self.queue,
+            s.failed,
+            inbox=s.inbox,
+            live=live,
+            history=self.metrics.history,
+            health=health,
+            notes=self._notes,
+        )
+        if len(self._notes) > 4 * report.RECENT:
+            self._notes.clear()
+        self._snapshot = (json.dumps(built).encode(), built)
+        counts: dict[str, int] = built["counts"]
+        return counts
 
     def _folders(self) -> None:
         """Say where everything is; make what is missing (with a warning) or refuse."""
@@ -299,7 +344,10 @@ class Service:
                 self.failed = True
                 return
             try:
-                counts = self.queue.counts() if self.queue is not None else {}
+                if self.served is not None and self.queue is not None:
+                    counts = self._report(problems)
+                else:
+                    counts = self.queue.counts() if self.queue is not None else {}
                 self.measure(counts)
                 line = self.status_line(counts)
             except DacwatchError as exc:
@@ -310,6 +358,7 @@ class Service:
             self.stopping.wait(min(1.0, period or 1.0))
 
     def shutdown(self, timeout: float) -> None:
+        self.ready.clear()
         self.notify("STOPPING=1")
         self.log.info("service.stopping", timeout_s=timeout)
         if self.watcher is not None:
@@ -353,6 +402,7 @@ def run(settings: Settings, early_signals: list[int] | None = None) -> int:
             outbox=str(settings.outbox),
             pid=os.getpid(),
         )
+        service.serve()
         try:
             service.startup()
         except DacwatchError as exc:
@@ -363,6 +413,7 @@ def run(settings: Settings, early_signals: list[int] | None = None) -> int:
             service.shutdown(0)
             return 0
         notify("READY=1")
+        service.ready.set()
         notify(f"STATUS={service.status_line()}")
         log.info("service.ready", workers=[w.label for w in service.workers])
         service.loop()

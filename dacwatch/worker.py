@@ -39,6 +39,7 @@ from .fsio import TEMP_PREFIX, Identity, atomic_output, ensure_dir, identity, mi
 from .metrics import Metrics
 from .model import ModelSpec
 from .queue import CRASHED, BaseQueue, Job, QueueError, Status
+from .report import audio_length
 
 T = TypeVar("T")
 UNEXPECTED_IN_A_ROW = 3  # unexpected failures in a row after which a worker stops taking work
@@ -94,6 +95,8 @@ class Current:
     lease: str | None = None  # the job's lease (the service beats it; every record names it)
     generation: int = 0  # the pool's geometry generation when the job started
     target: Path | None = None  # the output name it claimed
+    done_s: float = 0.0  # seconds of audio read (encoding) or written (decoding) so far
+    total_s: float | None = None  # the file's length in seconds, when its header says
 
 
 def jobs_per_device(settings: Settings, device: str) -> int:
@@ -183,9 +186,10 @@ class Worker(threading.Thread):
                 if self.abort.wait(1.0):
                     raise
 
-    def _tick(self, _seconds: float = 0.0) -> None:
+    def _tick(self, seconds: float = 0.0) -> None:
         now = time.monotonic()
         if self.current is not None:
+            self.current.done_s += seconds  # the status page's progress and ETA
             if self.current.ticks:  # the wait for the first report is not a gap between two
                 # Time in the device's gate is judged there (stalled), not as a gap.
                 since = max(self.heartbeat, self.pool.gate.progress(self.ident)[1] or 0.0)
@@ -310,7 +314,7 @@ class Worker(threading.Thread):
     def _count(self, source: Path, outcome: str, audio_s: float = 0.0, wall_s: float = 0.0) -> None:
         if self.metrics is not None:
             kind = "decode" if source.suffix.lower() == ".dac" else "encode"
-            self.metrics.finished(kind, outcome, audio_s, wall_s)
+            self.metrics.finished(kind, outcome, audio_s, wall_s, str(source))
 
     def _finished_elsewhere(self, job: Job, source: Path) -> Path | None:
         """After a crash or a takeover, the source vanished while this worker converted it
@@ -402,6 +406,7 @@ class Worker(threading.Thread):
         target = self._reserve(source, job)
         if self.current is not None:
             self.current.target = target
+            self.current.total_s = audio_length(source)  # a regular file in the inbox: its header only
         check = functools.partial(self._unchanged, source, job)
         if source.suffix.lower() == ".dac":
             fmt = OutputFormat(s.output.format, s.output.sample_format)
