@@ -60,12 +60,14 @@ def pack(codes: np.ndarray, p: Packing) -> np.ndarray:
     the file) -> rows ``[groups, group_bytes]`` (uint8)."""
     frames = codes.shape[0]
     groups = -(-frames // p.group_frames)
-    padded = np.zeros((groups * p.group_frames, *codes.shape[1:]), dtype=np.int64)
-    padded[:frames] = codes
-    if padded.size and (padded.min() < 0 or padded.max() >= 1 << p.bits):
+    if codes.size and (int(codes.min()) < 0 or int(codes.max()) >= 1 << p.bits):
         raise ValueError(f"codes out of range for {p.bits}-bit packing")
-    bits = (padded.reshape(-1, 1) >> np.arange(p.bits - 1, -1, -1)) & 1
-    rows: np.ndarray = np.packbits(bits.astype(np.uint8).reshape(groups, -1), axis=1)
+    values = np.zeros(groups * p.group_frames * int(np.prod(codes.shape[1:])), dtype=np.uint16)
+    values[: codes.size] = np.asarray(codes, dtype=np.uint16).reshape(-1)
+    bits = np.empty((values.size, p.bits), dtype=np.uint8)
+    for column in range(p.bits):  # MSB first
+        bits[:, column] = (values >> (p.bits - 1 - column)) & 1
+    rows: np.ndarray = np.packbits(bits.reshape(groups, -1), axis=1)
     return rows
 
 
