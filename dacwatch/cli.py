@@ -65,6 +65,17 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _rate(text: str) -> float:
+    """A positive, finite rate."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a finite number above 0")
+    return value
+
+
 def _count(text: str) -> int:
     """A positive whole number."""
     try:
@@ -168,6 +179,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", type=Path)
     p.add_argument("--code-format", choices=["packed", "int16"], default="packed")
 
+    p = sub.add_parser("scrub", help="check .dac files or trees: CRC, metadata, codes, weights, decoding")
+    p.add_argument("paths", nargs="+", type=Path)
+    p.add_argument(
+        "--decode",
+        nargs="?",
+        const="sample",
+        choices=["sample", "full"],
+        default=None,
+        help="also decode: three one-second excerpts (sample, the default) or everything (full)",
+    )
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--max-read-mb-s", type=_rate, default=None, help="hold reading to this rate")
+    _model_args(p)
+
     p = sub.add_parser("run", help="run the folder daemon")
     p.add_argument("--config", type=Path, default=None)
 
@@ -197,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Commands that import torch and DAC: the stack is checked first, so a broken install
 # ends in one sentence (dacwatch.stack), never in a loader's traceback. ``run`` checks
 # it itself, once its signal handlers are in place.
-NEEDS_STACK = frozenset(["encode", "decode", "verify", "retry", "config"])
+NEEDS_STACK = frozenset(["encode", "decode", "verify", "retry", "config", "scrub"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -213,6 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "config": _config_check,
         "doctor": _doctor,
         "repack": _repack,
+        "scrub": _scrub,
     }
     try:
         if args.command in NEEDS_STACK:
@@ -486,6 +512,36 @@ def _check_runtime(settings: Any) -> list[str]:
     pool = make_pool(settings, "cpu")
     check_against_model(settings, pool)
     return [*lines, f"model: {pool.spec.describe()}, {pool.codec().n_codebooks} codebooks: the configuration fits"]
+
+
+def _scrub(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .model import fingerprint
+    from .scrub import decoder, scrub, weights_here
+
+    pool = _pool(args)
+    cache = _env("cache_dir", None)
+    local = fingerprint(pool.codec().model) if args.weights is not None else None
+    check = weights_here(Path(cache) if cache else None, local)
+    with tqdm(unit="file", disable=not sys.stderr.isatty() or args.json, desc="scrub") as bar:
+        report = scrub(
+            args.paths,
+            weights=check,
+            decode=(decoder(pool), args.decode) if args.decode else None,
+            max_read_mb_s=args.max_read_mb_s,
+            progress=lambda _p: bar.update(1),
+        )
+    if args.json:
+        print(json.dumps(report.as_json()))
+    else:
+        for p in report.problems:
+            print(f"PROBLEM {p.path}: {p.check}: {p.detail}")
+        print(
+            f"scrub: {report.files} files, {report.clean} clean, {len(report.problems)} with a problem; "
+            f"{report.bytes_read / 1e6:.1f} MB read"
+        )
+    return 1 if report.problems else 0
 
 
 def _repack(args: argparse.Namespace) -> int:

@@ -142,12 +142,14 @@ class CodecPool:
             weights_file=weights_file,
         )
 
-    def codec_for(self, record: ModelRecord) -> ChunkedCodec:
+    def codec_for(self, record: ModelRecord, largest: int | None = None) -> ChunkedCodec:
         """The network a file was made with, never a different one: the same weights
         (by fingerprint) when the file records them, else the release it names. An
-        older file that names no model gets the configured network if it fits."""
+        older file that names no model gets the configured network if it fits: its
+        geometry, and (such a file records no codebook size) every code, ``largest``
+        the greatest, below the network's codebook size."""
         if not record.named:
-            return self._unnamed(record)
+            return self._unnamed(record, largest)
         codec = self._by_fingerprint(record.weights) if record.weights else None
         if codec is None:
             if record.tag == LOCAL_TAG:
@@ -191,11 +193,11 @@ class CodecPool:
             )
         return codec
 
-    def _unnamed(self, record: ModelRecord) -> ChunkedCodec:
+    def _unnamed(self, record: ModelRecord, largest: int | None) -> ChunkedCodec:
         """An older file that names no model: the configured one if the codes fit it,
         else the release its codebook count suggests."""
         configured = self.codec()
-        misfit = self._misfit(configured, record)
+        misfit = self._misfit(configured, record, largest)
         if misfit is None:
             return configured
         if record.hop_length:  # a release's geometry was guessed from the codebook count
@@ -209,14 +211,18 @@ class CodecPool:
         )
 
     @staticmethod
-    def _misfit(codec: ChunkedCodec, record: ModelRecord) -> str | None:
-        """Why ``record``'s codes cannot come from ``codec``'s network (None if they can)."""
+    def _misfit(codec: ChunkedCodec, record: ModelRecord, largest: int | None = None) -> str | None:
+        """Why ``record``'s codes cannot come from ``codec``'s network (None if they can).
+        ``largest``: the greatest code of a file that records no codebook size."""
         info = model_info(codec.model)
         for key in ("sample_rate", "hop_length"):
             wanted = getattr(record, key)
             if wanted and wanted != info[key]:
                 return f"{key.replace('_', ' ')} {info[key]}, the file's is {wanted}"
-        if record.codebook_size != info["codebook_size"]:
+        if largest is not None:
+            if largest >= info["codebook_size"]:
+                return f"codebooks of {info['codebook_size']} entries, the file has code {largest}"
+        elif record.codebook_size != info["codebook_size"]:
             return f"codebooks of {info['codebook_size']} entries, the file's have {record.codebook_size}"
         if record.n_codebooks > info["n_codebooks"]:
             return f"{info['n_codebooks']} codebooks, the file has {record.n_codebooks}"
@@ -233,14 +239,16 @@ class CodecPool:
 
     def bound(self, dac: DacFile) -> tuple[ChunkedCodec, DacFile]:
         """The network for ``dac``, and ``dac`` read as made by it (older files name none)."""
-        codec = self.codec_for(dac.metadata.model)
         if dac.metadata.model.named:
-            return codec, dac
+            return self.codec_for(dac.metadata.model), dac
+        largest = max((int(b.max()) for b in dac.iter_code_blocks() if b.size), default=0)
+        codec = self.codec_for(dac.metadata.model, largest)
         info = model_info(codec.model)
         record = replace(
             dac.metadata.model,
             sample_rate=info["sample_rate"],
             hop_length=info["hop_length"],
+            codebook_size=info["codebook_size"],
             model_codebooks=info["n_codebooks"],
         )
         return codec, dac.bind(record)
@@ -472,6 +480,14 @@ def decode_array(pool: CodecPool, dac: DacFile, resample: bool = False) -> np.nd
     total = meta.length if resample else meta.model_length
     parts = list(_decoded(codec, dac, rate, 0, total))
     return np.concatenate(parts, axis=1) if parts else np.zeros((meta.channels, 0), np.float32)
+
+
+def decode_excerpt(pool: CodecPool, dac: DacFile, first: int, last: int) -> np.ndarray:
+    """Samples ``[first, last)`` at the model's rate of ``dac``'s decode ``[channels, samples]``
+    (loudness restored), reading only the frames they need."""
+    codec, dac = pool.bound(dac)
+    parts = list(_decoded(codec, dac, codec.sample_rate, first, last))
+    return np.concatenate(parts, axis=1) if parts else np.zeros((dac.metadata.channels, 0), np.float32)
 
 
 def _decoded(codec: ChunkedCodec, dac: DacFile, rate: int, first: int, last: int) -> Iterator[np.ndarray]:
