@@ -152,6 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="packed",
         help="packed: format 2, at the codec's own bitrate (default); int16: format 1",
     )
+    p.add_argument(
+        "--quality",
+        choices=["off", "sample", "full"],
+        default="off",
+        help="measure how far the codec moved the audio (about 5%% of it, or all) and record it",
+    )
+    p.add_argument("--min-quality", type=float, default=None, help="refuse files below this SI-SDR in dB")
     p.add_argument("--overwrite", action="store_true")
 
     p = sub.add_parser("decode", help=".dac file or folder -> audio")
@@ -347,7 +354,15 @@ def _encode(args: argparse.Namespace) -> int:
         args,
         pairs,
         lambda s, d, prog: encode_file(
-            pool, s, d, args.codebooks, overwrite=True, progress=prog, code_format=args.code_format
+            pool,
+            s,
+            d,
+            args.codebooks,
+            overwrite=True,
+            progress=prog,
+            code_format=args.code_format,
+            quality="sample" if args.min_quality is not None and args.quality == "off" else args.quality,
+            min_quality_db=args.min_quality,
         ),
     )
 

@@ -70,6 +70,11 @@ class CodecConfig(_Section):
     jobs_per_device: int | None = Field(default=None, ge=1, le=64)
     # float32: exact (chunked equals whole-file); tf32 and bf16: faster on a GPU, by choice.
     precision: Literal["float32", "tf32", "bf16"] = "float32"
+    # A quality figure per encoded file (dacwatch.quality): "sample" decodes about 5% of
+    # the file to compare with the input, "full" all of it. min_quality: files whose
+    # SI-SDR falls below this many dB go to failed/ with the figures (needs quality on).
+    quality: Literal["off", "sample", "full"] = "off"
+    min_quality: float | None = Field(default=None, ge=-100, le=100)
 
     @field_validator("devices", mode="before")
     @classmethod
@@ -92,6 +97,8 @@ class CodecConfig(_Section):
         named = ["cuda:0" if d == "cuda" else d for d in self.devices]
         if len(set(named)) != len(named):
             raise ValueError(f"a device is listed twice: {self.devices}")
+        if self.min_quality is not None and self.quality == "off":
+            raise ValueError('codec.min_quality needs codec.quality = "sample" or "full" (it judges their figures)')
         return self
 
 

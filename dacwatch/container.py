@@ -106,6 +106,7 @@ class Metadata:
     gain_db: float  # gain applied before encoding; decoding applies the opposite
     dacwatch_version: str = __version__
     packing: Packing | None = None  # format 2: how the codes are bit-packed; None: format 1 (int16)
+    quality: dict[str, Any] | None = None  # dacwatch.quality's figures, when measured at encode time
 
     @property
     def version(self) -> int:
@@ -117,8 +118,9 @@ class Metadata:
 
     def to_json(self) -> str:
         body = {"format": FORMAT_NAME, "version": self.version, **asdict(self)}
-        if self.packing is None:
-            del body["packing"]
+        for optional in ("packing", "quality"):
+            if body[optional] is None:
+                del body[optional]
         return json.dumps(body, sort_keys=True, allow_nan=False)
 
     @classmethod
@@ -152,6 +154,7 @@ class Metadata:
                 gain_db=raw["gain_db"],
                 dacwatch_version=raw.get("dacwatch_version", "unknown"),
                 packing=packing,
+                quality=raw.get("quality"),
             )
         except (KeyError, TypeError) as exc:
             raise ContainerError(f"{where}: metadata is missing or has a wrong field ({exc})") from exc
@@ -188,6 +191,13 @@ class Metadata:
             raise ContainerError(f"{where}: loudness must be a finite number or null")
         if not (isinstance(self.gain_db, (int, float)) and math.isfinite(self.gain_db)):
             raise ContainerError(f"{where}: gain_db must be a finite number")
+        if self.quality is not None and not (
+            isinstance(self.quality, dict)
+            and all(
+                isinstance(k, str) and (v is None or isinstance(v, (str, int, float))) for k, v in self.quality.items()
+            )
+        ):
+            raise ContainerError(f"{where}: quality must be an object of plain values")
         if self.packing is not None:
             p = self.packing
             if any(isinstance(v, bool) or not isinstance(v, int) for v in (p.bits, p.group_frames, p.frames)):
@@ -278,6 +288,14 @@ class CodeSpill:
             raise ValueError(f"expected codes [n, {self.n_codebooks}, {self.channels}], got {block.shape}")
         self._file.write(np.ascontiguousarray(block, dtype="<i2").tobytes())
         self.frames += block.shape[0]
+
+    def array(self) -> np.ndarray:
+        """Everything appended so far, ``[frames, codebooks, channels]``, memory-mapped."""
+        self._file.flush()
+        shape = (self.frames, self.n_codebooks, self.channels)
+        if self.frames == 0:
+            return np.zeros(shape, dtype=np.int16)
+        return np.memmap(self._file, dtype="<i2", mode="r", shape=shape)
 
     def blocks(self, frames: int = 1 << 16) -> Iterator[np.ndarray]:
         """The codes appended, in order, ``frames`` at a time ``[n, codebooks, channels]``."""
@@ -982,6 +1000,13 @@ def summarize(dac: DacFile) -> Summary:
     if m.packing is not None:
         extra["packing"] = (
             f"{m.packing.bits} bits a code, {m.packing.group_frames} frames in {m.packing.group_bytes} bytes"
+        )
+    if m.quality is not None:
+        q = m.quality
+        sdr = "n/a" if q.get("si_sdr_db") is None else f"{q['si_sdr_db']} dB"
+        extra["quality"] = (
+            f"SI-SDR {sdr}, mel distance {q.get('mel_distance')}, max error {q.get('max_error')} of peak "
+            f"({q.get('mode')}, {q.get('seconds')} s compared)"
         )
     size = dac.path.stat().st_size if dac.path is not None and dac.path.exists() else None
     return Summary(

@@ -48,6 +48,8 @@ from .model import (
     resolve_release,
     short,
 )
+from .quality import Capture, Quality, compare
+from .quality import spans as quality_spans
 
 Progress = Callable[[float], None]  # called with seconds of audio done
 # (blocks at the model rate, channels, codebooks) -> code blocks [frames, codebooks, channels]
@@ -308,6 +310,7 @@ class Result:
     output: Path
     audio_s: float
     frames: int
+    quality: Quality | None = None
 
 
 def _naming(source: Path, exc: PermanentError) -> PermanentError:
@@ -328,14 +331,30 @@ def encode_file(
     written: Callable[[], None] | None = None,
     encoder: Encoder | None = None,
     code_format: str = "packed",
+    quality: str = "off",
+    min_quality_db: float | None = None,
 ) -> Result:
     """Audio file -> ``.dac`` (format 2, or format 1 with ``code_format="int16"``), through a
     temporary file renamed into place (``written`` runs once the data is written,
     ``before_rename`` just before the rename, which it may stop). ``encoder`` replaces the
-    pool's network (bench.host measures everything around it with one that only counts frames)."""
+    pool's network (bench.host measures everything around it with one that only counts frames).
+    ``quality`` (``sample``, ``full``) decodes spans of the codes just made and records how
+    far they are from the input (dacwatch.quality); below ``min_quality_db`` of SI-SDR the
+    file is refused (a :class:`PermanentError` with the figures) and nothing is written."""
     try:
         return _encode_file(
-            pool, source, output, n_codebooks, overwrite, progress, before_rename, written, encoder, code_format
+            pool,
+            source,
+            output,
+            n_codebooks,
+            overwrite,
+            progress,
+            before_rename,
+            written,
+            encoder,
+            code_format,
+            quality,
+            min_quality_db,
         )
     except PermanentError as exc:
         raise _naming(source, exc) from exc
@@ -352,6 +371,8 @@ def _encode_file(
     written: Callable[[], None] | None,
     encoder: Encoder | None,
     code_format: str,
+    quality: str = "off",
+    min_quality_db: float | None = None,
 ) -> Result:
     codec = pool.codec()
     encode = encoder or codec.encode_stream
@@ -362,11 +383,24 @@ def _encode_file(
         measurement, gain, at_model_rate = _prepared(reader, codec.sample_rate, source, progress)
         counted = _Counter()
         blocks = counted.wrap(at_model_rate)
+        capture = None
+        if quality != "off":  # the spans of the input the encoder sees, copied on the way
+            expected = round(measurement.frames * codec.sample_rate / info.sample_rate)
+            capture = Capture(quality_spans(expected, codec.sample_rate, quality))
+            blocks = capture.wrap(blocks)
         with CodeSpill(
             codec.n_codebooks if n_codebooks is None else n_codebooks, info.channels, output.parent
         ) as spill:
             for codes in encode(blocks, info.channels, n_codebooks):
                 spill.append(codes)
+            figures = None
+            if capture is not None:
+                figures = _quality(codec, spill, capture, counted.samples, quality)
+                if min_quality_db is not None and (figures.si_sdr_db or math.inf) < min_quality_db:
+                    raise PermanentError(
+                        f"{source}: does not survive this codec: {figures.describe()}, below "
+                        f"codec.min_quality {min_quality_db:g} dB"
+                    )
             metadata = Metadata(
                 model=pool.record(spill.n_codebooks),
                 sample_rate=info.sample_rate,
@@ -376,6 +410,7 @@ def _encode_file(
                 loudness=measurement.loudness,
                 gain_db=gain,
                 dacwatch_version=__version__,
+                quality=None if figures is None else figures.as_dict(),
             )
             with atomic_output(output, overwrite, before_rename) as tmp:
                 with open(tmp, "wb") as f:
@@ -385,7 +420,20 @@ def _encode_file(
             frames = spill.frames
     finally:
         reader.close()
-    return Result("encode", output, measurement.frames / info.sample_rate, frames)
+    return Result("encode", output, measurement.frames / info.sample_rate, frames, figures)
+
+
+def _quality(codec: ChunkedCodec, spill: CodeSpill, capture: Capture, total: int, mode: str) -> Quality:
+    """Decode the captured spans from the codes just made (no loudness restored: the
+    encoder's input was normalised) and compare."""
+    codes = spill.array()
+    pairs = []
+    for span in capture.wanted:
+        a, b = span[0], min(span[1], total)  # the length was estimated from the header
+        if b > a:
+            decoded = np.concatenate(list(codec.decode_stream(codes, a, b)), axis=1)
+            pairs.append((capture.span(span), decoded))
+    return compare(pairs, codec.sample_rate, mode)
 
 
 def _prepared(

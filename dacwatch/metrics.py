@@ -35,6 +35,12 @@ class Metrics:
             buckets=RTF_BUCKETS,
             registry=r,
         )
+        self.quality = Histogram(
+            "dacwatch_job_quality_si_sdr_db",
+            "SI-SDR in dB of each encoded file's decode against its input (codec.quality)",
+            buckets=(-10, 0, 5, 10, 15, 20, 25, 30, 40, 60),
+            registry=r,
+        )
         self.out_of_memory = Counter("dacwatch_out_of_memory", "Out-of-memory events", ["device"], registry=r)
         self.queue = Gauge("dacwatch_queue_jobs", "Jobs in the queue by status (every node's)", ["status"], registry=r)
         self.running = Gauge("dacwatch_running_jobs", "Jobs this daemon is converting now", registry=r)

@@ -282,7 +282,10 @@ class Worker(threading.Thread):
                 wall_s=round(wall, 3),
                 rtf=round(result.audio_s / wall, 3) if wall > 0 else None,
                 attempts=job.attempts,
+                **({} if result.quality is None else {"quality": result.quality.as_dict()}),
             )
+            if self.metrics is not None and result.quality is not None and result.quality.si_sdr_db is not None:
+                self.metrics.quality.observe(result.quality.si_sdr_db)
         except Cancelled:
             self._record(self.queue.requeue, job.id)
             self.log.info("job.requeued", source=str(source), reason="shutdown")
@@ -429,6 +432,8 @@ class Worker(threading.Thread):
             before_rename=check,
             written=self._finishing,
             code_format=s.output.code_format,
+            quality=s.codec.quality,
+            min_quality_db=s.codec.min_quality,
         )
 
     def _settle(self, job: Job, source: Path, exc: Exception, wall: float) -> None:
