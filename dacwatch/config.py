@@ -149,9 +149,9 @@ class MetricsConfig(_Section):
     @field_validator("listen")
     @classmethod
     def _port_in_range(cls, value: str) -> str:
-        # Port 0 (any free port) is refused too: Prometheus must know where to scrape.
-        if value and not 1 <= int(value.rpartition(":")[2]) <= 65535:
-            raise ValueError(f'{value!r}: the port must be 1-65535 ("" turns metrics off)')
+        # Port 0 takes any free port (tests; the address is logged as metrics.serving).
+        if value and not 0 <= int(value.rpartition(":")[2]) <= 65535:
+            raise ValueError(f'{value!r}: the port must be 0-65535 ("" turns metrics off)')
         return value
 
 

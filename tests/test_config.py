@@ -26,7 +26,6 @@ def write(tmp_path: Path, text: str, **top: str) -> Path:
     "text, key, env",
     [
         ('[metrics]\nlisten = "127.0.0.1:99999"', "metrics.listen", "DACWATCH_METRICS__LISTEN"),
-        ('[metrics]\nlisten = "127.0.0.1:0"', "metrics.listen", "DACWATCH_METRICS__LISTEN"),
         ("[codec]\nencode_window_s = inf", "codec.encode_window_s", "DACWATCH_CODEC__ENCODE_WINDOW_S"),
         ("[codec]\ndecode_window_s = nan", "codec.decode_window_s", "DACWATCH_CODEC__DECODE_WINDOW_S"),
         ("[watch]\nreconcile_interval_s = inf", "watch.reconcile_interval_s", "DACWATCH_WATCH__RECONCILE_INTERVAL_S"),
@@ -80,7 +79,7 @@ def test_config_check_refuses_an_impossible_port_with_exit_2_and_one_line(
     path = write(tmp_path, '[metrics]\nlisten = "127.0.0.1:99999"')
     assert main(["config", "check", "--config", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "metrics.listen (env DACWATCH_METRICS__LISTEN)" in err[0] and "1-65535" in err[0]
+    assert len(err) == 1 and "metrics.listen (env DACWATCH_METRICS__LISTEN)" in err[0] and "0-65535" in err[0]
 
 
 def folders(tmp_path: Path, **changed: str) -> Path:

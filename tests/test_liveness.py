@@ -97,7 +97,7 @@ def test_the_watcher_beats_through_a_long_scan_and_a_long_submission(tmp_path: P
         watcher.stop()
         watcher.join(30)
     assert len(submit.paths) == len(names)
-    assert longest < 0.5, f"the watcher was silent for {longest:.2f} s"
+    assert longest < 2.0, f"the watcher was silent for {longest:.2f} s"  # 11 s when it beat once a loop
 
 
 def test_a_changed_sources_output_is_unlinked_only_if_it_is_still_ours(tmp_path: Path) -> None:
