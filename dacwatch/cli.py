@@ -97,32 +97,29 @@ def _regular(path: Path) -> None:
         raise UsageError(f"{path} is not a regular file")
 
 
-def _env(key: str, default: str | None) -> str | None:
-    """The daemon's setting ``model.<key>`` from the environment (``DACWATCH_MODEL__<KEY>``):
-    one-shot commands read the same variables, so one export serves every command."""
-    return os.environ.get(f"DACWATCH_MODEL__{key.upper()}") or default
-
-
 def _model_args(p: argparse.ArgumentParser, with_model: bool = True) -> None:
+    from .config import model_from_env
+
+    env = model_from_env()  # DACWATCH_MODEL__*, read and checked as the daemon reads them
     if with_model:
         p.add_argument(
             "--model-type",
             choices=["44khz", "24khz", "16khz"],
-            default=_env("type", "44khz"),
+            default=env.type,
             help="env DACWATCH_MODEL__TYPE",
         )
         p.add_argument(
             "--model-bitrate",
             choices=["8kbps", "16kbps"],
-            default=_env("bitrate", "8kbps"),
+            default=env.bitrate,
             help="env DACWATCH_MODEL__BITRATE",
         )
-        p.add_argument("--model-tag", default=_env("tag", "latest"), help="env DACWATCH_MODEL__TAG")
-    weights = _env("weights", None)
+        p.add_argument("--model-tag", default=env.tag, help="env DACWATCH_MODEL__TAG")
+    weights = env.weights
     p.add_argument(
         "--weights",
         type=Path,
-        default=Path(weights) if weights else None,
+        default=weights,
         help="a local DAC weights file (offline hosts; env DACWATCH_MODEL__WEIGHTS)",
     )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda:N")
@@ -233,7 +230,11 @@ NEEDS_STACK = frozenset(["encode", "decode", "verify", "retry", "config", "scrub
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except ConfigError as exc:  # a bad DACWATCH_MODEL__* variable
+        print(f"dacwatch: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
         "encode": _encode,
         "decode": _decode,
@@ -286,8 +287,9 @@ def _pool(args: argparse.Namespace) -> Any:
         batch_size=args.batch,
         precision=args.precision,
     )
-    cache = _env("cache_dir", None)
-    return CodecPool(spec, settings, cache_dir=Path(cache) if cache else None)
+    from .config import model_from_env
+
+    return CodecPool(spec, settings, cache_dir=model_from_env().cache_dir)
 
 
 def _pairs(src: Path, dst: Path, wanted: Callable[[Path], bool], suffix: str) -> Iterator[tuple[Path, Path]]:
@@ -536,9 +538,8 @@ def _scrub(args: argparse.Namespace) -> int:
     from .scrub import decoder, scrub, weights_here
 
     pool = _pool(args)
-    cache = _env("cache_dir", None)
     local = fingerprint(pool.codec().model) if args.weights is not None else None
-    check = weights_here(Path(cache) if cache else None, local)
+    check = weights_here(pool.cache_dir, local)
     with tqdm(unit="file", disable=not sys.stderr.isatty() or args.json, desc="scrub") as bar:
         report = scrub(
             args.paths,

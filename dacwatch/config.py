@@ -238,6 +238,25 @@ class Settings(BaseSettings):
         return self.state_dir / "queue.sqlite3"
 
 
+class ModelEnv(ModelConfig, BaseSettings):
+    """The ``[model]`` section alone, from ``DACWATCH_MODEL__*``: one-shot commands read the
+    very variables (and rules) the daemon reads for its model."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=f"{ENV_PREFIX}MODEL__", case_sensitive=False, extra="ignore", frozen=True
+    )
+
+
+def model_from_env() -> ModelConfig:
+    """``DACWATCH_MODEL__*`` validated as the daemon validates ``model.*``; a :class:`ConfigError`
+    naming the variable otherwise."""
+    try:
+        return ModelEnv()
+    except ValidationError as exc:
+        errors = [{**e, "loc": ("model", *e.get("loc", ()))} for e in exc.errors()]
+        raise ConfigError("invalid environment: " + "; ".join(_explain(e) for e in errors)) from exc
+
+
 def config_path(path: Path | None) -> Path:
     if path is not None:
         return path

@@ -116,3 +116,22 @@ def test_overlapping_folders_are_refused(tmp_path: Path, changed: dict[str, str]
 )
 def test_outputs_inside_the_inbox_and_an_unused_done_are_allowed(tmp_path: Path, changed: dict[str, str]) -> None:
     load_settings(folders(tmp_path, **changed))
+
+
+def test_one_shot_commands_read_the_model_variables_as_the_daemon_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One reader (config.ModelEnv) for DACWATCH_MODEL__*: the same rules, the same message."""
+    monkeypatch.setenv("DACWATCH_MODEL__TYPE", "16khz")
+    monkeypatch.setenv("DACWATCH_MODEL__BITRATE", "16kbps")
+    assert main(["encode", "a.wav", "a.dac"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "only the 44khz model comes in 16kbps" in err[0]
+    with pytest.raises(ConfigError, match="only the 44khz model comes in 16kbps"):
+        load_settings(write(tmp_path, ""))
+    monkeypatch.setenv("DACWATCH_MODEL__BITRATE", "8kbps")
+    monkeypatch.setenv("DACWATCH_MODEL__TAG", "0.0.5")
+    from dacwatch.cli import build_parser
+
+    args = build_parser().parse_args(["decode", "a.dac", "a.wav"])
+    assert (args.model_type, args.model_bitrate, args.model_tag) == ("16khz", "8kbps", "0.0.5")
