@@ -78,10 +78,13 @@ def run_daemon(
     daemons: int = 1,
     queue_url: str | None = None,
     threads: int | None = None,
+    page_loads: float = 0.0,
 ) -> dict[str, Any]:
     """Start ``daemons`` x ``dacwatch run`` on one inbox (``jobs`` files at once each; None:
     the default; several share the PostgreSQL queue at ``queue_url``; ``threads``: torch's
-    threads in each), drop the files into the inbox once all are READY, wait for them."""
+    threads in each), drop the files into the inbox once all are READY, wait for them.
+    ``page_loads``: load the first daemon's status page and /api/status this many times a
+    second while it converts (the page's cost to the daemon)."""
     inbox = work / "inbox"
     inbox.mkdir()
     logs, procs = [], []
@@ -106,7 +109,7 @@ def run_daemon(
                     "[watch]",
                     "settle_seconds = 0.5",
                     "[metrics]",
-                    'listen = ""',
+                    f'listen = "{"127.0.0.1:0" if page_loads and i == 0 else ""}"',
                     *(["[queue]", f'url = "{queue_url}"'] if queue_url else []),
                 ]
             )
@@ -133,6 +136,7 @@ def run_daemon(
         ready = max(stamp(e) for e in collect("service.ready"))
         watched = [psutil.Process(p.pid) for p in procs]
         cpu_at_ready = sum(sum(d.cpu_times()[:2]) for d in watched)
+        loader = PageLoader(collect("metrics.serving")[0]["page"], page_loads) if page_loads else None
         for path in staged:  # a rename into the inbox: each file appears whole
             os.rename(path, inbox / path.name)
         ends = ('"event": "job.done"', '"event": "job.failed"', '"event": "job.gave_up"')
@@ -142,6 +146,7 @@ def run_daemon(
             time.sleep(0.2)
         alive = all(p.poll() is None for p in procs)
         cpu_s = sum(sum(d.cpu_times()[:2]) for d in watched) - cpu_at_ready if alive else float("nan")
+        loads = loader.stop() if loader is not None else None
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -172,8 +177,46 @@ def run_daemon(
         "median_job_rtf": float(np.median([e["rtf"] for e in done])) if done else None,
         "geometry": {k: loaded[0].get(k) for k in ("encode_window_s", "batch", "jobs_at_once")} if loaded else {},
         "exit_code": [p.returncode for p in procs],
+        "page_loads": loads,
         "log_tail": logs[0].read_text(errors="replace").splitlines()[-5:],
     }
+
+
+class PageLoader:
+    """Loads ``/`` and ``/api/status`` in turn, ``rate`` times a second, on a thread of its own."""
+
+    def __init__(self, page: str, rate: float) -> None:
+        import threading
+
+        self.page, self.period = page.rstrip("/"), 1.0 / rate
+        self.ok = self.failed = 0
+        self.slowest = 0.0
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.started = time.monotonic()
+        self.thread.start()
+
+    def _run(self) -> None:
+        import urllib.request
+
+        paths = ["/", "/api/status"]
+        n = 0
+        while not self.stopping.wait(max(0.0, self.started + n * self.period - time.monotonic())):
+            t0 = time.monotonic()
+            try:
+                with urllib.request.urlopen(self.page + paths[n % 2], timeout=5) as response:
+                    response.read()
+                self.ok += 1
+            except OSError:
+                self.failed += 1
+            self.slowest = max(self.slowest, time.monotonic() - t0)
+            n += 1
+
+    def stop(self) -> dict[str, Any]:
+        self.stopping.set()
+        self.thread.join(10)
+        wall = time.monotonic() - self.started
+        return {"loads": self.ok, "failed": self.failed, "per_s": self.ok / wall, "slowest_s": self.slowest}
 
 
 def codec_only(args: argparse.Namespace, weights: Path, sources: list[Path]) -> dict[str, Any]:
@@ -218,6 +261,12 @@ def main(argv: list[str] | None = None) -> int:
         "e.g. 1,2 compares one file at a time with two",
     )
     p.add_argument("--timeout", type=float, default=300.0, help="stop the daemon after this many seconds")
+    p.add_argument(
+        "--page-loads",
+        default="0",
+        help="comma-separated status-page loads per second while converting, one run each (e.g. 0,10: the "
+        "page's cost, same run); with several --jobs-per-device values, each is paired with the last",
+    )
     p.add_argument("--out", type=Path, default=bench.RESULTS)
     args = p.parse_args(argv)
 
@@ -238,15 +287,20 @@ def main(argv: list[str] | None = None) -> int:
         for src, dst in zip(staged[::step], reference_sources, strict=False):
             shutil.copyfile(src, dst)
         runs = []
-        for value in args.jobs_per_device.split(","):
+        plan = [(value, 0.0) for value in args.jobs_per_device.split(",")]
+        loads = [float(v) for v in args.page_loads.split(",")]
+        if loads != [0.0]:
+            plan = [(plan[-1][0], rate) for rate in loads]
+        for n, (value, rate) in enumerate(plan):
             jobs = None if value == "default" else int(value)
-            run_dir = work / f"run-{value}"
+            run_dir = work / f"run-{n}-{value}"
             run_dir.mkdir()
             folder = [run_dir / "staged" / p.name for p in staged]
             folder[0].parent.mkdir()
             for src, dst in zip(staged, folder, strict=True):
                 os.link(src, dst)
-            runs.append({"jobs_per_device": value, **run_daemon(args, weights, run_dir, folder, jobs)})
+            result = run_daemon(args, weights, run_dir, folder, jobs, page_loads=rate)
+            runs.append({"jobs_per_device": value, "page_loads_per_s": rate, **result})
         reference = codec_only(args, weights, reference_sources)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -276,8 +330,12 @@ def markdown(r: dict[str, Any]) -> str:
     rows = []
     for d in runs:
         at_once = d.get("geometry", {}).get("jobs_at_once") or d["jobs_per_device"]
+        pages = d.get("page_loads") or {}
+        loading = (
+            f", status page loaded {pages['per_s']:.1f}/s (slowest {pages['slowest_s'] * 1000:.0f} ms)" if pages else ""
+        )
         rows.append(
-            f"| daemon, {at_once} file(s) at once: {r['files']} WAVs of {lengths(r['seconds_per_file'])} s, "
+            f"| daemon, {at_once} file(s) at once{loading}: {r['files']} WAVs of {lengths(r['seconds_per_file'])} s, "
             f"READY to last job.done | {d['files_done']} done, {d['files_failed']} failed | {d['audio_s']:.0f} "
             f"| {d['wall_s']:.1f} | {d['x_realtime']:.1f} | {d.get('cores_used', float('nan')):.2f} "
             f"| {100 * d['x_realtime'] / c['x_realtime']:.0f}% |"
