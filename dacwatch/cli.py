@@ -54,26 +54,26 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _seconds(text: str) -> float:
-    """A time in seconds: finite and not negative."""
+def _finite(text: str, what: str, positive: bool) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: seconds must be a finite number, 0 or more")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number{what}") from None
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: must be a finite number {'above 0' if positive else ', 0 or more'}"
+        )
     return value
+
+
+def _seconds(text: str) -> float:
+    """A time in seconds: finite and not negative."""
+    return _finite(text, " of seconds", positive=False)
 
 
 def _rate(text: str) -> float:
     """A positive, finite rate."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be a finite number above 0")
-    return value
+    return _finite(text, "", positive=True)
 
 
 def _count(text: str) -> int:

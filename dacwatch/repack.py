@@ -9,8 +9,7 @@ no model, so they are reported and left alone: decode and re-encode them.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import numpy as np
 from .container import CODE_FORMATS, ContainerError, read, write
 from .errors import DacwatchError
 from .fsio import atomic_output
+from .scrub import dac_files
 
 
 @dataclass
@@ -29,19 +29,6 @@ class Outcome:
     failed: int = 0
     bytes_before: int = 0
     bytes_after: int = 0
-
-
-def dac_files(paths: Iterable[Path]) -> Iterator[Path]:
-    """``.dac`` files named, or found under folders named (sorted, dotfiles skipped)."""
-    for path in paths:
-        if not path.is_dir():
-            yield path
-            continue
-        for dirpath, dirs, files in os.walk(path):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            for name in sorted(files):
-                if name.lower().endswith(".dac") and not name.startswith("."):
-                    yield Path(dirpath) / name
 
 
 def repack_file(path: Path, code_format: str) -> tuple[str, int, int]:
