@@ -61,7 +61,7 @@ def _finite(text: str, what: str, positive: bool) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number{what}") from None
     if not math.isfinite(value) or value < 0 or (positive and value == 0):
         raise argparse.ArgumentTypeError(
-            f"{text!r}: must be a finite number {'above 0' if positive else ', 0 or more'}"
+            f"{text!r}: must be a finite number{' above 0' if positive else ', 0 or more'}"
         )
     return value
 
