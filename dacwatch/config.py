@@ -155,6 +155,13 @@ class MetricsConfig(_Section):
         return value
 
 
+class ScrubConfig(_Section):
+    # The daemon checks its outbox in the background (dacwatch scrub's checks without
+    # decoding: CRC-32s, metadata, codes, weights): a full pass every interval_s, 0 = off.
+    interval_s: float = Field(default=0.0, ge=0, le=366 * DAY_S)
+    max_read_mb_s: float = Field(default=20.0, gt=0, le=10_000)  # never competing with conversion for the disk
+
+
 class RetryConfig(_Section):
     max_attempts: int = Field(default=5, ge=1, le=1000)
     backoff_initial_s: float = Field(default=5.0, ge=0, le=DAY_S)
@@ -199,6 +206,7 @@ class Settings(BaseSettings):
     retry: RetryConfig = RetryConfig()
     queue: QueueConfig = QueueConfig()
     metrics: MetricsConfig = MetricsConfig()
+    scrub: ScrubConfig = ScrubConfig()
 
     @classmethod
     def settings_customise_sources(

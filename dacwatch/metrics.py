@@ -41,6 +41,14 @@ class Metrics:
             buckets=(-10, 0, 5, 10, 15, 20, 25, 30, 40, 60),
             registry=r,
         )
+        self.scrubbed = Counter(
+            "dacwatch_scrub_files", "Outbox files the background scrub checked, by outcome", ["outcome"], registry=r
+        )
+        self.scrub_completed = Gauge(
+            "dacwatch_scrub_last_completed_timestamp_seconds",
+            "When the background scrub last finished a pass over the outbox (Unix time)",
+            registry=r,
+        )
         self.out_of_memory = Counter("dacwatch_out_of_memory", "Out-of-memory events", ["device"], registry=r)
         self.queue = Gauge("dacwatch_queue_jobs", "Jobs in the queue by status (every node's)", ["status"], registry=r)
         self.running = Gauge("dacwatch_running_jobs", "Jobs this daemon is converting now", registry=r)

@@ -189,7 +189,7 @@ def scrub(
     limit = RateLimit(max_read_mb_s)
     for path in dac_files(paths):
         report.files += 1
-        found = _check(path, limit, weights, decode)
+        found = check_file(path, limit, weights, decode)
         report.problems += found
         report.clean += not found
         if progress is not None:
@@ -198,7 +198,7 @@ def scrub(
     return report
 
 
-def _check(
+def check_file(
     path: Path, limit: RateLimit, weights: WeightsCheck | None, decode: tuple[Decoder, str] | None
 ) -> list[Problem]:
     where = str(path)

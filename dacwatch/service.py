@@ -94,6 +94,7 @@ class Service:
         self.forced = threading.Event()
         self.queue: BaseQueue | None = None
         self.watcher: Watcher | None = None
+        self.scrubber: Any = None  # dacwatch.scrubber.Scrubber, when scrub.interval_s is set
         self.workers: list[Worker] = []
         self.metrics = Metrics()
         self.beats: BaseQueue | None = None
@@ -164,6 +165,17 @@ class Service:
         for worker in self.workers:
             worker.start()
         self.watcher.start()
+        if s.scrub.interval_s > 0:
+            from .model import fingerprint
+            from .scrub import weights_here
+            from .scrubber import Scrubber
+
+            local = fingerprint(self.workers[0].pool.codec().model) if s.model.weights and self.workers else None
+            weights = weights_here(s.model.cache_dir, local)
+            self.scrubber = Scrubber(
+                s.outbox, s.scrub.interval_s, s.scrub.max_read_mb_s, weights, self.metrics, logs.get("dacwatch.scrub")
+            )
+            self.scrubber.start()
 
     def serve(self) -> None:
         """Serve metrics, health and the status page (from before startup: /readyz says
@@ -363,6 +375,8 @@ class Service:
         self.log.info("service.stopping", timeout_s=timeout)
         if self.watcher is not None:
             self.watcher.stop()
+        if self.scrubber is not None:
+            self.scrubber.stop()
         for worker in self.workers:
             worker.draining.set()
         deadline = time.monotonic() + timeout
@@ -374,6 +388,8 @@ class Service:
             worker.join(timeout=30)
         if self.watcher is not None:
             self.watcher.join(timeout=10)
+        if self.scrubber is not None:
+            self.scrubber.join(timeout=10)
         for queue in (self.queue, self.beats):
             if queue is not None:
                 queue.close()
