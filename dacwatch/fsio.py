@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import PermanentError, TransientError
+from .names import fit_path
 
 TEMP_PREFIX = ".dacwatch-tmp-"
 _TRANSIENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.ENOENT, errno.EAGAIN, errno.EROFS}
@@ -59,7 +60,7 @@ def atomic_output(
     leaves either the old state or the complete file under the final name.
     """
     ensure_dir(final.parent)
-    tmp = final.parent / f"{TEMP_PREFIX}{secrets.token_hex(6)}-{final.name[-80:]}"
+    tmp = temp_name(final, secrets.token_hex(6))
     try:
         yield tmp
         fd = os.open(tmp, os.O_RDONLY)
@@ -85,6 +86,12 @@ def atomic_output(
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def temp_name(final: Path, tag: str) -> Path:
+    """A name beside ``final`` that the watcher and the startup sweep know as ours
+    (``TEMP_PREFIX``, then ``tag``), fitted to the folder's limit in bytes."""
+    return fit_path(final.parent / f"{TEMP_PREFIX}{tag}-{final.name}")
 
 
 def sweep_temp_files(root: Path, older_than_s: float = 0.0) -> list[Path]:
@@ -170,6 +177,7 @@ def mirror(source: Path, src_root: Path, dst_root: Path, suffix: str | None = No
     target = dst_root / rel
     if suffix is not None:
         target = target.with_name(target.name + suffix) if not target.suffix else target.with_suffix(suffix)
+        target = fit_path(target)  # a new suffix may not fit where the source's name did
     # A symlinked folder anywhere on the way (existing now) must not lead out.
     existing = target.parent
     while not existing.exists() and existing != dst_root and dst_root in existing.parents:

@@ -35,15 +35,17 @@ from .errors import (
     SourceChanged,
     TransientError,
 )
-from .fsio import TEMP_PREFIX, Identity, atomic_output, ensure_dir, identity, mirror, within
+from .fsio import Identity, atomic_output, ensure_dir, identity, mirror, temp_name, within
 from .metrics import Metrics
 from .model import ModelSpec
+from .names import fit_path, output_candidates, printable
 from .queue import CRASHED, BaseQueue, Job, QueueError
 
 T = TypeVar("T")
 UNEXPECTED_IN_A_ROW = 3  # unexpected failures in a row after which a worker stops taking work
 JOBS_PER_CPU = 2  # files at once on a CPU: one reads or writes while the other computes
 JOBS_PER_GPU = 4  # on a GPU: enough host work in flight to keep the device fed
+ERROR_NOTE = ".error.json"  # beside a quarantined file: why
 
 
 class WorkerStopped(Exception):
@@ -366,18 +368,15 @@ class Worker(threading.Thread):
         """The output name this job may write, claimed in the queue (README, "Output names"):
         ``talk.dac`` for ``talk.wav``; if another source holds it (``talk.flac`` was first),
         ``talk.wav.dac``, then ``talk.wav.1.dac``...; never another source's output."""
-        first = self._output_of(source)
-        qualified = first.with_name(f"{source.name}{first.suffix}")
-        numbered = [qualified.with_name(f"{source.name}.{i}{first.suffix}") for i in range(1, 100)]
+        candidates = output_candidates(self._output_of(source), source.name)
         claimed = self._queue_call(
-            self.queue.reserve_output,
-            job.id,
-            job.path,
-            [str(first), str(qualified), *map(str, numbered)],
-            lease=job.lease,
+            self.queue.reserve_output, job.id, job.path, [str(c) for c in candidates], lease=job.lease
         )
         if not claimed:
-            raise TransientError(f"no free output name for {source}: {first} and 100 others belong to other sources")
+            raise TransientError(
+                f"no free output name for {source}: {candidates[0]} and {len(candidates) - 1} others "
+                "belong to other sources"
+            )
         return Path(claimed)
 
     def _output_of(self, source: Path) -> Path:
@@ -485,7 +484,7 @@ class Worker(threading.Thread):
             # Renamed aside first (a name the watcher ignores), checked there, then deleted:
             # a writer that reopens the file by name meanwhile makes a new file, never
             # loses its data to the unlink.
-            aside = source.with_name(f"{TEMP_PREFIX}delete-{source.name[-80:]}")
+            aside = temp_name(source, "delete")
             try:
                 os.rename(source, aside)
             except FileNotFoundError:
@@ -501,9 +500,9 @@ class Worker(threading.Thread):
         """Move the source to the failed folder (mirrored) with ``<name>.error.json`` beside it."""
         s = self.settings
         target = unique(mirror(source, s.inbox, s.failed))
-        note = target.with_name(target.name + ".error.json")
+        note = error_note(target)
         body = {
-            "source": str(source),
+            "source": printable(source),
             "error": error,
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "attempts": attempts,
@@ -538,12 +537,17 @@ def release_frames(exc: BaseException) -> None:
         current = current.__cause__ or current.__context__
 
 
+def error_note(target: Path) -> Path:
+    """The ``.error.json`` note beside a quarantined ``target`` (fitted to the folder's limit)."""
+    return fit_path(target.with_name(target.name + ERROR_NOTE), suffix=ERROR_NOTE)
+
+
 def unique(path: Path) -> Path:
-    """``path``, or ``name.1.ext``, ``name.2.ext``... if taken."""
+    """``path``, or ``name.1.ext``, ``name.2.ext``... if taken (each fitted to the folder's limit)."""
     if not os.path.lexists(path):
         return path
     for i in range(1, 100000):
-        candidate = path.with_name(f"{path.stem}.{i}{path.suffix}")
+        candidate = fit_path(path.with_name(f"{path.stem}.{i}{path.suffix}"))
         if not os.path.lexists(candidate):
             return candidate
     raise TransientError(f"no free name for {path}")
@@ -577,6 +581,6 @@ def retry(settings: Settings, queue: BaseQueue, path: str | None) -> tuple[int, 
             move_within(away, home)
             moved += 1
         with contextlib.suppress(FileNotFoundError):
-            away.with_name(away.name + ".error.json").unlink()
+            error_note(away).unlink()
     count = queue.retry_failed(path)
     return count, moved
