@@ -135,6 +135,23 @@ def _storage_now(root: Path, fallback: float) -> float:
             probe.unlink()
 
 
+def folds_case(folder: Path) -> bool:
+    """Whether ``folder`` takes ``Talk.dac`` and ``talk.dac`` for one name (SMB, some NFS
+    exports, macOS volumes, casefolded ext4): a probe file with a mixed-case name is made
+    and its case-swapped name looked up. False when the probe cannot be made."""
+    probe = folder / f"{TEMP_PREFIX}Case-{secrets.token_hex(4)}"
+    try:
+        with open(probe, "xb"):
+            pass
+    except OSError:
+        return False
+    try:
+        return os.path.lexists(probe.with_name(probe.name.swapcase()))
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+
+
 @dataclass(frozen=True)
 class Identity:
     """What makes a file the same file: a change in any part makes it a new job.

@@ -97,4 +97,5 @@ def output_candidates(first: Path, source_name: str, count: int = 100) -> list[P
     names = [first.name, f"{source_name}{first.suffix}"]
     names += [f"{source_name}.{i}{first.suffix}" for i in range(1, count)]
     limit = name_max(first.parent)
-    return [first.with_name(fit(n, limit)) for n in names]
+    # dict: each name once, in order (``talk`` without a suffix: talk.dac is both first names)
+    return [first.with_name(n) for n in dict.fromkeys(fit(n, limit) for n in names)]

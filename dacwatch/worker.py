@@ -35,7 +35,7 @@ from .errors import (
     SourceChanged,
     TransientError,
 )
-from .fsio import Identity, atomic_output, ensure_dir, identity, mirror, temp_name, within
+from .fsio import Identity, atomic_output, ensure_dir, folds_case, identity, mirror, temp_name, within
 from .metrics import Metrics
 from .model import ModelSpec
 from .names import fit_path, output_candidates, printable
@@ -120,6 +120,7 @@ class Worker(threading.Thread):
         log: Any,
         lane: int = 0,
         metrics: Metrics | None = None,
+        fold_case: bool | None = None,
     ) -> None:
         self.label = name if lane == 0 else f"{name}/{lane}"
         super().__init__(name=f"dacwatch-worker-{self.label}", daemon=True)
@@ -136,6 +137,8 @@ class Worker(threading.Thread):
         self.heartbeat = time.monotonic()
         self.error: BaseException | None = None
         self.unexpected_in_a_row = 0
+        # Output-name claims compare case-folded where the outbox folds case (None: ask it).
+        self.fold_case = folds_case(settings.outbox) if fold_case is None else fold_case
 
     def run(self) -> None:
         try:
@@ -370,7 +373,12 @@ class Worker(threading.Thread):
         ``talk.wav.dac``, then ``talk.wav.1.dac``...; never another source's output."""
         candidates = output_candidates(self._output_of(source), source.name)
         claimed = self._queue_call(
-            self.queue.reserve_output, job.id, job.path, [str(c) for c in candidates], lease=job.lease
+            self.queue.reserve_output,
+            job.id,
+            job.path,
+            [str(c) for c in candidates],
+            lease=job.lease,
+            fold_case=self.fold_case,
         )
         if not claimed:
             raise TransientError(
