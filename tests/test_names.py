@@ -188,7 +188,7 @@ def test_the_detector_answers_for_a_real_case_sensitive_folder(tmp_path: Path) -
 
 LONG_NAMES = [
     "a" * 251 + ".wav",  # 255 bytes of ASCII
-    CJK * 83 + "xx.wav",  # 255 bytes, 89 characters
+    CJK * 83 + "é.wav",  # 255 bytes, 88 characters (the last 80 are 231 bytes)
     fsname(b"\xe9" * 251 + b".wav"),  # 255 bytes that are not UTF-8
     "b" * 255,  # no suffix at all
 ]
@@ -268,10 +268,10 @@ def test_the_daemon_converts_and_mirrors_any_name_the_kernel_takes(daemon: Daemo
         CP1252 + b"/" + INVALID + b".wav",
         b"new\nline/and\nagain.wav",  # newlines in a folder and a file name
         b"a" * 251 + b".wav",  # 255 bytes: the temporary name must be shortened
-        (CJK * 83 + "xx").encode() + b".wav",  # 255 bytes, multi-byte
+        (CJK * 83 + "é").encode() + b".wav",  # 255 bytes, multi-byte
         INVALID + b"z" * (251 - len(INVALID)) + b".wav",  # 255 bytes, not UTF-8
     ]
-    bad = (CJK * 83 + "yy").encode() + b".wav"  # 255 bytes, not audio: quarantined with its note
+    bad = (CJK * 83 + "ü").encode() + b".wav"  # 255 bytes, not audio: quarantined with its note
     for raw in good:
         wav_at(Path(fsname(inbox + b"/" + raw)))
     Path(fsname(inbox + b"/" + bad)).write_bytes(b"not audio at all\n" * 10)
