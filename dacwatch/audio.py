@@ -81,7 +81,7 @@ def _validate(info: AudioInfo, where: str) -> AudioInfo:
 
 class _SoundfileReader:
     def __init__(self, path: Path) -> None:
-        self._file = sf.SoundFile(str(path))
+        self._file = sf.SoundFile(os.fsencode(path))  # bytes: any name, UTF-8 or not
         self.info = _validate(
             AudioInfo(self._file.samplerate, self._file.channels, self._file.frames, "soundfile"), str(path)
         )
@@ -327,7 +327,7 @@ def write_audio(
     container, subtype = fmt.soundfile_args(frames_hint * channels)
     written = 0
     with sf.SoundFile(
-        str(path), "w", samplerate=sample_rate, channels=channels, format=container, subtype=subtype
+        os.fsencode(path), "w", samplerate=sample_rate, channels=channels, format=container, subtype=subtype
     ) as out:
         for block in blocks:
             if fmt.sample_format != "float":

@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 
 from . import __version__
 from .errors import ConfigError, DacwatchError, UsageError
+from .names import printable
 
 AUDIO_SUFFIXES = frozenset(
     [
@@ -263,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+    return printable(" ".join(str(exc).split())) or type(exc).__name__
 
 
 # ---------------------------------------------------------------------- one-shot conversion
@@ -293,18 +294,29 @@ def _pool(args: argparse.Namespace) -> Any:
 
 
 def _pairs(src: Path, dst: Path, wanted: Callable[[Path], bool], suffix: str) -> Iterator[tuple[Path, Path]]:
-    """(input, output) pairs: one for a file, the mirrored tree for a folder."""
+    """(input, output) pairs: one for a file, the mirrored tree for a folder. Output names
+    follow the daemon's rule (README, "Output names"), in sorted order: ``a.flac`` gets
+    ``a.dac``, then ``a.wav`` gets ``a.wav.dac``; no two inputs share an output."""
+    from .fsio import mirror
+    from .names import output_candidates
+
     if not src.is_dir():
         _regular(src)
         yield src, dst
         return
+    claimed: set[Path] = set()
     for dirpath, dirs, files in os.walk(src):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             path = Path(dirpath) / name
             if name.startswith(".") or not wanted(path) or not path.is_file():  # a FIFO would hang
                 continue
-            yield path, (dst / path.relative_to(src)).with_suffix(suffix)
+            candidates = output_candidates(mirror(path, src, dst, suffix), name)
+            target = next((c for c in candidates if c not in claimed), None)
+            if target is None:
+                raise DacwatchError(f"no free output name for {printable(path)}")
+            claimed.add(target)
+            yield path, target
 
 
 def _convert_many(
@@ -316,7 +328,7 @@ def _convert_many(
     failed = 0
     folder = args.input.is_dir()
     if not pairs:
-        print(f"dacwatch: nothing to convert in {args.input}", file=sys.stderr)
+        print(f"dacwatch: nothing to convert in {printable(args.input)}", file=sys.stderr)
         return 0
     with tqdm(total=len(pairs), unit="file", disable=not show or not folder, position=0) as files:
         for src, dst in pairs:
@@ -324,7 +336,7 @@ def _convert_many(
                 if folder:
                     files.update(1)
                     continue
-                raise DacwatchError(f"{dst} exists (use --overwrite)")
+                raise DacwatchError(f"{printable(dst)} exists (use --overwrite)")
             try:
                 with tqdm(
                     unit="s",
@@ -339,7 +351,7 @@ def _convert_many(
                 if not folder:
                     raise
                 failed += 1
-                print(f"dacwatch: failed: {src}: {_one_line(exc)}", file=sys.stderr)
+                print(f"dacwatch: failed: {printable(src)}: {_one_line(exc)}", file=sys.stderr)
             files.update(1)
     if failed:
         print(f"dacwatch: {failed} of {len(pairs)} files failed", file=sys.stderr)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import PermanentError, TransientError
+from .names import fit_path
 
 TEMP_PREFIX = ".dacwatch-tmp-"
 _TRANSIENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.ENOENT, errno.EAGAIN, errno.EROFS}
@@ -59,7 +60,7 @@ def atomic_output(
     leaves either the old state or the complete file under the final name.
     """
     ensure_dir(final.parent)
-    tmp = final.parent / f"{TEMP_PREFIX}{secrets.token_hex(6)}-{final.name[-80:]}"
+    tmp = temp_name(final, secrets.token_hex(6))
     try:
         yield tmp
         fd = os.open(tmp, os.O_RDONLY)
@@ -85,6 +86,12 @@ def atomic_output(
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def temp_name(final: Path, tag: str) -> Path:
+    """A name beside ``final`` that the watcher and the startup sweep know as ours
+    (``TEMP_PREFIX``, then ``tag``), fitted to the folder's limit in bytes."""
+    return fit_path(final.parent / f"{TEMP_PREFIX}{tag}-{final.name}")
 
 
 def sweep_temp_files(root: Path, older_than_s: float = 0.0) -> list[Path]:
@@ -123,6 +130,23 @@ def _storage_now(root: Path, fallback: float) -> float:
         return probe.stat().st_mtime
     except OSError:
         return fallback
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+
+
+def folds_case(folder: Path) -> bool:
+    """Whether ``folder`` takes ``Talk.dac`` and ``talk.dac`` for one name (SMB, some NFS
+    exports, macOS volumes, casefolded ext4): a probe file with a mixed-case name is made
+    and its case-swapped name looked up. False when the probe cannot be made."""
+    probe = folder / f"{TEMP_PREFIX}Case-{secrets.token_hex(4)}"
+    try:
+        with open(probe, "xb"):
+            pass
+    except OSError:
+        return False
+    try:
+        return os.path.lexists(probe.with_name(probe.name.swapcase()))
     finally:
         with contextlib.suppress(OSError):
             probe.unlink()
@@ -170,6 +194,7 @@ def mirror(source: Path, src_root: Path, dst_root: Path, suffix: str | None = No
     target = dst_root / rel
     if suffix is not None:
         target = target.with_name(target.name + suffix) if not target.suffix else target.with_suffix(suffix)
+        target = fit_path(target)  # a new suffix may not fit where the source's name did
     # A symlinked folder anywhere on the way (existing now) must not lead out.
     existing = target.parent
     while not existing.exists() and existing != dst_root and dst_root in existing.parents:

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import PurePath
 from typing import Any, TextIO
 
 import structlog
+
+from .names import printable
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
@@ -28,7 +31,7 @@ def setup(fmt: str = "auto", level: str = "info", stream: TextIO | None = None) 
     final: list[Any] = [structlog.stdlib.ProcessorFormatter.remove_processors_meta]
     if use_json:
         final.append(structlog.processors.dict_tracebacks)
-    final.append(renderer)
+    final += [printable_names, renderer]
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
@@ -43,6 +46,25 @@ def setup(fmt: str = "auto", level: str = "info", stream: TextIO | None = None) 
     # watchdog chatters at debug about every inotify event; keep it to warnings.
     logging.getLogger("watchdog").setLevel(max(logging.WARNING, root.level))
     logging.captureWarnings(True)
+
+
+def printable_names(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Every name in an event, the traceback's text included, in its printable form
+    (:func:`dacwatch.names.printable`): a name that is not UTF-8 is a ``str`` with lone
+    surrogates, which JSON would write as ``\\udce9`` and a strict stream refuses."""
+    return {k: _printable(v) for k, v in event.items()}
+
+
+def _printable(value: Any) -> Any:
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, PurePath):
+        return printable(value)
+    if isinstance(value, dict):
+        return {k: _printable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_printable(v) for v in value]
+    return value
 
 
 def get(name: str = "dacwatch") -> Any:

@@ -18,11 +18,19 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from .errors import ConfigError
-from .queue import LEASE_TIMEOUT_S, MIGRATIONS, SCHEMA_VERSION, BaseQueue, Cursor, Db, QueueError, jobs_schema
+from .queue import LEASE_TIMEOUT_S, SCHEMA_VERSION, BaseQueue, Cursor, Db, QueueError, fill_output_keys, jobs_schema
 
-SCHEMA = "CREATE TABLE IF NOT EXISTS dacwatch_schema (version INTEGER NOT NULL);" + jobs_schema(
-    "BIGSERIAL PRIMARY KEY", "BIGINT", "DOUBLE PRECISION"
-)
+VERSIONS = "CREATE TABLE IF NOT EXISTS dacwatch_schema (version INTEGER NOT NULL)"
+SCHEMA = jobs_schema("BIGSERIAL PRIMARY KEY", "BIGINT", "DOUBLE PRECISION", "BYTEA")
+# What each version changes in a database made by an older one (2 was the first released).
+MIGRATIONS = {
+    3: ["ALTER TABLE jobs ADD COLUMN IF NOT EXISTS quarantined BYTEA"],  # where a failed source went
+    4: [  # names as the file system's bytes; the claim key of outputs
+        "ALTER TABLE jobs ALTER COLUMN path TYPE BYTEA USING convert_to(path, 'UTF8')",
+        "ALTER TABLE jobs ALTER COLUMN output TYPE BYTEA USING convert_to(output, 'UTF8')",
+        "ALTER TABLE jobs ADD COLUMN IF NOT EXISTS output_key BYTEA",
+    ],
+}
 MIGRATION_LOCK = 0x64616377  # "dacw": one daemon at a time creates or migrates the schema
 RESERVE_LOCK = 0x64616372  # "dacr": one output-name claim at a time
 
@@ -108,22 +116,25 @@ class PostgresQueue(BaseQueue):
         """Create the schema, or bring an older one up to this version; refuse a newer one."""
         with self._tx() as db:
             db.execute("SELECT pg_advisory_xact_lock(?)", (MIGRATION_LOCK,))
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
+            db.execute(VERSIONS)
             row = db.execute("SELECT max(version) AS v FROM dacwatch_schema").fetchone()
             version = row["v"] if row else None
-            if version is None:
-                db.execute("INSERT INTO dacwatch_schema (version) VALUES (?)", (SCHEMA_VERSION,))
-            elif version > SCHEMA_VERSION:
+            if version is not None and version > SCHEMA_VERSION:
                 raise ConfigError(
                     f"{self.where} holds schema version {version}, newer than this dacwatch knows "
                     f"({SCHEMA_VERSION}): upgrade dacwatch on this host"
                 )
-            elif version < SCHEMA_VERSION:  # PostgreSQL schemas began at version 2
-                for v in range(max(version, 2) + 1, SCHEMA_VERSION + 1):
+            if version is not None and version < SCHEMA_VERSION:  # before SCHEMA: its indexes need new columns
+                for v in range(max(version, 2) + 1, SCHEMA_VERSION + 1):  # PostgreSQL schemas began at 2
                     for statement in MIGRATIONS.get(v, []):
-                        db.execute(statement.replace("ADD COLUMN", "ADD COLUMN IF NOT EXISTS"))
+                        db.execute(statement)
+                fill_output_keys(db)
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            if version is None:
+                db.execute("INSERT INTO dacwatch_schema (version) VALUES (?)", (SCHEMA_VERSION,))
+            elif version < SCHEMA_VERSION:
                 db.execute("UPDATE dacwatch_schema SET version = ?", (SCHEMA_VERSION,))
 
     def _require_schema(self) -> None:

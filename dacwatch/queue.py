@@ -38,21 +38,26 @@ from typing import Any, Protocol, cast
 
 from .errors import TransientError
 from .fsio import Identity
+from .names import fold, printable
 
-SCHEMA_VERSION = 3  # 1: no leases; 2: node, lease token, heartbeat; 3: where a failed source was quarantined
+SCHEMA_VERSION = 4  # 1: no leases; 2: node, lease token, heartbeat; 3: where a failed source was quarantined;
+# 4: names as bytes, output_key
 # The job table, written once for both backends: SQLite's types, and PostgreSQL's
-# (64-bit ids and sizes, double precision times: its REAL is 32-bit).
+# (64-bit ids and sizes, double precision times: its REAL is 32-bit, and bytes are BYTEA).
+# Names (path, output) are the file system's bytes (os.fsencode): any name the kernel
+# takes, valid UTF-8 or not. output_key is the output name as claims compare it.
 _JOBS = """
 CREATE TABLE IF NOT EXISTS jobs (
     id {id},
-    path TEXT NOT NULL,
+    path {blob} NOT NULL,
     size {int} NOT NULL,
     mtime_ns {int} NOT NULL,
     inode {int} NOT NULL,
     status TEXT NOT NULL CHECK (status IN ('queued', 'running', 'done', 'failed')),
     attempts INTEGER NOT NULL DEFAULT 0,
     last_error TEXT,
-    output TEXT,
+    output {blob},
+    output_key {blob},
     worker TEXT,
     not_before {real} NOT NULL DEFAULT 0,
     created_at {real} NOT NULL,
@@ -62,28 +67,56 @@ CREATE TABLE IF NOT EXISTS jobs (
     node TEXT,
     lease TEXT,
     heartbeat_at {real},
-    quarantined TEXT,
+    quarantined {blob},
     UNIQUE (path, size, mtime_ns, inode)
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, not_before, id);
 CREATE INDEX IF NOT EXISTS jobs_by_path ON jobs (path);
 CREATE INDEX IF NOT EXISTS jobs_by_output ON jobs (output);
+CREATE INDEX IF NOT EXISTS jobs_by_output_key ON jobs (output_key);
 """
 
 
-def jobs_schema(id_type: str, int_type: str, real_type: str) -> str:
-    return _JOBS.format(id=id_type, int=int_type, real=real_type)
+def jobs_schema(id_type: str, int_type: str, real_type: str, blob_type: str) -> str:
+    return _JOBS.format(id=id_type, int=int_type, real=real_type, blob=blob_type)
 
 
-SCHEMA = jobs_schema("INTEGER PRIMARY KEY", "INTEGER", "REAL")
-# Columns added by each version, for databases made by an older one.
+SCHEMA = jobs_schema("INTEGER PRIMARY KEY", "INTEGER", "REAL", "BLOB")
+# Columns added by each version, for databases made by an older one. Version 3 also
+# turns the text names into their bytes (SQLite: CAST; a column's declared type stays,
+# its values are BLOBs) and fills output_key (fill_output_keys).
 MIGRATIONS = {2: ["ALTER TABLE jobs ADD COLUMN node TEXT", "ALTER TABLE jobs ADD COLUMN lease TEXT",
                   "ALTER TABLE jobs ADD COLUMN heartbeat_at REAL"],
-              3: ["ALTER TABLE jobs ADD COLUMN quarantined TEXT"]}  # fmt: skip
+              3: ["ALTER TABLE jobs ADD COLUMN quarantined BLOB"],
+              4: ["ALTER TABLE jobs ADD COLUMN output_key BLOB",
+                  "UPDATE jobs SET path = CAST(path AS BLOB), output = CAST(output AS BLOB)"]}  # fmt: skip
 LEASE_TIMEOUT_S = 120.0
 
 
 CRASHED = "interrupted by a crash"
+
+
+def name_bytes(name: str) -> bytes:
+    """A name as the queue stores it: the file system's bytes, lossless."""
+    return os.fsencode(name)
+
+
+def name_str(stored: Any) -> str:
+    """A stored name back as Python's ``str`` for it (surrogateescape: ``os.fsencode`` of it is
+    the original bytes). Text from a database older than version 3 is taken as it is."""
+    return stored if isinstance(stored, str) else os.fsdecode(bytes(stored))
+
+
+def output_key(name: str, fold_case: bool) -> bytes:
+    """What an output-name claim compares: the name, case-folded when the outbox folds case."""
+    return name_bytes(fold(name) if fold_case else name)
+
+
+def fill_output_keys(db: Db) -> None:
+    """Version 3: the claim key of every output claimed before it (the exact name: a
+    case-folding outbox is detected from now on, and its claims made from now on fold)."""
+    for row in db.execute("SELECT id, output FROM jobs WHERE output IS NOT NULL AND output_key IS NULL").fetchall():
+        db.execute("UPDATE jobs SET output_key = ? WHERE id = ?", (name_bytes(name_str(row["output"])), row["id"]))
 
 
 class Status(enum.StrEnum):
@@ -111,14 +144,14 @@ class Job:
     def from_row(cls, row: Any) -> Job:
         return cls(
             id=row["id"],
-            path=row["path"],
+            path=name_str(row["path"]),
             identity=Identity(row["size"], row["mtime_ns"], row["inode"]),
             status=Status(row["status"]),
             attempts=row["attempts"],
             last_error=row["last_error"],
-            output=row["output"],
+            output=None if row["output"] is None else name_str(row["output"]),
             lease=row["lease"],
-            quarantined=row["quarantined"] if "quarantined" in row.keys() else None,  # noqa: SIM118 - sqlite3.Row
+            quarantined=_str_or_none(row["quarantined"] if "quarantined" in row.keys() else None),  # noqa: SIM118
         )
 
 
@@ -212,7 +245,7 @@ class BaseQueue:
         """Queue this version of ``path``; False if it is already known (to any node). Older
         queued versions of the same path are dropped: only the newest content is converted."""
         ident = self.version(ident)
-        key = (path, ident.size, ident.mtime_ns, ident.inode)
+        key = (name_bytes(path), ident.size, ident.mtime_ns, ident.inode)
         with self._tx() as db:
             now = self._now(db)
             known = db.execute(
@@ -299,12 +332,17 @@ class BaseQueue:
         quarantined: str | None = None,
     ) -> bool:
         cond, args = self._mine(lease)
+        # A recorded output keeps its claim's key (reserve_output); another name is keyed as it is.
+        named, names = ("", ()) if output is None else (
+            "output = ?, output_key = CASE WHEN output = ? THEN output_key ELSE ? END, ",
+            (name_bytes(output),) * 3,
+        )  # fmt: skip
         with self._tx() as db:
             now = self._now(db)
             cur = db.execute(
-                "UPDATE jobs SET status = ?, last_error = ?, output = COALESCE(?, output), finished_at = ?, "
+                "UPDATE jobs SET status = ?, last_error = ?, " + named + "finished_at = ?, "
                 "updated_at = ?, worker = NULL, quarantined = ? WHERE id = ?" + cond,
-                (status.value, error, output, now, now, quarantined, job_id, *args),
+                (status.value, _text(error), *names, now, now, _name_or_none(quarantined), job_id, *args),
             )
             return cur.rowcount == 1
 
@@ -326,26 +364,35 @@ class BaseQueue:
             now = self._now(db)
             cur = db.execute(
                 "UPDATE jobs SET status = 'queued', last_error = ?, not_before = ?, updated_at = ?, worker = NULL, "
-                "output = NULL, attempts = attempts - ? WHERE id = ?" + cond,
-                (error, now + delay_s, now, 0 if counted else 1, job_id, *args),
+                "output = NULL, output_key = NULL, attempts = attempts - ? WHERE id = ?" + cond,
+                (_text(error), now + delay_s, now, 0 if counted else 1, job_id, *args),
             )
             return cur.rowcount == 1
 
-    def reserve_output(self, job_id: int, path: str, candidates: list[str], lease: str | None = None) -> str:
+    def reserve_output(
+        self, job_id: int, path: str, candidates: list[str], lease: str | None = None, fold_case: bool = False
+    ) -> str:
         """Claim an output name for a running job: the first of ``candidates`` that no other
         source's job holds (done, running, or queued again after a crash with its output
         perhaps already in place); '' if all are held. In one exclusive transaction, so two
-        workers (or two hosts on one database) never claim the same name."""
+        workers (or two hosts on one database) never claim the same name. ``fold_case``: the
+        outbox folds case (``Talk.dac`` is ``talk.dac`` there), so claims compare folded."""
         cond, args = self._mine(lease)
         with self._tx() as db:
             self._serialize(db)
             for name in candidates:
+                exact, key = name_bytes(name), output_key(name, fold_case)
+                # A claim made while the outbox was not seen to fold is keyed by its exact
+                # name: compare against both keys, never miss an earlier claim.
                 taken = db.execute(
-                    "SELECT 1 FROM jobs WHERE output = ? AND path != ? AND status != 'failed' LIMIT 1",
-                    (name, path),
+                    "SELECT 1 FROM jobs WHERE (output_key = ? OR output_key = ? OR output = ?) AND path != ? "
+                    "AND status != 'failed' LIMIT 1",
+                    (key, exact, exact, name_bytes(path)),
                 ).fetchone()
                 if not taken:
-                    cur = db.execute("UPDATE jobs SET output = ? WHERE id = ?" + cond, (name, job_id, *args))
+                    cur = db.execute(
+                        "UPDATE jobs SET output = ?, output_key = ? WHERE id = ?" + cond, (exact, key, job_id, *args)
+                    )
                     return name if cur.rowcount == 1 else ""
         return ""
 
@@ -356,7 +403,8 @@ class BaseQueue:
             now = self._now(db)
             cur = db.execute(
                 "UPDATE jobs SET status = 'queued', attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, "
-                "updated_at = ?, worker = NULL, output = NULL WHERE id = ? AND status = 'running'" + cond,
+                "updated_at = ?, worker = NULL, output = NULL, output_key = NULL WHERE id = ? AND status = 'running'"
+                + cond,
                 (now, job_id, *args),
             )
             return cur.rowcount == 1
@@ -385,7 +433,7 @@ class BaseQueue:
         which: str = ""
         args: tuple[Any, ...] = ()
         if path is not None:
-            which, args = " AND path = ?", (path,)
+            which, args = " AND path = ?", (name_bytes(path),)
         if ids is not None:
             if not ids:
                 return 0
@@ -450,16 +498,22 @@ class BaseQueue:
                 "ORDER BY finished_at DESC LIMIT ?",
                 (failures,),
             ).fetchall()
+        # Names shown, never stored: printable (bytes that are not UTF-8 as \\xe9).
         return {
             "counts": self.counts(),
             "running": [
-                {k: r.get(k) for k in ("path", "attempts", "worker", "node")}
+                {k: r.get(k) for k in ("attempts", "worker", "node")}
+                | {"path": printable(name_str(r["path"]))}
                 | {"started_at": _iso(r.get("started_at")), "heartbeat_at": _iso(r.get("heartbeat_at"))}
                 for r in running
             ],
-            "recent_failures": [dict(r) | {"finished_at": _iso(r["finished_at"])} for r in failed],
+            "recent_failures": [
+                dict(r) | {"path": printable(name_str(r["path"])), "finished_at": _iso(r["finished_at"])}
+                for r in failed
+            ],
             "recent_done": [
-                {k: r.get(k) for k in ("path", "output", "node", "attempts")}
+                {k: r.get(k) for k in ("node", "attempts")}
+                | {"path": printable(name_str(r["path"])), "output": _printable_name(r.get("output"))}
                 | {"finished_at": _iso(r["finished_at"]), "started_at": _iso(r["started_at"])}
                 | {"wall_s": r["finished_at"] - r["started_at"] if r["started_at"] else None}
                 for r in done
@@ -530,8 +584,10 @@ class JobQueue(BaseQueue):
             columns = {r["name"] for r in self._db.execute("PRAGMA table_info(jobs)").fetchall()}
             for v in range(max(version, 1) + 1, SCHEMA_VERSION + 1):
                 for statement in MIGRATIONS.get(v, []):
-                    if statement.split()[5] not in columns:  # ALTER TABLE jobs ADD COLUMN <name> ...
+                    words = statement.split()
+                    if words[0] != "ALTER" or words[5] not in columns:  # ALTER TABLE jobs ADD COLUMN <name> ...
                         self._db.execute(statement)
+            fill_output_keys(cast(Db, self._db))
         self._db.executescript(SCHEMA)
         self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
@@ -599,6 +655,23 @@ class JobQueue(BaseQueue):
                 yield cast(Db, self._db)
             except sqlite3.OperationalError as exc:
                 raise QueueError(f"queue database {self.path} cannot be read: {exc}") from exc
+
+
+def _text(message: str | None) -> str | None:
+    """A message for a TEXT column: names in it that are not UTF-8 made printable."""
+    return None if message is None else printable(message)
+
+
+def _str_or_none(stored: Any) -> str | None:
+    return None if stored is None else name_str(stored)
+
+
+def _name_or_none(name: str | None) -> bytes | None:
+    return None if name is None else name_bytes(name)
+
+
+def _printable_name(value: Any) -> str | None:
+    return None if value is None else printable(name_str(value))
 
 
 def _iso(ts: float | None) -> str | None:

@@ -35,9 +35,10 @@ from .errors import (
     SourceChanged,
     TransientError,
 )
-from .fsio import TEMP_PREFIX, Identity, atomic_output, ensure_dir, identity, mirror, within
+from .fsio import Identity, atomic_output, ensure_dir, folds_case, identity, mirror, temp_name, within
 from .metrics import Metrics
 from .model import ModelSpec
+from .names import fit_path, output_candidates, printable
 from .queue import CRASHED, BaseQueue, Job, QueueError, Status
 from .report import audio_length
 
@@ -45,6 +46,7 @@ T = TypeVar("T")
 UNEXPECTED_IN_A_ROW = 3  # unexpected failures in a row after which a worker stops taking work
 JOBS_PER_CPU = 2  # files at once on a CPU: one reads or writes while the other computes
 JOBS_PER_GPU = 4  # on a GPU: enough host work in flight to keep the device fed
+ERROR_NOTE = ".error.json"  # beside a quarantined file: why
 
 
 class WorkerStopped(Exception):
@@ -121,6 +123,7 @@ class Worker(threading.Thread):
         log: Any,
         lane: int = 0,
         metrics: Metrics | None = None,
+        fold_case: bool | None = None,
     ) -> None:
         self.label = name if lane == 0 else f"{name}/{lane}"
         super().__init__(name=f"dacwatch-worker-{self.label}", daemon=True)
@@ -137,6 +140,8 @@ class Worker(threading.Thread):
         self.heartbeat = time.monotonic()
         self.error: BaseException | None = None
         self.unexpected_in_a_row = 0
+        # Output-name claims compare case-folded where the outbox folds case (None: ask it).
+        self.fold_case = folds_case(settings.outbox) if fold_case is None else fold_case
 
     def run(self) -> None:
         try:
@@ -383,18 +388,20 @@ class Worker(threading.Thread):
         """The output name this job may write, claimed in the queue (README, "Output names"):
         ``talk.dac`` for ``talk.wav``; if another source holds it (``talk.flac`` was first),
         ``talk.wav.dac``, then ``talk.wav.1.dac``...; never another source's output."""
-        first = self._output_of(source)
-        qualified = first.with_name(f"{source.name}{first.suffix}")
-        numbered = [qualified.with_name(f"{source.name}.{i}{first.suffix}") for i in range(1, 100)]
+        candidates = output_candidates(self._output_of(source), source.name)
         claimed = self._queue_call(
             self.queue.reserve_output,
             job.id,
             job.path,
-            [str(first), str(qualified), *map(str, numbered)],
+            [str(c) for c in candidates],
             lease=job.lease,
+            fold_case=self.fold_case,
         )
         if not claimed:
-            raise TransientError(f"no free output name for {source}: {first} and 100 others belong to other sources")
+            raise TransientError(
+                f"no free output name for {source}: {candidates[0]} and {len(candidates) - 1} others "
+                "belong to other sources"
+            )
         return Path(claimed)
 
     def _output_of(self, source: Path) -> Path:
@@ -508,7 +515,7 @@ class Worker(threading.Thread):
             # Renamed aside first (a name the watcher ignores), checked there, then deleted:
             # a writer that reopens the file by name meanwhile makes a new file, never
             # loses its data to the unlink.
-            aside = source.with_name(f"{TEMP_PREFIX}delete-{source.name[-80:]}")
+            aside = temp_name(source, "delete")
             try:
                 os.rename(source, aside)
             except FileNotFoundError:
@@ -524,9 +531,9 @@ class Worker(threading.Thread):
         """Move the source to the failed folder (mirrored) with ``<name>.error.json`` beside it."""
         s = self.settings
         target = unique(mirror(source, s.inbox, s.failed))
-        note = target.with_name(target.name + ".error.json")
+        note = error_note(target)
         body = {
-            "source": str(source),
+            "source": printable(source),
             "error": error,
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "attempts": attempts,
@@ -580,12 +587,17 @@ def drop_output(path: Path, mine: Identity | None) -> bool:
     return True
 
 
+def error_note(target: Path) -> Path:
+    """The ``.error.json`` note beside a quarantined ``target`` (fitted to the folder's limit)."""
+    return fit_path(target.with_name(target.name + ERROR_NOTE), suffix=ERROR_NOTE)
+
+
 def unique(path: Path) -> Path:
-    """``path``, or ``name.1.ext``, ``name.2.ext``... if taken."""
+    """``path``, or ``name.1.ext``, ``name.2.ext``... if taken (each fitted to the folder's limit)."""
     if not os.path.lexists(path):
         return path
     for i in range(1, 100000):
-        candidate = path.with_name(f"{path.stem}.{i}{path.suffix}")
+        candidate = fit_path(path.with_name(f"{path.stem}.{i}{path.suffix}"))
         if not os.path.lexists(candidate):
             return candidate
     raise TransientError(f"no free name for {path}")
@@ -629,7 +641,7 @@ def retry(settings: Settings, queue: BaseQueue, path: str | None) -> tuple[int, 
         moved += 1
         (again if target == home else renamed).append(job.id)
         with contextlib.suppress(FileNotFoundError):
-            away.with_name(away.name + ".error.json").unlink()
+            error_note(away).unlink()
     count = queue.retry_failed(ids=again)
     count += sum(queue.drop(job_id) for job_id in renamed)  # the watcher queues it under its new name
     return count, moved

@@ -326,14 +326,21 @@ def test_a_version_2_postgres_schema_gains_the_quarantine_column(pg_url: str) ->
     import psycopg
 
     from dacwatch.pgqueue import PostgresQueue
-    from dacwatch.queue import jobs_schema
 
-    v2 = jobs_schema("BIGSERIAL PRIMARY KEY", "BIGINT", "DOUBLE PRECISION").replace("    quarantined TEXT,\n", "")
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute("CREATE TABLE dacwatch_schema (version INTEGER NOT NULL); INSERT INTO dacwatch_schema VALUES (2)")
-        for statement in v2.split(";"):
-            if statement.strip():
-                conn.execute(statement)
+    with psycopg.connect(pg_url, autocommit=True) as conn:  # the schema version 2 made
+        conn.execute(
+            """
+            CREATE TABLE dacwatch_schema (version INTEGER NOT NULL);
+            INSERT INTO dacwatch_schema VALUES (2);
+            CREATE TABLE jobs (id BIGSERIAL PRIMARY KEY, path TEXT NOT NULL, size BIGINT NOT NULL,
+                mtime_ns BIGINT NOT NULL, inode BIGINT NOT NULL, status TEXT NOT NULL,
+                attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, output TEXT, worker TEXT,
+                not_before DOUBLE PRECISION NOT NULL DEFAULT 0, created_at DOUBLE PRECISION NOT NULL,
+                updated_at DOUBLE PRECISION NOT NULL, started_at DOUBLE PRECISION,
+                finished_at DOUBLE PRECISION, node TEXT, lease TEXT, heartbeat_at DOUBLE PRECISION,
+                UNIQUE (path, size, mtime_ns, inode));
+            """
+        )
     with PostgresQueue(pg_url, "n1") as q:
         q.submit("x.wav", A)
         job = q.lease("w")
