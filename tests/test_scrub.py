@@ -21,7 +21,7 @@ from dacwatch.model import ModelSpec
 from dacwatch.scrub import RateLimit
 
 from .conftest import noise
-from .daemon import wav
+from .daemon import Daemon, wav
 
 
 def digests(root: Path) -> dict[str, tuple[str, int]]:
@@ -131,3 +131,26 @@ def test_the_read_rate_is_held() -> None:
     limit.spend(1_000_000)  # far behind the allowance: no wait
     assert len(slept) == 1
     assert RateLimit(None).total == 0
+
+
+def test_the_daemon_scrubs_its_outbox_in_the_background(tmp_path: Path, tiny_weights: Path) -> None:
+    d = Daemon(tmp_path, tiny_weights, scrub__interval_s=1.0, scrub__max_read_mb_s=50.0)
+    try:
+        d.start().ready()
+        wav(d.inbox / "talk.wav", seconds=1.0, rate=44100)
+        d.wait_event("job.done")
+        good = d.outbox / "talk.dac"
+        rotten = d.outbox / "old" / "rotten.dac"
+        rotten.parent.mkdir()
+        data = bytearray(good.read_bytes())
+        data[len(data) // 2] ^= 0x01  # bit rot in a file converted long ago
+        rotten.write_bytes(bytes(data))
+        before = digests(d.outbox)
+        problems = d.wait_event("scrub.problem", timeout=30)
+        d.wait_event("scrub.completed", count=2, timeout=30)
+        assert {(Path(p["path"]).name, p["check"]) for p in d.events("scrub.problem")} == {("rotten.dac", "crc")}
+        assert problems[0]["detail"]
+        assert digests(d.outbox) == before  # nothing modified or moved
+        assert d.stop() == 0
+    finally:
+        d.close()
