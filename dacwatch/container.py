@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Literal
@@ -36,6 +36,7 @@ import numpy as np
 
 from . import __version__
 from .errors import PermanentError
+from .faults import os_fault
 
 FORMAT_NAME = "dacwatch"
 FORMAT_VERSION = 1
@@ -240,11 +241,19 @@ class CodeSpill:
     """Code blocks appended as they come, kept in an unnamed temporary file so
     memory does not grow with the recording's length."""
 
-    def __init__(self, n_codebooks: int, channels: int, directory: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self,
+        n_codebooks: int,
+        channels: int,
+        directory: str | os.PathLike[str] | None = None,
+        file: IO[bytes] | None = None,
+    ) -> None:
+        """``file``: the unnamed file to spill into (owned from here on); by default a new
+        one in ``directory``."""
         self.n_codebooks = n_codebooks
         self.channels = channels
         self.frames = 0
-        self._file: IO[bytes] = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115 - closed by close()
+        self._file: IO[bytes] = file if file is not None else tempfile.TemporaryFile(dir=directory)  # noqa: SIM115
 
     def append(self, block: np.ndarray) -> None:
         if block.ndim != 3 or block.shape[1:] != (self.n_codebooks, self.channels):
@@ -298,21 +307,36 @@ def write(out: BinaryIO, metadata: Metadata, codes: np.ndarray | CodeSpill) -> N
 # ---------------------------------------------------------------------- reading
 
 
-def read(path: str | os.PathLike[str], mmap: bool = True) -> DacFile:
-    """Open a ``.dac`` file of any supported layout. Format 1 codes are memory-mapped."""
+Opener = Callable[[Path], BinaryIO]
+
+
+def _open_rb(path: Path) -> BinaryIO:
+    return open(path, "rb")
+
+
+def read(path: str | os.PathLike[str], mmap: bool = True, opener: Opener = _open_rb) -> DacFile:
+    """Open a ``.dac`` file of any supported layout. Format 1 codes are memory-mapped.
+
+    ``opener`` opens the file for reading (the daemon passes its file system seam). An
+    error of the system while reading (EACCES, EIO...) is no fault of the file's: it
+    comes out classified by :func:`dacwatch.faults.os_fault`, never as ContainerError."""
     path = Path(path)
-    where = str(path)
     try:
-        with open(path, "rb") as f:
-            magic = f.read(6)
+        return _read(path, mmap, opener)
     except OSError as exc:
-        raise ContainerError(f"{where}: cannot be read ({exc.strerror or exc})") from exc
+        raise os_fault(exc, f"{path}: cannot be read") from exc
+
+
+def _read(path: Path, mmap: bool, opener: Opener) -> DacFile:
+    where = str(path)
+    with opener(path) as f:
+        magic = f.read(6)
     if magic == b"\x93NUMPY":
         return _legacy(_read_dac_1_0_0, path)
     if magic[:4] != b"PK\x03\x04":
         raise ContainerError(f"{where}: not a .dac file (neither a zip container nor a DAC 1.0.0 .npy)")
     try:
-        with zipfile.ZipFile(path) as zf:
+        with opener(path) as raw, zipfile.ZipFile(raw) as zf:
             infos = {i.filename: i for i in zf.infolist()}
             if CODES_ENTRY not in infos:
                 raise ContainerError(f"{where}: has no '{CODES_ENTRY}' entry")
@@ -325,8 +349,6 @@ def read(path: str | os.PathLike[str], mmap: bool = True) -> DacFile:
             codes_info = infos[CODES_ENTRY]
     except zipfile.BadZipFile as exc:
         raise ContainerError(f"{where}: truncated or not a zip file ({exc})") from exc
-    except OSError as exc:
-        raise ContainerError(f"{where}: cannot be read ({exc})") from exc
 
     meta_array = _npy_from_bytes(meta_bytes, where, METADATA_ENTRY)
     if isinstance(meta_array, _PickledNpy):
@@ -334,7 +356,7 @@ def read(path: str | os.PathLike[str], mmap: bool = True) -> DacFile:
     if meta_array.dtype.kind != "U" or meta_array.ndim != 0:
         raise ContainerError(f"{where}: metadata must be a unicode scalar, found {meta_array.dtype} {meta_array.shape}")
     metadata = Metadata.from_json(str(meta_array[()]), where)
-    codes = _open_codes(path, codes_info, mmap, where, dtype=np.dtype("<i2"))
+    codes = _open_codes(path, codes_info, mmap, where, dtype=np.dtype("<i2"), opener=opener)
     _check_shape(codes, metadata, where)
     metadata.check_lengths(where)
     return DacFile(metadata=metadata, codes=codes, path=path)
@@ -388,10 +410,17 @@ def _local_data_offset(f: BinaryIO, info: zipfile.ZipInfo, where: str) -> int:
     return int(info.header_offset) + 30 + int(name_len) + int(extra_len)
 
 
-def _open_codes(path: Path, info: zipfile.ZipInfo, mmap: bool, where: str, dtype: np.dtype[Any] | None) -> np.ndarray:
+def _open_codes(
+    path: Path,
+    info: zipfile.ZipInfo,
+    mmap: bool,
+    where: str,
+    dtype: np.dtype[Any] | None,
+    opener: Opener = _open_rb,
+) -> np.ndarray:
     if info.compress_type != zipfile.ZIP_STORED:
         raise ContainerError(f"{where}: codes entry is compressed; format 1 stores it uncompressed")
-    with open(path, "rb") as f:
+    with opener(path) as f:
         start = _local_data_offset(f, info, where)
         f.seek(start)
         try:
@@ -416,7 +445,7 @@ def _open_codes(path: Path, info: zipfile.ZipInfo, mmap: bool, where: str, dtype
         return np.zeros(shape, dtype=found)
     if mmap:
         return np.memmap(path, dtype=found, mode="r", offset=data_offset, shape=shape)
-    with open(path, "rb") as f:
+    with opener(path) as f:
         f.seek(data_offset)
         return np.frombuffer(f.read(nbytes), dtype=found).reshape(shape)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__
+from . import __version__, fsops
 from .audio import (
     AudioError,
     AudioReader,
@@ -35,6 +35,7 @@ from .container import LOCAL_TAG, CodeSpill, DacFile, Metadata, ModelRecord
 from .container import read as read_dac
 from .container import write as write_dac
 from .errors import ModelMismatchError, ModelUnavailableError, OutOfMemoryError, PermanentError
+from .faults import os_fault
 from .fsio import atomic_output, ensure_dir
 from .gate import DeviceGate
 from .model import (
@@ -350,11 +351,18 @@ def _encode_file(
         measurement, gain, at_model_rate = _prepared(reader, codec.sample_rate, source, progress)
         counted = _Counter()
         blocks = counted.wrap(at_model_rate)
+        try:
+            spill_file = fsops.temporary(output.parent)
+        except OSError as exc:
+            raise os_fault(exc, f"cannot make a temporary file in {output.parent}") from exc
         with CodeSpill(
-            codec.n_codebooks if n_codebooks is None else n_codebooks, info.channels, output.parent
+            codec.n_codebooks if n_codebooks is None else n_codebooks, info.channels, file=spill_file
         ) as spill:
-            for codes in encode(blocks, info.channels, n_codebooks):
-                spill.append(codes)
+            try:
+                for codes in encode(blocks, info.channels, n_codebooks):
+                    spill.append(codes)
+            except OSError as exc:  # the reader classifies its own: this is the spill's disk
+                raise os_fault(exc, f"writing codes of {source} beside {output}") from exc
             metadata = Metadata(
                 model=pool.record(spill.n_codebooks),
                 sample_rate=info.sample_rate,
@@ -366,7 +374,7 @@ def _encode_file(
                 dacwatch_version=__version__,
             )
             with atomic_output(output, overwrite, before_rename) as tmp:
-                with open(tmp, "wb") as f:
+                with fsops.open_write(tmp) as f:
                     write_dac(f, metadata, spill)
                 if written is not None:
                     written()
@@ -440,7 +448,7 @@ def _decode_file(
     before_rename: Check | None,
     written: Callable[[], None] | None,
 ) -> Result:
-    codec, dac = pool.bound(read_dac(source))
+    codec, dac = pool.bound(read_dac(source, opener=fsops.open_read))
     ensure_dir(output.parent)
     meta = dac.metadata
     rate = meta.sample_rate if resample else codec.sample_rate

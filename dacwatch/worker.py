@@ -9,11 +9,10 @@ job without counting the attempt.
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import json
 import os
-import shutil
+import stat
 import threading
 import time
 import traceback
@@ -22,20 +21,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import __version__
+from . import __version__, fsops
 from .audio import OutputFormat, check_regular_file
 from .config import Settings
 from .convert import CodecPool, CodecSettings, Result, decode_file, encode_file
 from .errors import (
     ConfigError,
     ModelMismatchError,
-    ModelUnavailableError,
     OutOfMemoryError,
     PermanentError,
     SourceChanged,
     TransientError,
 )
-from .fsio import TEMP_PREFIX, Identity, atomic_output, ensure_dir, identity, mirror, within
+from .faults import Fault, FileSystemFault, classify, crosses_devices, label, os_fault
+from .fsio import TEMP_PREFIX, Identity, atomic_output, discard, ensure_dir, identity, mirror, move_across, within
 from .metrics import Metrics
 from .model import ModelSpec
 from .queue import CRASHED, BaseQueue, Job, QueueError
@@ -418,9 +417,11 @@ class Worker(threading.Thread):
     def _settle(self, job: Job, source: Path, exc: Exception, wall: float) -> None:
         """The one place where a failure becomes quarantine, retry or giving up.
 
-        Only the file's own faults (:class:`PermanentError`) quarantine it. Faults of
-        the moment (out of memory, disk full, a model not available now) are retried
-        with backoff; so is anything unexpected (a bug, a configuration the checks
+        :func:`dacwatch.faults.classify` names the class. Only the file's own faults
+        quarantine it. Faults of the moment (out of memory, any error of the file
+        system: disk full, read-only, permissions, a folder at the output's name; a
+        model not available now) are retried with backoff and counted in
+        ``dacwatch_faults``; so is anything unexpected (a bug, a configuration the checks
         missed), which is logged with its traceback. After ``retry.max_attempts`` the
         job gives up and the file stays where it is (``dacwatch retry`` takes it up
         again); several unexpected failures in a row stop this worker.
@@ -438,19 +439,23 @@ class Worker(threading.Thread):
                 self._record(self.queue.retry_later, job.id, error, 0.0, False)
                 self.log.info("job.retry_scheduled", delay_s=0.0, transient=True, **fields)
                 return
-        if isinstance(exc, PermanentError):
-            self.unexpected_in_a_row = 0
-            self._quarantine_job(job, source, error, fields)
-            return
         if isinstance(exc, ModelMismatchError):  # the host's weights, not the file: retrying cannot help
             self.unexpected_in_a_row = 0
             self._record(self.queue.fail, job.id, f"gave up: {error}")
             self._count(source, "gave_up")
             self.log.error("job.gave_up", kept=str(source), transient=False, **fields)
             return
-        transient = isinstance(exc, (TransientError, ModelUnavailableError))
+        fault = classify(exc)
+        if fault is Fault.FILE:
+            self.unexpected_in_a_row = 0
+            self._quarantine_job(job, source, error, fields)
+            return
+        transient = fault is Fault.MOMENT
+        self._fault(exc)
         if transient:
             self.unexpected_in_a_row = 0
+            if isinstance(exc, OSError):  # a call outside the seam: classified here, but say where
+                self.log.warning("job.unclassified_os_error", exc_info=exc, **fields)
         else:
             self.unexpected_in_a_row += 1
             self.log.error("job.unexpected_error", exc_info=exc, in_a_row=self.unexpected_in_a_row, **fields)
@@ -461,15 +466,30 @@ class Worker(threading.Thread):
             return
         delay = s.retry.delay(job.attempts)
         self._record(self.queue.retry_later, job.id, error, delay)
-        self.log.warning("job.retry_scheduled", delay_s=delay, transient=transient, **fields)
+        self.log.warning("job.retry_scheduled", delay_s=delay, transient=transient, fault=label(exc), **fields)
+
+    def _fault(self, exc: BaseException) -> None:
+        """Count a failure that kept the file, by its class and label (``ENOSPC``)."""
+        if self.metrics is not None:
+            self.metrics.faults.labels(classify(exc).name.lower(), label(exc)).inc()
 
     def _quarantine_job(self, job: Job, source: Path, error: str, fields: dict[str, Any]) -> None:
         try:
             note = self.quarantine(source, error, job.attempts)
-        except TransientError as move_exc:
+        except Exception as move_exc:
+            # Whatever stops the move (a full or read-only failed/, a name too long, a
+            # special file that cannot cross file systems, a bug), the file stays where
+            # it is and the worker serves on: retried later, then given up, never lost.
+            why = f"{error}; quarantine failed: {' '.join(str(move_exc).split())}"
+            self._fault(move_exc)
+            if job.attempts >= self.settings.retry.max_attempts:
+                self._record(self.queue.fail, job.id, f"gave up after {job.attempts} attempts: {why}")
+                self._count(source, "gave_up")
+                self.log.error("job.gave_up", kept=str(source), transient=True, **{**fields, "error": why})
+                return
             delay = self.settings.retry.delay(job.attempts)
-            self._record(self.queue.retry_later, job.id, f"{error}; quarantine failed: {move_exc}", delay)
-            self.log.error("job.quarantine_failed", **fields)
+            self._record(self.queue.retry_later, job.id, why, delay)
+            self.log.error("job.quarantine_failed", delay_s=delay, **{**fields, "error": why})
             return
         self._record(self.queue.fail, job.id, error)
         self._count(source, "failed")
@@ -487,13 +507,20 @@ class Worker(threading.Thread):
             # loses its data to the unlink.
             aside = source.with_name(f"{TEMP_PREFIX}delete-{source.name[-80:]}")
             try:
-                os.rename(source, aside)
+                fsops.rename(source, aside)
             except FileNotFoundError:
                 return
-            if self._version(aside) != job_identity:
-                os.rename(aside, source)
-                raise SourceChanged(f"{source} changed as it was to be deleted")
-            aside.unlink()
+            except OSError as exc:
+                raise os_fault(exc, f"cannot delete {source}") from exc
+            try:
+                if self._version(aside) != job_identity:
+                    fsops.rename(aside, source)
+                    raise SourceChanged(f"{source} changed as it was to be deleted")
+                fsops.unlink(aside)
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    os.rename(aside, source)  # back under its name: kept, never lost to a hidden name
+                raise os_fault(exc, f"cannot delete {source}") from exc
             return
         move_within(source, unique(mirror(source, s.inbox, s.done)))
 
@@ -509,10 +536,14 @@ class Worker(threading.Thread):
             "attempts": attempts,
             "dacwatch_version": __version__,
         }
-        with atomic_output(note) as tmp:
-            tmp.write_text(json.dumps(body, indent=2) + "\n")
-        if os.path.lexists(source):
-            move_within(source, target)
+        with atomic_output(note) as tmp, fsops.open_write(tmp) as f:
+            f.write((json.dumps(body, indent=2) + "\n").encode())
+        try:
+            if os.path.lexists(source):
+                move_within(source, target)
+        except BaseException:
+            discard(note)  # no note for a file that is not there
+            raise
         return note
 
 
@@ -550,17 +581,21 @@ def unique(path: Path) -> Path:
 
 
 def move_within(source: Path, target: Path) -> None:
-    """Rename ``source`` to ``target`` (same file system) without ever opening it;
-    across file systems only regular files are copied."""
+    """Rename ``source`` to ``target`` without ever opening it; across file systems a
+    regular file is copied durably (:func:`~dacwatch.fsio.move_across`), a special file
+    cannot be (a fault of the moment: the folders' layout, not the file, is at fault)."""
     ensure_dir(target.parent)
     try:
-        os.rename(source, target)
+        fsops.rename(source, target)
+        return
     except OSError as exc:
-        if exc.errno != errno.EXDEV:
-            raise TransientError(f"cannot move {source} to {target}: {exc.strerror}") from exc
-        if not source.is_file() or source.is_symlink():
-            raise PermanentError(f"cannot move the special file {source} across file systems") from exc
-        shutil.move(str(source), str(target))
+        if not crosses_devices(exc):
+            raise os_fault(exc, f"cannot move {source} to {target}") from exc
+        if not stat.S_ISREG(os.lstat(source).st_mode):
+            raise FileSystemFault(
+                f"cannot move the special file {source} to {target}: another file system (EXDEV)", "EXDEV"
+            ) from exc
+    move_across(source, target)
 
 
 def retry(settings: Settings, queue: BaseQueue, path: str | None) -> tuple[int, int]:

@@ -29,7 +29,7 @@ from dacwatch.fsio import mirror
 from dacwatch.queue import JobQueue
 
 from .conftest import tone
-from .daemon import Daemon, wav
+from .daemon import Daemon, fill_up, tmpfs, wav
 
 
 def outcomes(d: Daemon) -> dict[str, str]:
@@ -74,27 +74,12 @@ def test_kill_9_at_random_points_during_50_conversions(daemon: Daemon, tmp_path:
 
 @pytest.fixture
 def small_outbox(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "outbox"
-    mount.mkdir()
-    proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)], capture_output=True, text=True, check=False
-    )
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({proc.stderr.strip()})")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    with tmpfs(tmp_path / "outbox") as mount:
+        yield mount
 
 
 def test_disk_full_is_retried_and_recovers_when_space_returns(daemon: Daemon, small_outbox: Path) -> None:
-    filler = small_outbox / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
-    try:  # fill it to the last block
-        while True:
-            os.write(fd, b"\0" * 4096)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    filler = fill_up(small_outbox / "filler")
     daemon.start().ready()
     wav(daemon.inbox / "a.wav", seconds=2.0)
     daemon.wait_event("job.retry_scheduled", 2)
