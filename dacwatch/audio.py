@@ -421,7 +421,7 @@ def write_audio(
                     if kept.error is not None:
                         raise kept.error
                     written += block.shape[1]
-        except sf.LibsndfileError:
+        except (sf.LibsndfileError, AssertionError):  # soundfile asserts on a short write
             if kept.error is not None:
                 raise kept.error from None
             raise

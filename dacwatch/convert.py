@@ -352,33 +352,31 @@ def _encode_file(
         counted = _Counter()
         blocks = counted.wrap(at_model_rate)
         try:
-            spill_file = fsops.temporary(output.parent)
-        except OSError as exc:
-            raise os_fault(exc, f"cannot make a temporary file in {output.parent}") from exc
-        with CodeSpill(
-            codec.n_codebooks if n_codebooks is None else n_codebooks, info.channels, file=spill_file
-        ) as spill:
-            try:
+            with CodeSpill(
+                codec.n_codebooks if n_codebooks is None else n_codebooks,
+                info.channels,
+                file=fsops.temporary(output.parent),
+            ) as spill:
                 for codes in encode(blocks, info.channels, n_codebooks):
                     spill.append(codes)
-            except OSError as exc:  # the reader classifies its own: this is the spill's disk
-                raise os_fault(exc, f"writing codes of {source} beside {output}") from exc
-            metadata = Metadata(
-                model=pool.record(spill.n_codebooks),
-                sample_rate=info.sample_rate,
-                length=measurement.frames,
-                channels=info.channels,
-                model_length=counted.samples,
-                loudness=measurement.loudness,
-                gain_db=gain,
-                dacwatch_version=__version__,
-            )
-            with atomic_output(output, overwrite, before_rename) as tmp:
-                with fsops.open_write(tmp) as f:
-                    write_dac(f, metadata, spill)
-                if written is not None:
-                    written()
-            frames = spill.frames
+                metadata = Metadata(
+                    model=pool.record(spill.n_codebooks),
+                    sample_rate=info.sample_rate,
+                    length=measurement.frames,
+                    channels=info.channels,
+                    model_length=counted.samples,
+                    loudness=measurement.loudness,
+                    gain_db=gain,
+                    dacwatch_version=__version__,
+                )
+                with atomic_output(output, overwrite, before_rename) as tmp:
+                    with fsops.open_write(tmp) as f:
+                        write_dac(f, metadata, spill)
+                    if written is not None:
+                        written()
+                frames = spill.frames
+        except OSError as exc:  # the spill's disk: the reader and atomic_output classify their own
+            raise os_fault(exc, f"spilling the codes of {source} into {output.parent}") from exc
     finally:
         reader.close()
     return Result("encode", output, measurement.frames / info.sample_rate, frames)

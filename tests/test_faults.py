@@ -92,6 +92,160 @@ def test_disk_full_is_retried_and_recovers_when_space_returns(daemon: Daemon, sm
     assert daemon.events("job.failed") == [] and daemon.stop() == 0
 
 
+# Issue #20 section 2: a fault at the file system never stops the daemon and never
+# quarantines good audio. Each test below reproduces one reviewer's report on real
+# small file systems (tmpfs: CI runs as root) or through the seam's DACWATCH_FAULT.
+
+SURVIVING = 30  # attempts: long enough to put the fault right while it is retried
+
+
+def healthy(d: Daemon) -> None:
+    """No failure that kept a file was treated as a bug, and every worker still serves."""
+    for name in ("job.unexpected_error", "job.unclassified_os_error", "worker.stopped", "worker.crashed"):
+        assert d.events(name) == [], (name, d.events(name))
+    assert d.proc is not None and d.proc.poll() is None
+
+
+@pytest.fixture(scope="module")
+def small_dac(tmp_path_factory: pytest.TempPathFactory, tiny_weights: Path) -> Path:
+    """A 2 s 44.1 kHz ``.dac`` of the daemon's network (decodes to 353 kB of float WAV)."""
+    from dacwatch.convert import CodecPool, CodecSettings, encode_file
+    from dacwatch.model import ModelSpec
+
+    scratch = tmp_path_factory.mktemp("dac")
+    pool = CodecPool(ModelSpec(weights=tiny_weights), CodecSettings("cpu", 2.0, None, 8))
+    return encode_file(pool, wav(scratch / "talk.wav", seconds=2.0, rate=44100), scratch / "talk.dac").output
+
+
+@pytest.mark.parametrize("daemon", [{"retry__max_attempts": SURVIVING}], indirect=True)
+def test_a_full_outbox_is_a_fault_of_the_moment_for_encoding_and_decoding(
+    daemon: Daemon, tmp_path: Path, small_dac: Path
+) -> None:
+    """30 s into a full outbox (the codes spill beside the output: a raw ENOSPC
+    stopped the worker) and a decode into it (libsndfile's own error): retried with
+    ENOSPC named, files kept, then both converted once space returns."""
+    with tmpfs(daemon.outbox, "1m", fill=True) as outbox:
+        daemon.start().ready()
+        wav(daemon.inbox / "talk.wav", seconds=30.0, rate=8000)
+        shutil.copy(small_dac, daemon.inbox / "back.dac")
+        daemon.wait_for(
+            lambda: (
+                {e["source"] for e in daemon.events("job.retry_scheduled") if e.get("attempts", 0) >= 2}
+                >= {str(daemon.inbox / "talk.wav"), str(daemon.inbox / "back.dac")}
+            ),
+            what="both retried twice",
+        )
+        for event in daemon.events("job.retry_scheduled"):
+            assert event["transient"] and event["fault"] == "ENOSPC", event
+            assert "No space left" in event["error"]
+        healthy(daemon)
+        assert (daemon.inbox / "talk.wav").exists() and (daemon.inbox / "back.dac").exists()
+        assert sorted(p.name for p in outbox.iterdir()) == [".filler"]
+        (outbox / ".filler").unlink()
+        daemon.wait_event("job.done", 2)
+        assert read(outbox / "talk.dac").metadata.length == 240000
+        assert sf.info(str(outbox / "back.wav")).frames == 88200
+        healthy(daemon)
+        assert daemon.events("job.failed") == [] and daemon.stop() == 0
+
+
+@pytest.mark.parametrize("daemon", [{"retry__max_attempts": SURVIVING}], indirect=True)
+def test_a_read_only_outbox_is_a_fault_of_the_moment(daemon: Daemon, tmp_path: Path, small_dac: Path) -> None:
+    with tmpfs(daemon.outbox, "4m") as outbox:
+        subprocess.run(["mount", "-o", "remount,ro", str(outbox)], check=True)
+        daemon.start().ready()
+        wav(daemon.inbox / "talk.wav", seconds=1.0)
+        shutil.copy(small_dac, daemon.inbox / "back.dac")
+        daemon.wait_for(
+            lambda: len({e["source"] for e in daemon.events("job.retry_scheduled")}) == 2, what="both retried"
+        )
+        assert {e["fault"] for e in daemon.events("job.retry_scheduled")} == {"EROFS"}
+        healthy(daemon)
+        subprocess.run(["mount", "-o", "remount,rw", str(outbox)], check=True)
+        daemon.wait_event("job.done", 2)
+        assert (outbox / "talk.dac").exists() and (outbox / "back.wav").exists()
+        healthy(daemon)
+        assert daemon.events("job.failed") == [] and daemon.stop() == 0
+
+
+def test_a_failed_quarantine_keeps_the_file_and_the_worker(daemon: Daemon) -> None:
+    """A FIFO cannot be moved to a failed/ on another file system, and a note whose name
+    the file system refuses (ENAMETOOLONG, injected on the note's rename) cannot be
+    written: each job is retried, then given up with the file kept where it was; the
+    workers live on, no job is left running, and bad files that can move still do."""
+    with tmpfs(daemon.failed, "1m"):
+        os.mkfifo(daemon.inbox / "pipe.wav")
+        (daemon.inbox / "long-note.wav").write_text("not audio\n" * 50)
+        (daemon.inbox / "text.wav").write_text("not audio either\n" * 50)
+        daemon.start(env={"DACWATCH_FAULT": "replace:ENAMETOOLONG:always:long-note.wav.error.json"}).ready()
+        daemon.wait_event("job.gave_up", 2)
+        daemon.wait_event("job.failed")
+        wav(daemon.inbox / "after.wav")
+        daemon.wait_event("job.done")
+        healthy(daemon)
+        gave_up = {e["source"]: e["error"] for e in daemon.events("job.gave_up")}
+        assert "cannot move the special file" in gave_up[str(daemon.inbox / "pipe.wav")]
+        assert "File name too long" in gave_up[str(daemon.inbox / "long-note.wav")]
+        assert (daemon.inbox / "pipe.wav").is_fifo() and (daemon.inbox / "long-note.wav").exists()
+        assert sorted(p.name for p in daemon.failed.iterdir()) == ["text.wav", "text.wav.error.json"]
+        assert daemon.stop() == 0
+    with JobQueue(daemon.state / "queue.sqlite3") as q:
+        assert q.counts()["running"] == 0
+
+
+@pytest.mark.parametrize("daemon", [{"retry__max_attempts": SURVIVING}], indirect=True)
+def test_a_move_to_a_full_done_on_another_file_system_leaves_the_source_whole(daemon: Daemon) -> None:
+    """done/ on a full tmpfs: the cross-device move (copy, fsync, link, fsync, unlink)
+    fails with nothing under any name in done/ (64 KiB tmpfs: a truncated talk.wav and empty
+    talk.1.wav, talk.2.wav), the source untouched; with space back it is moved whole."""
+    with tmpfs(daemon.done, "256k", fill=True) as done:
+        source = wav(daemon.inbox / "talk.wav", seconds=4.0)
+        original = source.read_bytes()
+        assert 64 * 1024 < len(original) < 200 * 1024
+        daemon.start().ready()
+        daemon.wait_event("job.retry_scheduled", 2)
+        assert {e["fault"] for e in daemon.events("job.retry_scheduled")} == {"ENOSPC"}
+        assert source.read_bytes() == original
+        assert sorted(p.name for p in done.iterdir()) == [".filler"]
+        healthy(daemon)
+        (done / ".filler").unlink()
+        daemon.wait_event("job.done")
+        assert sorted(p.name for p in done.iterdir()) == ["talk.wav"]
+        assert (done / "talk.wav").read_bytes() == original and not source.exists()
+        assert daemon.temp_files() == [] and daemon.stop() == 0
+
+
+@pytest.mark.parametrize("daemon", [{"retry__max_attempts": SURVIVING}], indirect=True)
+def test_a_folder_at_the_output_name_keeps_the_source_and_says_why(daemon: Daemon) -> None:
+    (daemon.outbox / "talk.dac").mkdir(parents=True)
+    wav(daemon.inbox / "talk.wav")
+    daemon.start().ready()
+    daemon.wait_event("job.retry_scheduled", 2)
+    assert "Is a directory" in daemon.events("job.retry_scheduled")[0]["error"]
+    assert daemon.events("job.failed") == [] and (daemon.inbox / "talk.wav").exists()
+    healthy(daemon)
+    (daemon.outbox / "talk.dac").rmdir()
+    daemon.wait_event("job.done")
+    assert read(daemon.outbox / "talk.dac").metadata.length == 8000
+    assert daemon.stop() == 0
+
+
+def test_a_source_the_daemon_may_not_read_is_kept_not_quarantined(daemon: Daemon, small_dac: Path) -> None:
+    """EACCES on opening the source (injected: CI runs as root, whom permissions never
+    stop) is not the content's fault: retried, given up, kept; never "not audio"."""
+    wav(daemon.inbox / "secret.wav")
+    shutil.copy(small_dac, daemon.inbox / "secret.dac")
+    daemon.start(env={"DACWATCH_FAULT": "open:EACCES:always:/inbox/secret."}).ready()
+    daemon.wait_event("job.gave_up", 2)
+    assert {e["fault"] for e in daemon.events("job.retry_scheduled")} == {"EACCES"}
+    assert daemon.events("job.failed") == [] and list(daemon.failed.iterdir()) == []
+    assert (daemon.inbox / "secret.wav").exists() and (daemon.inbox / "secret.dac").exists()
+    wav(daemon.inbox / "after.wav")
+    daemon.wait_event("job.done")
+    healthy(daemon)
+    assert daemon.stop() == 0
+
+
 def test_output_folder_removed_while_running(daemon: Daemon) -> None:
     daemon.start().ready()
     wav(daemon.inbox / "a.wav")
