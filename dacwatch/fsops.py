@@ -130,7 +130,7 @@ def temporary(directory: PathLike) -> IO[bytes]:
     fd, name = tempfile.mkstemp(dir=directory, prefix=".dacwatch-tmp-spill-")
     try:
         os.unlink(name)
-        return io.BufferedRandom(_File(fd, "r+b", directory))
+        return io.BufferedRandom(_File(fd, "r+b", name))
     except BaseException:
         os.close(fd)
         raise

@@ -29,7 +29,7 @@ from dacwatch.fsio import mirror
 from dacwatch.queue import JobQueue
 
 from .conftest import tone
-from .daemon import Daemon, fill_up, tmpfs, wav
+from .daemon import Daemon, fill_up, make_dac, tmpfs, wav
 
 
 def outcomes(d: Daemon) -> dict[str, str]:
@@ -109,12 +109,7 @@ def healthy(d: Daemon) -> None:
 @pytest.fixture(scope="module")
 def small_dac(tmp_path_factory: pytest.TempPathFactory, tiny_weights: Path) -> Path:
     """A 2 s 44.1 kHz ``.dac`` of the daemon's network (decodes to 353 kB of float WAV)."""
-    from dacwatch.convert import CodecPool, CodecSettings, encode_file
-    from dacwatch.model import ModelSpec
-
-    scratch = tmp_path_factory.mktemp("dac")
-    pool = CodecPool(ModelSpec(weights=tiny_weights), CodecSettings("cpu", 2.0, None, 8))
-    return encode_file(pool, wav(scratch / "talk.wav", seconds=2.0, rate=44100), scratch / "talk.dac").output
+    return make_dac(tmp_path_factory.mktemp("dac") / "talk.dac", tiny_weights, 2.0, rate=44100)
 
 
 @pytest.mark.parametrize("daemon", [{"retry__max_attempts": SURVIVING}], indirect=True)
