@@ -164,16 +164,20 @@ def test_a_read_only_outbox_is_a_fault_of_the_moment(daemon: Daemon, tmp_path: P
 
 
 def test_a_failed_quarantine_keeps_the_file_and_the_worker(daemon: Daemon) -> None:
-    """A FIFO cannot be moved to a failed/ on another file system, and a note whose name
-    the file system refuses (ENAMETOOLONG, injected on the note's rename) cannot be
-    written: each job is retried, then given up with the file kept where it was; the
+    """A FIFO cannot be moved to a failed/ on another file system, a note whose name the
+    file system refuses (ENAMETOOLONG, injected on the note's rename) cannot be written,
+    and a failed/sub that is a symlink out of failed/ is refused: each job is retried, then given up with the file kept where it was; the
     workers live on, no job is left running, and bad files that can move still do."""
     with tmpfs(daemon.failed, "1m"):
         os.mkfifo(daemon.inbox / "pipe.wav")
         (daemon.inbox / "long-note.wav").write_text("not audio\n" * 50)
         (daemon.inbox / "text.wav").write_text("not audio either\n" * 50)
+        (daemon.inbox / "sub").mkdir()  # failed/sub leads out of failed/: mirror() refuses it
+        (daemon.inbox / "sub" / "escape.wav").write_text("not audio\n" * 50)
+        (daemon.root / "elsewhere").mkdir()
+        os.symlink(daemon.root / "elsewhere", daemon.failed / "sub")
         daemon.start(env={"DACWATCH_FAULT": "replace:ENAMETOOLONG:always:long-note.wav.error.json"}).ready()
-        daemon.wait_event("job.gave_up", 2)
+        daemon.wait_event("job.gave_up", 3)
         daemon.wait_event("job.failed")
         wav(daemon.inbox / "after.wav")
         daemon.wait_event("job.done")
@@ -181,8 +185,10 @@ def test_a_failed_quarantine_keeps_the_file_and_the_worker(daemon: Daemon) -> No
         gave_up = {e["source"]: e["error"] for e in daemon.events("job.gave_up")}
         assert "cannot move the special file" in gave_up[str(daemon.inbox / "pipe.wav")]
         assert "File name too long" in gave_up[str(daemon.inbox / "long-note.wav")]
+        assert "would escape" in gave_up[str(daemon.inbox / "sub" / "escape.wav")]
         assert (daemon.inbox / "pipe.wav").is_fifo() and (daemon.inbox / "long-note.wav").exists()
-        assert sorted(p.name for p in daemon.failed.iterdir()) == ["text.wav", "text.wav.error.json"]
+        assert (daemon.inbox / "sub" / "escape.wav").exists() and list((daemon.root / "elsewhere").iterdir()) == []
+        assert sorted(p.name for p in daemon.failed.iterdir()) == ["sub", "text.wav", "text.wav.error.json"]
         assert daemon.stop() == 0
     with JobQueue(daemon.state / "queue.sqlite3") as q:
         assert q.counts()["running"] == 0
