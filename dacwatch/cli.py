@@ -369,6 +369,8 @@ def _status(args: argparse.Namespace) -> int:
             f"running: {job['path']} on {where} (attempt {job['attempts']}, since {job['started_at']}, "
             f"last heartbeat {job['heartbeat_at']})"
         )
+    for job in report.get("retrying", []):
+        print(f"retrying: {job['path']}: {job['last_error']} (attempt {job['attempts']}, next at {job['not_before']})")
     for job in report["recent_failures"]:
         print(f"failed: {job['path']}: {job['last_error']}")
     return 0

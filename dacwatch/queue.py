@@ -409,6 +409,12 @@ class BaseQueue:
                 "ORDER BY finished_at DESC LIMIT ?",
                 (failures,),
             ).fetchall()
+            # Faults of the moment: queued again, with why, until they clear or are given up.
+            waiting = db.execute(
+                "SELECT path, attempts, last_error, not_before FROM jobs "
+                "WHERE status = 'queued' AND last_error IS NOT NULL ORDER BY not_before LIMIT ?",
+                (failures,),
+            ).fetchall()
         return {
             "counts": self.counts(),
             "running": [
@@ -417,6 +423,7 @@ class BaseQueue:
                 for r in running
             ],
             "recent_failures": [dict(r) | {"finished_at": _iso(r["finished_at"])} for r in failed],
+            "retrying": [dict(r) | {"not_before": _iso(r["not_before"])} for r in waiting],
         }
 
 

@@ -225,6 +225,13 @@ def test_a_folder_at_the_output_name_keeps_the_source_and_says_why(daemon: Daemo
     assert "Is a directory" in daemon.events("job.retry_scheduled")[0]["error"]
     assert daemon.events("job.failed") == [] and (daemon.inbox / "talk.wav").exists()
     healthy(daemon)
+    status = subprocess.run(
+        [sys.executable, "-m", "dacwatch", "status", "--config", str(daemon.config)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "retrying: talk.wav: " in status and "Is a directory (EISDIR)" in status, status
     (daemon.outbox / "talk.dac").rmdir()
     daemon.wait_event("job.done")
     assert read(daemon.outbox / "talk.dac").metadata.length == 8000
