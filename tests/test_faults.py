@@ -30,6 +30,7 @@ from dacwatch.queue import JobQueue
 
 from .conftest import tone
 from .daemon import Daemon, fill_up, make_dac, tmpfs, wav
+from .test_metrics import scrape
 
 
 def outcomes(d: Daemon) -> dict[str, str]:
@@ -216,8 +217,12 @@ def test_a_move_to_a_full_done_on_another_file_system_leaves_the_source_whole(da
         assert daemon.temp_files() == [] and daemon.stop() == 0
 
 
-@pytest.mark.parametrize("daemon", [{"retry__max_attempts": SURVIVING}], indirect=True)
+@pytest.mark.parametrize(
+    "daemon", [{"retry__max_attempts": SURVIVING, "metrics__listen": "127.0.0.1:0"}], indirect=True
+)
 def test_a_folder_at_the_output_name_keeps_the_source_and_says_why(daemon: Daemon) -> None:
+    """Not the source's fault: retried and kept, and said so in the log, in ``dacwatch
+    status`` and in the ``dacwatch_faults`` metric."""
     (daemon.outbox / "talk.dac").mkdir(parents=True)
     wav(daemon.inbox / "talk.wav")
     daemon.start().ready()
@@ -225,13 +230,18 @@ def test_a_folder_at_the_output_name_keeps_the_source_and_says_why(daemon: Daemo
     assert "Is a directory" in daemon.events("job.retry_scheduled")[0]["error"]
     assert daemon.events("job.failed") == [] and (daemon.inbox / "talk.wav").exists()
     healthy(daemon)
-    status = subprocess.run(
-        [sys.executable, "-m", "dacwatch", "status", "--config", str(daemon.config)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    assert "retrying: talk.wav: " in status and "Is a directory (EISDIR)" in status, status
+
+    seen: list[str] = []
+
+    def retrying() -> bool:
+        command = [sys.executable, "-m", "dacwatch", "status", "--config", str(daemon.config)]
+        seen.append(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+        return "retrying: talk.wav: " in seen[-1]
+
+    daemon.wait_for(retrying, what="the retry in dacwatch status")
+    assert "Is a directory (EISDIR)" in seen[-1], seen[-1]
+    metrics = scrape(daemon.events("metrics.serving")[0]["url"])
+    assert metrics[("dacwatch_faults_total", (("fault", "moment"), ("reason", "EISDIR")))] >= 2
     (daemon.outbox / "talk.dac").rmdir()
     daemon.wait_event("job.done")
     assert read(daemon.outbox / "talk.dac").metadata.length == 8000
