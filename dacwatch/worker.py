@@ -245,8 +245,10 @@ class Worker(threading.Thread):
                 if self._finished_elsewhere(job, source) is None and self._queue_call(
                     self.queue.holds, job.id, job.lease
                 ):
-                    with contextlib.suppress(FileNotFoundError):
-                        result.output.unlink()
+                    # Whole, of the earlier version; if it cannot go now, the new
+                    # version's own job replaces it.
+                    with contextlib.suppress(OSError):
+                        fsops.unlink(result.output)
                 raise
             self._dispose(source, job.identity)
             crash_point("after_dispose")
@@ -317,8 +319,15 @@ class Worker(threading.Thread):
         return None
 
     def _version(self, path: Path) -> Identity:
-        """The identity of ``path`` as the queue compares it (without the inode when shared)."""
-        return self.queue.version(identity(path))
+        """The identity of ``path`` as the queue compares it (without the inode when shared).
+        A file that is gone raises FileNotFoundError (callers act on it); any other error
+        of the system comes out classified."""
+        try:
+            return self.queue.version(identity(path))
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise os_fault(exc, f"cannot look at {path}") from exc
 
     def _still_there(self, job: Job, source: Path) -> bool:
         """The job's exact file is still in the inbox; otherwise forget the job."""
@@ -512,16 +521,21 @@ class Worker(threading.Thread):
                 return
             except OSError as exc:
                 raise os_fault(exc, f"cannot delete {source}") from exc
+            why: Exception
             try:
-                if self._version(aside) != job_identity:
-                    fsops.rename(aside, source)
-                    raise SourceChanged(f"{source} changed as it was to be deleted")
-                fsops.unlink(aside)
+                if self._version(aside) == job_identity:
+                    fsops.unlink(aside)
+                    return
+                why = SourceChanged(f"{source} changed as it was to be deleted")
             except OSError as exc:
-                with contextlib.suppress(OSError):
-                    os.rename(aside, source)  # back under its name: kept, never lost to a hidden name
-                raise os_fault(exc, f"cannot delete {source}") from exc
-            return
+                why = os_fault(exc, f"cannot delete {source}")
+            except TransientError as exc:
+                why = exc
+            # Back under its name, kept (a hidden name would be swept at startup). Not a
+            # call of the seam: undoing our own rename is no work a fault should refuse.
+            with contextlib.suppress(OSError):
+                os.rename(aside, source)
+            raise why
         move_within(source, unique(mirror(source, s.inbox, s.done)))
 
     def quarantine(self, source: Path, error: str, attempts: int) -> Path:

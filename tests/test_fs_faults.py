@@ -146,9 +146,11 @@ def _settled(d: Daemon) -> dict[str, str]:
     return out
 
 
-@pytest.mark.parametrize("code", ERRNOS)
+@pytest.mark.parametrize(
+    ("code", "on_success"), [*((code, "move") for code in ERRNOS), ("EIO", "delete"), ("ENOSPC", "delete")]
+)
 def test_every_call_of_the_conversion_path_may_fail_with(
-    tmp_path: Path, tiny_weights: Path, short_dac: Path, code: str
+    tmp_path: Path, tiny_weights: Path, short_dac: Path, code: str, on_success: str
 ) -> None:
     """One daemon per errno. For each call of the seam (open, read, write, fsync, rename,
     replace, link, unlink, mkdir, copy) an encode and a decode, each in a folder of its
@@ -157,7 +159,9 @@ def test_every_call_of_the_conversion_path_may_fail_with(
     crosses file systems and copies (copy, link, unlink are on the path). Afterwards:
     each source whole in exactly one place (the inbox, or done/), every output under a
     final name whole, nothing in failed/, no temporary file, no failure taken for a bug,
-    each once-fault seen and retried; and the daemon converts the next file."""
+    each once-fault seen and retried; and the daemon converts the next file. With
+    ``on_success = "delete"`` (EIO, ENOSPC) a source is in the inbox, or gone once
+    converted."""
     d = Daemon(
         tmp_path,
         tiny_weights,
@@ -165,6 +169,7 @@ def test_every_call_of_the_conversion_path_may_fail_with(
         retry__backoff_max_s=0.2,
         retry__max_attempts=3,
         watch__settle_seconds=0.2,
+        on_success=on_success,
     )
     modes = ("once", "always") if code in ALWAYS else ("once",)
     rules: list[str] = []
@@ -192,18 +197,18 @@ def test_every_call_of_the_conversion_path_may_fail_with(
             wav(d.inbox / "next.wav", seconds=SECONDS, rate=RATE)
             d.wait_for(lambda: str(d.inbox / "next.wav") in _settled(d), what="the next file")
             assert _settled(d)[str(d.inbox / "next.wav")] == "job.done"
-            _check(d, sources, code)
+            _check(d, sources, code, on_success)
             assert d.stop() == 0
     finally:
         d.close()
     print(
-        f"{code}: {len(fsops.CALLS)} calls x (encode, decode) once"
+        f"{code}, {on_success}: {len(fsops.CALLS)} calls x (encode, decode) once"
         + (", and always" if code in ALWAYS else "")
         + f": {len(sources)} conversions, all sources kept"
     )
 
 
-def _check(d: Daemon, sources: dict[Path, tuple[str, str, bytes]], code: str) -> None:
+def _check(d: Daemon, sources: dict[Path, tuple[str, str, bytes]], code: str, on_success: str) -> None:
     for name in ("job.unexpected_error", "job.unclassified_os_error", "worker.stopped", "worker.crashed", "job.failed"):
         assert d.events(name) == [], (name, d.events(name)[:1])
     settled = _settled(d)
@@ -211,12 +216,16 @@ def _check(d: Daemon, sources: dict[Path, tuple[str, str, bytes]], code: str) ->
     for source, (call, mode, original) in sources.items():
         rel = source.relative_to(d.inbox)
         places = [p for p in (source, d.done / rel) if os.path.lexists(p)]
-        assert len(places) == 1, (rel, places)
-        assert places[0].read_bytes() == original, rel
+        if on_success == "delete" and settled[str(source)] == "job.done":
+            assert places == [], (rel, places)
+        else:
+            assert len(places) == 1, (rel, places)
+            assert places[0].read_bytes() == original, rel
         if mode == "once":
             assert settled[str(source)] == "job.done", (rel, settled[str(source)])
-            assert places[0] == d.done / rel
-            if not (call == "rename" and code == "EXDEV"):  # a rename refused as EXDEV copies instead
+            assert on_success == "delete" or places[0] == d.done / rel
+            if (call, code) != ("rename", "EXDEV") and not (on_success == "delete" and call in ("link", "copy")):
+                # (a rename refused as EXDEV copies instead; deleting never links or copies)
                 assert retried.get(str(source), {}).get("fault") == code, (rel, retried.get(str(source)))
     assert not d.failed.exists() or list(d.failed.rglob("*")) == []
     assert d.temp_files() == []
