@@ -145,6 +145,24 @@ def test_a_full_outbox_is_a_fault_of_the_moment_for_encoding_and_decoding(
         assert daemon.events("job.failed") == [] and daemon.stop() == 0
 
 
+def test_the_cli_decoding_onto_a_full_disk_says_so_in_one_line(
+    tmp_path: Path, small_dac: Path, tiny_weights: Path
+) -> None:
+    """It raised libsndfile's own error with a traceback; now one sentence, exit 1, and
+    nothing under the output's name."""
+    with tmpfs(tmp_path / "full", "256k", fill=True) as full:
+        command = [sys.executable, "-m", "dacwatch", "decode", str(small_dac), str(full / "talk.wav")]
+        proc = subprocess.run(
+            [*command, "--weights", str(tiny_weights)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert proc.returncode == 1, proc.stderr
+        assert "Traceback" not in proc.stderr and "No space left on device (ENOSPC)" in proc.stderr, proc.stderr
+        assert sorted(p.name for p in full.iterdir()) == [".filler"]
+
+
 @pytest.mark.parametrize("daemon", [{"retry__max_attempts": SURVIVING}], indirect=True)
 def test_a_read_only_outbox_is_a_fault_of_the_moment(daemon: Daemon, tmp_path: Path, small_dac: Path) -> None:
     with tmpfs(daemon.outbox, "4m") as outbox:
