@@ -66,6 +66,8 @@ def check_regular_file(path: Path) -> os.stat_result:
     audio: that is a fault of the moment, the file is kept."""
     try:
         st = os.stat(path)
+    except FileNotFoundError as exc:
+        raise os_fault(exc, f"{path}: does not exist") from exc
     except OSError as exc:
         raise os_fault(exc, f"{path}: cannot be read") from exc
     if not stat.S_ISREG(st.st_mode):
