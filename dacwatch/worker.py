@@ -605,7 +605,11 @@ def move_within(source: Path, target: Path) -> None:
     except OSError as exc:
         if not crosses_devices(exc):
             raise os_fault(exc, f"cannot move {source} to {target}") from exc
-        if not stat.S_ISREG(os.lstat(source).st_mode):
+        try:
+            regular = stat.S_ISREG(os.lstat(source).st_mode)
+        except OSError as gone:
+            raise os_fault(gone, f"cannot move {source}") from gone
+        if not regular:
             raise FileSystemFault(
                 f"cannot move the special file {source} to {target}: another file system (EXDEV)", "EXDEV"
             ) from exc
