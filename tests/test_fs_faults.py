@@ -75,6 +75,23 @@ def test_reads_and_writes_of_open_files_pass_the_seam(tmp_path: Path, fault: Rul
         g.write(b"y" * 10)
 
 
+def test_a_disk_failing_mid_file_never_passes_for_a_short_file(tmp_path: Path, fault: Rules) -> None:
+    """libsndfile reads through the seam; an error inside its callback (where it would
+    read as the end of the file) is kept and raised as a fault of the moment."""
+    from dacwatch.audio import BLOCK_FRAMES, open_audio
+
+    path = wav(tmp_path / "mid.wav", seconds=3 * BLOCK_FRAMES / 16000, rate=16000)
+    reader = open_audio(path)
+    try:
+        blocks = reader.blocks()
+        assert next(blocks).shape[1] == BLOCK_FRAMES
+        fault("read:EIO:always:/mid.wav")
+        with pytest.raises(FileSystemFault, match="EIO"):
+            list(blocks)
+    finally:
+        reader.close()
+
+
 @pytest.mark.parametrize(
     ("exc", "expected"),
     [
