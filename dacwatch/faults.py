@@ -24,7 +24,14 @@ from __future__ import annotations
 import enum
 import errno
 
-from .errors import ConfigError, DacwatchError, ModelUnavailableError, PermanentError, TransientError
+from .errors import (
+    ConfigError,
+    DacwatchError,
+    ModelMismatchError,
+    ModelUnavailableError,
+    PermanentError,
+    TransientError,
+)
 
 
 class Fault(enum.Enum):
@@ -41,8 +48,8 @@ _BUG_ERRNOS = frozenset({errno.EBADF, errno.EFAULT})
 class FileSystemFault(TransientError):
     """An error of the file system met on the conversion path: a fault of the moment.
 
-    ``errno_name`` ("ENOSPC") labels the metric and the log; ``what`` says which call
-    on which path failed."""
+    The message says what was being done to which path, the kernel's reason and the
+    errno's name; ``errno_name`` ("ENOSPC") labels the log and the metric."""
 
     def __init__(self, message: str, errno_name: str) -> None:
         super().__init__(message)
@@ -56,8 +63,8 @@ def errno_name(exc: OSError) -> str:
 def os_fault(exc: OSError, what: str) -> DacwatchError:
     """The dacwatch error for ``exc``, met while doing ``what`` ("writing /out/a.dac").
 
-    Every errno but a wrong call's is a fault of the moment; those are our bug and
-    come back as they were (a :class:`BugError` keeps the original as its cause)."""
+    Every errno but a wrong call's is a fault of the moment; a wrong call's is our
+    bug (:class:`BugError`; raise it ``from exc`` to keep the original)."""
     reason = exc.strerror or str(exc)
     if exc.errno in _BUG_ERRNOS:
         return BugError(f"{what}: {reason}")
@@ -68,24 +75,13 @@ class BugError(DacwatchError):
     """An error that only a mistake in dacwatch can cause."""
 
 
-def reading_fault(exc: BaseException) -> OSError | None:
-    """The operating system's error inside ``exc``, when a library (libsndfile, ffmpeg)
-    reports one as its own: reading or writing failed in the kernel, not in the data."""
-    if isinstance(exc, OSError) and exc.errno is not None and exc.errno > 0:
-        return exc
-    cause = exc.__cause__ or exc.__context__
-    if cause is not None and cause is not exc:
-        return reading_fault(cause)
-    return None
-
-
 def classify(exc: BaseException) -> Fault:
     """The class of any exception that reached the worker."""
     if isinstance(exc, PermanentError):
         return Fault.FILE
     if isinstance(exc, (TransientError, ModelUnavailableError)):
         return Fault.MOMENT
-    if isinstance(exc, ConfigError):
+    if isinstance(exc, (ConfigError, ModelMismatchError)):  # the host's settings or weights
         return Fault.CONFIG
     if isinstance(exc, OSError):
         return Fault.BUG if exc.errno in _BUG_ERRNOS else Fault.MOMENT
@@ -106,4 +102,4 @@ def crosses_devices(exc: OSError) -> bool:
     return exc.errno == errno.EXDEV
 
 
-__all__ = ["BugError", "Fault", "FileSystemFault", "classify", "crosses_devices", "label", "os_fault", "reading_fault"]
+__all__ = ["BugError", "Fault", "FileSystemFault", "classify", "crosses_devices", "label", "os_fault"]
