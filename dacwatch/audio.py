@@ -8,19 +8,22 @@ block by block. Blocks are ``[channels, samples]`` float32.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import stat
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 import numpy as np
 import soundfile as sf
 import soxr
 
-from .errors import PermanentError, TransientError
+from . import fsops
+from .errors import PermanentError
+from .faults import os_fault
 
 BLOCK_FRAMES = 65536
 MIN_SAMPLE_RATE = 1000
@@ -57,13 +60,16 @@ class AudioReader(Protocol):
 
 
 def check_regular_file(path: Path) -> os.stat_result:
-    """Refuse FIFOs, devices and sockets before anything opens them (opening a FIFO blocks)."""
+    """Refuse FIFOs, devices and sockets before anything opens them (opening a FIFO blocks).
+
+    A file that cannot be looked at (gone, no permission, a failing disk) is not bad
+    audio: that is a fault of the moment, the file is kept."""
     try:
         st = os.stat(path)
     except FileNotFoundError as exc:
-        raise TransientError(f"{path}: does not exist") from exc
+        raise os_fault(exc, f"{path}: does not exist") from exc
     except OSError as exc:
-        raise AudioError(f"{path}: cannot be read ({exc.strerror})") from exc
+        raise os_fault(exc, f"{path}: cannot be read") from exc
     if not stat.S_ISREG(st.st_mode):
         raise AudioError(f"{path}: not a regular file")
     return st
@@ -79,13 +85,74 @@ def _validate(info: AudioInfo, where: str) -> AudioInfo:
     return info
 
 
+class _Kept:
+    """A file object for libsndfile's virtual I/O that keeps the first ``OSError``.
+
+    An exception cannot cross libsndfile's C callbacks (cffi prints it and returns 0,
+    which reads as the end of the file or a short write), so it is kept here and
+    raised by :meth:`check` once libsndfile returns: a failing disk must never pass
+    for a short file, nor a full one for damaged audio."""
+
+    def __init__(self, file: IO[bytes]) -> None:
+        self.file = file
+        self.error: OSError | None = None
+
+    def _keep(self, exc: OSError) -> None:
+        if self.error is None:
+            self.error = exc
+
+    def readinto(self, buffer: Any) -> int:
+        if self.error is not None:
+            return 0
+        try:
+            return self.file.readinto(buffer)  # type: ignore[attr-defined,no-any-return]
+        except OSError as exc:
+            self._keep(exc)
+            return 0
+
+    def write(self, data: bytes) -> int:
+        if self.error is not None:
+            return 0
+        try:
+            return self.file.write(data)
+        except OSError as exc:
+            self._keep(exc)
+            return 0
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        try:
+            return self.file.seek(offset, whence)
+        except OSError as exc:
+            self._keep(exc)
+            return self.file.tell()
+
+    def tell(self) -> int:
+        return self.file.tell()
+
+    def check(self, what: str) -> None:
+        """Raise the kept error, classified, if there is one."""
+        if self.error is not None:
+            raise os_fault(self.error, what) from self.error
+
+
 class _SoundfileReader:
     def __init__(self, path: Path) -> None:
-        self._file = sf.SoundFile(os.fsencode(path))  # bytes: any name, UTF-8 or not
-        self.info = _validate(
-            AudioInfo(self._file.samplerate, self._file.channels, self._file.frames, "soundfile"), str(path)
-        )
+        self._raw = fsops.open_read(path)
+        self._kept = _Kept(self._raw)
+        try:
+            self._file = sf.SoundFile(self._kept)
+        except BaseException:
+            self._raw.close()
+            self._kept.check(f"reading {path}")
+            raise
         self._path = path
+        try:
+            self.info = _validate(
+                AudioInfo(self._file.samplerate, self._file.channels, self._file.frames, "soundfile"), str(path)
+            )
+        except BaseException:
+            self.close()
+            raise
 
     def blocks(self, frames: int = BLOCK_FRAMES) -> Iterator[np.ndarray]:
         self._file.seek(0)
@@ -93,13 +160,22 @@ class _SoundfileReader:
             try:
                 data = self._file.read(frames, dtype="float32", always_2d=True)
             except (sf.LibsndfileError, RuntimeError) as exc:
+                self._kept.check(f"reading {self._path}")
                 raise AudioError(f"{self._path}: damaged audio ({exc})") from exc
+            self._kept.check(f"reading {self._path}")
             if not len(data):
                 return
             yield np.ascontiguousarray(data.T)
 
     def close(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()
+        finally:
+            self._raw.close()
+
+    def __del__(self) -> None:  # as soundfile's own files close when dropped, so does the one under it
+        with contextlib.suppress(Exception):
+            self.close()
 
 
 class _AvReader:
@@ -110,7 +186,9 @@ class _AvReader:
         self._path = path
         try:
             self._container = av.open(str(path))
-        except (av.error.FFmpegError, OSError, UnicodeDecodeError, ValueError) as exc:
+        except OSError as exc:  # ffmpeg's errors of the system (EACCES, EIO...) are OSErrors too
+            raise os_fault(exc, f"{path}: cannot be read") from exc
+        except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as exc:
             reason = getattr(exc, "strerror", None) or exc
             raise AudioError(f"{path}: not audio that libsndfile or ffmpeg can read ({reason})") from exc
         if not self._container.streams.audio:
@@ -141,6 +219,8 @@ class _AvReader:
                 if count >= frames:
                     yield np.concatenate(pending, axis=1)
                     pending, count = [], 0
+        except OSError as exc:
+            raise os_fault(exc, f"reading {self._path}") from exc
         except av.error.FFmpegError as exc:
             raise AudioError(f"{self._path}: damaged audio ({getattr(exc, 'strerror', None) or exc})") from exc
         if pending:
@@ -174,6 +254,8 @@ def open_audio(path: str | os.PathLike[str]) -> AudioReader:
         raise AudioError(f"{path}: empty file")
     try:
         return _SoundfileReader(path)
+    except OSError as exc:  # opening it: the file system's fault, not the file's
+        raise os_fault(exc, f"{path}: cannot be read") from exc
     except (sf.LibsndfileError, RuntimeError, TypeError):
         pass
     return _AvReader(path)
@@ -326,12 +408,25 @@ def write_audio(
     """Write ``[channels, n]`` blocks to ``path`` as they come; returns the samples written."""
     container, subtype = fmt.soundfile_args(frames_hint * channels)
     written = 0
-    with sf.SoundFile(
-        os.fsencode(path), "w", samplerate=sample_rate, channels=channels, format=container, subtype=subtype
-    ) as out:
-        for block in blocks:
-            if fmt.sample_format != "float":
-                block = np.clip(block, -1.0, 1.0)
-            out.write(np.ascontiguousarray(block.T))
-            written += block.shape[1]
+    # Through the seam (libsndfile's virtual I/O): a full disk is an OSError of ours,
+    # raised as such, never libsndfile's "System error".
+    with fsops.open_write(path) as raw:
+        kept = _Kept(raw)
+        try:
+            with sf.SoundFile(
+                kept, "w", samplerate=sample_rate, channels=channels, format=container, subtype=subtype
+            ) as out:
+                for block in blocks:
+                    if fmt.sample_format != "float":
+                        block = np.clip(block, -1.0, 1.0)
+                    out.write(np.ascontiguousarray(block.T))
+                    if kept.error is not None:
+                        raise kept.error
+                    written += block.shape[1]
+        except (sf.LibsndfileError, AssertionError):  # soundfile asserts on a short write
+            if kept.error is not None:
+                raise kept.error from None
+            raise
+        if kept.error is not None:
+            raise kept.error
     return written

@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Literal
@@ -36,6 +36,7 @@ import numpy as np
 
 from . import __version__
 from .errors import PermanentError
+from .faults import os_fault
 from .packing import PackedCodes, Packing, pack
 
 FORMAT_NAME = "dacwatch"
@@ -277,11 +278,19 @@ class CodeSpill:
     """Code blocks appended as they come, kept in an unnamed temporary file so
     memory does not grow with the recording's length."""
 
-    def __init__(self, n_codebooks: int, channels: int, directory: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self,
+        n_codebooks: int,
+        channels: int,
+        directory: str | os.PathLike[str] | None = None,
+        file: IO[bytes] | None = None,
+    ) -> None:
+        """``file``: the unnamed file to spill into (owned from here on); by default a new
+        one in ``directory``."""
         self.n_codebooks = n_codebooks
         self.channels = channels
         self.frames = 0
-        self._file: IO[bytes] = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115 - closed by close()
+        self._file: IO[bytes] = file if file is not None else tempfile.TemporaryFile(dir=directory)  # noqa: SIM115
 
     def append(self, block: np.ndarray) -> None:
         if block.ndim != 3 or block.shape[1:] != (self.n_codebooks, self.channels):
@@ -380,21 +389,36 @@ def _regrouped(blocks: Iterator[np.ndarray], group: int) -> Iterator[np.ndarray]
 # ---------------------------------------------------------------------- reading
 
 
-def read(path: str | os.PathLike[str], mmap: bool = True) -> DacFile:
-    """Open a ``.dac`` file of any supported layout. Format 1 codes are memory-mapped."""
+Opener = Callable[[Path], BinaryIO]
+
+
+def _open_rb(path: Path) -> BinaryIO:
+    return open(path, "rb")
+
+
+def read(path: str | os.PathLike[str], mmap: bool = True, opener: Opener = _open_rb) -> DacFile:
+    """Open a ``.dac`` file of any supported layout. Format 1 codes are memory-mapped.
+
+    ``opener`` opens the file for reading (the daemon passes its file system seam). An
+    error of the system while reading (EACCES, EIO...) is no fault of the file's: it
+    comes out classified by :func:`dacwatch.faults.os_fault`, never as ContainerError."""
     path = Path(path)
-    where = str(path)
     try:
-        with open(path, "rb") as f:
-            magic = f.read(6)
+        return _read(path, mmap, opener)
     except OSError as exc:
-        raise ContainerError(f"{where}: cannot be read ({exc.strerror or exc})") from exc
+        raise os_fault(exc, f"{path}: cannot be read") from exc
+
+
+def _read(path: Path, mmap: bool, opener: Opener) -> DacFile:
+    where = str(path)
+    with opener(path) as f:
+        magic = f.read(6)
     if magic == b"\x93NUMPY":
         return _legacy(_read_dac_1_0_0, path)
     if magic[:4] != b"PK\x03\x04":
         raise ContainerError(f"{where}: not a .dac file (neither a zip container nor a DAC 1.0.0 .npy)")
     try:
-        with zipfile.ZipFile(path) as zf:
+        with opener(path) as raw, zipfile.ZipFile(raw) as zf:
             infos = {i.filename: i for i in zf.infolist()}
             if CODES_ENTRY not in infos:
                 raise ContainerError(f"{where}: has no '{CODES_ENTRY}' entry")
@@ -407,8 +431,6 @@ def read(path: str | os.PathLike[str], mmap: bool = True) -> DacFile:
             codes_info = infos[CODES_ENTRY]
     except zipfile.BadZipFile as exc:
         raise ContainerError(f"{where}: truncated or not a zip file ({exc})") from exc
-    except OSError as exc:
-        raise ContainerError(f"{where}: cannot be read ({exc})") from exc
 
     meta_array = _npy_from_bytes(meta_bytes, where, METADATA_ENTRY)
     if isinstance(meta_array, _PickledNpy):
@@ -418,10 +440,10 @@ def read(path: str | os.PathLike[str], mmap: bool = True) -> DacFile:
     metadata = Metadata.from_json(str(meta_array[()]), where)
     codes: np.ndarray | PackedCodes
     if metadata.packing is None:
-        codes = _open_codes(path, codes_info, mmap, where, dtype=np.dtype("<i2"))
+        codes = _open_codes(path, codes_info, mmap, where, dtype=np.dtype("<i2"), opener=opener)
     else:
         p, m = metadata.packing, metadata.model
-        rows = _open_codes(path, codes_info, mmap, where, dtype=np.dtype("u1"), rank=2)
+        rows = _open_codes(path, codes_info, mmap, where, dtype=np.dtype("u1"), rank=2, opener=opener)
         if rows.shape != (p.groups, p.group_bytes):
             raise ContainerError(
                 f"{where}: packed codes are {rows.shape}, the packing needs {(p.groups, p.group_bytes)}"
@@ -481,11 +503,17 @@ def _local_data_offset(f: BinaryIO, info: zipfile.ZipInfo, where: str) -> int:
 
 
 def _open_codes(
-    path: Path, info: zipfile.ZipInfo, mmap: bool, where: str, dtype: np.dtype[Any] | None, rank: int = 3
+    path: Path,
+    info: zipfile.ZipInfo,
+    mmap: bool,
+    where: str,
+    dtype: np.dtype[Any] | None,
+    rank: int = 3,
+    opener: Opener = _open_rb,
 ) -> np.ndarray:
     if info.compress_type != zipfile.ZIP_STORED:
         raise ContainerError(f"{where}: codes entry is compressed; dacwatch stores it uncompressed")
-    with open(path, "rb") as f:
+    with opener(path) as f:
         start = _local_data_offset(f, info, where)
         f.seek(start)
         try:
@@ -511,7 +539,7 @@ def _open_codes(
         return np.zeros(shape, dtype=found)
     if mmap:
         return np.memmap(path, dtype=found, mode="r", offset=data_offset, shape=shape)
-    with open(path, "rb") as f:
+    with opener(path) as f:
         f.seek(data_offset)
         return np.frombuffer(f.read(nbytes), dtype=found).reshape(shape)
 

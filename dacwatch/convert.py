@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__
+from . import __version__, fsops
 from .audio import (
     AudioError,
     AudioReader,
@@ -35,6 +35,7 @@ from .container import LOCAL_TAG, CodeSpill, DacFile, Metadata, ModelRecord
 from .container import read as read_dac
 from .container import write as write_dac
 from .errors import ModelMismatchError, ModelUnavailableError, OutOfMemoryError, PermanentError, UsageError
+from .faults import os_fault
 from .fsio import atomic_output, ensure_dir
 from .gate import DeviceGate
 from .model import (
@@ -388,36 +389,41 @@ def _encode_file(
             expected = round(measurement.frames * codec.sample_rate / info.sample_rate)
             capture = Capture(quality_spans(expected, codec.sample_rate, quality))
             blocks = capture.wrap(blocks)
-        with CodeSpill(
-            codec.n_codebooks if n_codebooks is None else n_codebooks, info.channels, output.parent
-        ) as spill:
-            for codes in encode(blocks, info.channels, n_codebooks):
-                spill.append(codes)
-            figures = None
-            if capture is not None:
-                figures = _quality(codec, spill, capture, counted.samples, quality)
-                if min_quality_db is not None and (figures.si_sdr_db or math.inf) < min_quality_db:
-                    raise PermanentError(
-                        f"{source}: does not survive this codec: {figures.describe()}, below "
-                        f"codec.min_quality {min_quality_db:g} dB"
-                    )
-            metadata = Metadata(
-                model=pool.record(spill.n_codebooks),
-                sample_rate=info.sample_rate,
-                length=measurement.frames,
-                channels=info.channels,
-                model_length=counted.samples,
-                loudness=measurement.loudness,
-                gain_db=gain,
-                dacwatch_version=__version__,
-                quality=None if figures is None else figures.as_dict(),
-            )
-            with atomic_output(output, overwrite, before_rename) as tmp:
-                with open(tmp, "wb") as f:
-                    write_dac(f, metadata, spill, code_format)
-                if written is not None:
-                    written()
-            frames = spill.frames
+        try:
+            with CodeSpill(
+                codec.n_codebooks if n_codebooks is None else n_codebooks,
+                info.channels,
+                file=fsops.temporary(output.parent),
+            ) as spill:
+                for codes in encode(blocks, info.channels, n_codebooks):
+                    spill.append(codes)
+                figures = None
+                if capture is not None:
+                    figures = _quality(codec, spill, capture, counted.samples, quality)
+                    if min_quality_db is not None and (figures.si_sdr_db or math.inf) < min_quality_db:
+                        raise PermanentError(
+                            f"{source}: does not survive this codec: {figures.describe()}, below "
+                            f"codec.min_quality {min_quality_db:g} dB"
+                        )
+                metadata = Metadata(
+                    model=pool.record(spill.n_codebooks),
+                    sample_rate=info.sample_rate,
+                    length=measurement.frames,
+                    channels=info.channels,
+                    model_length=counted.samples,
+                    loudness=measurement.loudness,
+                    gain_db=gain,
+                    dacwatch_version=__version__,
+                    quality=None if figures is None else figures.as_dict(),
+                )
+                with atomic_output(output, overwrite, before_rename) as tmp:
+                    with fsops.open_write(tmp) as f:
+                        write_dac(f, metadata, spill, code_format)
+                    if written is not None:
+                        written()
+                frames = spill.frames
+        except OSError as exc:  # the spill's disk: the reader and atomic_output classify their own
+            raise os_fault(exc, f"spilling the codes of {source} into {output.parent}") from exc
     finally:
         reader.close()
     return Result("encode", output, measurement.frames / info.sample_rate, frames, figures)
@@ -500,7 +506,7 @@ def _decode_file(
     before_rename: Check | None,
     written: Callable[[], None] | None,
 ) -> Result:
-    codec, dac = pool.bound(read_dac(source))
+    codec, dac = pool.bound(read_dac(source, opener=fsops.open_read))
     ensure_dir(output.parent)
     meta = dac.metadata
     rate = meta.sample_rate if resample else codec.sample_rate

@@ -12,38 +12,61 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import PermanentError, TransientError
+from . import fsops
+from .errors import PermanentError
+from .faults import os_fault
 from .names import fit_path
 
 TEMP_PREFIX = ".dacwatch-tmp-"
-_TRANSIENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.ENOENT, errno.EAGAIN, errno.EROFS}
 
 
 def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def os_error(exc: OSError, what: str) -> Exception:
-    """Classify an OS error met while writing: disk full and vanished folders pass; the rest is bad input."""
-    reason = exc.strerror or str(exc)
-    if exc.errno in _TRANSIENT_ERRNOS:
-        return TransientError(f"{what}: {reason}")
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return TransientError(f"{what}: permission denied")
-    return TransientError(f"{what}: {reason}") if exc.errno == errno.ENOTDIR else PermanentError(f"{what}: {reason}")
+    fsops.fsync_path(path)
 
 
 def ensure_dir(path: Path) -> Path:
     """Create ``path`` (and parents) or raise a classified error naming it."""
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        fsops.mkdir(path)
     except OSError as exc:
-        raise os_error(exc, f"cannot create {path}") from exc
+        raise os_fault(exc, f"cannot create {path}") from exc
     return path
+
+
+def discard(path: Path) -> None:
+    """Remove what we made at ``path`` after a failure, if it is there. Not a call of the
+    seam: a cleanup is not work an injected fault should refuse (a full disk still
+    unlinks), and a real failure leaves a temporary name, swept at startup."""
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def temp_beside(final: Path) -> Path:
+    """A fresh temporary name in ``final``'s folder, for what becomes ``final``."""
+    return temp_name(final, secrets.token_hex(6))
+
+
+def move_across(source: Path, target: Path) -> None:
+    """Move the regular file ``source`` to ``target`` on another file system, durably:
+    copy to a temporary name beside ``target``, fsync, link it to ``target`` (never
+    clobbering), fsync the folder, and only then unlink ``source``. Any failure leaves
+    ``source`` where it was and no copy under either name; errors come out classified."""
+    tmp = temp_beside(target)
+    try:
+        fsops.copy(source, tmp)
+        fsops.link(tmp, target)
+    except OSError as exc:
+        discard(tmp)
+        raise os_fault(exc, f"copying {source} to {target}") from exc
+    discard(tmp)
+    try:
+        fsync_dir(target.parent)
+        fsops.unlink(source)
+    except OSError as exc:
+        discard(target)  # the source is still whole where it was: keep one copy only
+        raise os_fault(exc, f"moving {source} to {target}") from exc
+    with contextlib.suppress(OSError):
+        fsync_dir(source.parent)
 
 
 @contextlib.contextmanager
@@ -58,33 +81,29 @@ def atomic_output(
     The temporary name is a dotfile with our prefix (the watcher ignores it
     and startup sweeps leftovers); data and folder are fsynced so a crash
     leaves either the old state or the complete file under the final name.
+    Any error of the file system, in the body or here, comes out classified
+    (:func:`dacwatch.faults.os_fault`) with the temporary file removed.
     """
     ensure_dir(final.parent)
     tmp = temp_name(final, secrets.token_hex(6))
     try:
         yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsops.fsync_path(tmp)
         if before_rename is not None:
             before_rename()
         if overwrite:
-            os.replace(tmp, final)
+            fsops.replace(tmp, final)
         else:
-            os.link(tmp, final)  # fails if final exists: never clobber
-            os.unlink(tmp)
+            fsops.link(tmp, final)  # fails if final exists: never clobber
+            discard(tmp)  # final is whole already; a leftover second name is swept at startup
         fsync_dir(final.parent)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if exc.errno == errno.EEXIST:
+        discard(tmp)
+        if exc.errno == errno.EEXIST and not overwrite:
             raise PermanentError(f"{final} already exists") from exc
-        raise os_error(exc, f"writing {final}") from exc
+        raise os_fault(exc, f"writing {final}") from exc
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        discard(tmp)
         raise
 
 

@@ -49,6 +49,12 @@ class Metrics:
             "When the background scrub last finished a pass over the outbox (Unix time)",
             registry=r,
         )
+        self.faults = Counter(
+            "dacwatch_faults",
+            "Failures that kept the file (retried or given up), by class (moment, bug, config) and reason (ENOSPC...)",
+            ["fault", "reason"],
+            registry=r,
+        )
         self.out_of_memory = Counter("dacwatch_out_of_memory", "Out-of-memory events", ["device"], registry=r)
         self.queue = Gauge("dacwatch_queue_jobs", "Jobs in the queue by status (every node's)", ["status"], registry=r)
         self.running = Gauge("dacwatch_running_jobs", "Jobs this daemon is converting now", registry=r)

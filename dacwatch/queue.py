@@ -498,6 +498,12 @@ class BaseQueue:
                 "ORDER BY finished_at DESC LIMIT ?",
                 (failures,),
             ).fetchall()
+            # Faults of the moment: queued again, with why, until they clear or are given up.
+            waiting = db.execute(
+                "SELECT path, attempts, last_error, not_before FROM jobs "
+                "WHERE status = 'queued' AND last_error IS NOT NULL ORDER BY not_before LIMIT ?",
+                (failures,),
+            ).fetchall()
         # Names shown, never stored: printable (bytes that are not UTF-8 as \\xe9).
         return {
             "counts": self.counts(),
@@ -523,6 +529,9 @@ class BaseQueue:
                 "done_recently": int(recent["b"]),
                 "since_s": min(window_s, now - recent["first"]) if recent["first"] is not None else None,
             },
+            "retrying": [
+                dict(r) | {"path": printable(name_str(r["path"])), "not_before": _iso(r["not_before"])} for r in waiting
+            ],
         }
 
 

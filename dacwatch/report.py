@@ -187,6 +187,7 @@ def build(
         "counts": q["counts"],
         "running": running,
         "recent_failures": failures,
+        "retrying": q.get("retrying", []),  # faults of the moment: kept, retried, with why
         "recent_done": done,
         "hosts": sorted(hosts.values(), key=lambda h: str(h["node"])),
         "throughput": {
@@ -258,6 +259,10 @@ def text(report: dict[str, Any], failures: int = 10) -> list[str]:
         if job.get("progress") is not None:
             line += f" {job['progress']:.0%}, {duration(job['eta_s'])} left"
         lines.append(line)
+    lines += [
+        f"retrying: {job['path']}: {job['last_error']} (attempt {job['attempts']}, next at {job['not_before']})"
+        for job in report.get("retrying", [])
+    ]
     lines += [f"failed: {job['path']}: {job['last_error']}" for job in report["recent_failures"][:failures]]
     return lines
 

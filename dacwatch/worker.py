@@ -9,11 +9,10 @@ job without counting the attempt.
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import json
 import os
-import shutil
+import stat
 import threading
 import time
 import traceback
@@ -22,20 +21,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import __version__
+from . import __version__, fsops
 from .audio import OutputFormat, check_regular_file
 from .config import Settings
 from .convert import CodecPool, CodecSettings, Result, decode_file, encode_file
 from .errors import (
     ConfigError,
     ModelMismatchError,
-    ModelUnavailableError,
     OutOfMemoryError,
     PermanentError,
     SourceChanged,
     TransientError,
 )
-from .fsio import Identity, atomic_output, ensure_dir, folds_case, identity, mirror, temp_name, within
+from .faults import Fault, FileSystemFault, classify, crosses_devices, label, os_fault
+from .fsio import (
+    Identity,
+    atomic_output,
+    discard,
+    ensure_dir,
+    folds_case,
+    identity,
+    mirror,
+    move_across,
+    temp_name,
+    within,
+)
 from .metrics import Metrics
 from .model import ModelSpec
 from .names import fit_path, output_candidates, printable
@@ -266,7 +276,10 @@ class Worker(threading.Thread):
                 if self._finished_elsewhere(job, source) is None and self._queue_call(
                     self.queue.holds, job.id, job.lease
                 ):
-                    drop_output(result.output, mine)
+                    # Whole, of the earlier version; if it cannot go now, the new
+                    # version's own job replaces it.
+                    with contextlib.suppress(OSError):
+                        drop_output(result.output, mine)
                 raise
             self._dispose(source, job.identity)
             crash_point("after_dispose")
@@ -340,8 +353,15 @@ class Worker(threading.Thread):
         return None
 
     def _version(self, path: Path) -> Identity:
-        """The identity of ``path`` as the queue compares it (without the inode when shared)."""
-        return self.queue.version(identity(path))
+        """The identity of ``path`` as the queue compares it (without the inode when shared).
+        A file that is gone raises FileNotFoundError (callers act on it); any other error
+        of the system comes out classified."""
+        try:
+            return self.queue.version(identity(path))
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise os_fault(exc, f"cannot look at {path}") from exc
 
     def _still_there(self, job: Job, source: Path) -> bool:
         """The job's exact file is still in the inbox; otherwise forget the job."""
@@ -446,9 +466,11 @@ class Worker(threading.Thread):
     def _settle(self, job: Job, source: Path, exc: Exception, wall: float) -> None:
         """The one place where a failure becomes quarantine, retry or giving up.
 
-        Only the file's own faults (:class:`PermanentError`) quarantine it. Faults of
-        the moment (out of memory, disk full, a model not available now) are retried
-        with backoff; so is anything unexpected (a bug, a configuration the checks
+        :func:`dacwatch.faults.classify` names the class. Only the file's own faults
+        quarantine it. Faults of the moment (out of memory, any error of the file
+        system: disk full, read-only, permissions, a folder at the output's name; a
+        model not available now) are retried with backoff and counted in
+        ``dacwatch_faults``; so is anything unexpected (a bug, a configuration the checks
         missed), which is logged with its traceback. After ``retry.max_attempts`` the
         job gives up and the file stays where it is (``dacwatch retry`` takes it up
         again); several unexpected failures in a row stop this worker.
@@ -466,19 +488,23 @@ class Worker(threading.Thread):
                 self._record(self.queue.retry_later, job.id, error, 0.0, False)
                 self.log.info("job.retry_scheduled", delay_s=0.0, transient=True, **fields)
                 return
-        if isinstance(exc, PermanentError):
-            self.unexpected_in_a_row = 0
-            self._quarantine_job(job, source, error, fields)
-            return
         if isinstance(exc, ModelMismatchError):  # the host's weights, not the file: retrying cannot help
             self.unexpected_in_a_row = 0
             self._record(self.queue.fail, job.id, f"gave up: {error}")
             self._count(source, "gave_up")
             self.log.error("job.gave_up", kept=str(source), transient=False, **fields)
             return
-        transient = isinstance(exc, (TransientError, ModelUnavailableError))
+        fault = classify(exc)
+        if fault is Fault.FILE:
+            self.unexpected_in_a_row = 0
+            self._quarantine_job(job, source, error, fields)
+            return
+        transient = fault is Fault.MOMENT
+        self._fault(exc)
         if transient:
             self.unexpected_in_a_row = 0
+            if isinstance(exc, OSError):  # a call outside the seam: classified here, but say where
+                self.log.warning("job.unclassified_os_error", exc_info=exc, **fields)
         else:
             self.unexpected_in_a_row += 1
             self.log.error("job.unexpected_error", exc_info=exc, in_a_row=self.unexpected_in_a_row, **fields)
@@ -489,15 +515,30 @@ class Worker(threading.Thread):
             return
         delay = s.retry.delay(job.attempts)
         self._record(self.queue.retry_later, job.id, error, delay)
-        self.log.warning("job.retry_scheduled", delay_s=delay, transient=transient, **fields)
+        self.log.warning("job.retry_scheduled", delay_s=delay, transient=transient, fault=label(exc), **fields)
+
+    def _fault(self, exc: BaseException) -> None:
+        """Count a failure that kept the file, by its class and label (``ENOSPC``)."""
+        if self.metrics is not None:
+            self.metrics.faults.labels(classify(exc).name.lower(), label(exc)).inc()
 
     def _quarantine_job(self, job: Job, source: Path, error: str, fields: dict[str, Any]) -> None:
         try:
             note = self.quarantine(source, error, job.attempts)
-        except TransientError as move_exc:
+        except Exception as move_exc:
+            # Whatever stops the move (a full or read-only failed/, a name too long, a
+            # special file that cannot cross file systems, a bug), the file stays where
+            # it is and the worker serves on: retried later, then given up, never lost.
+            why = f"{error}; quarantine failed: {' '.join(str(move_exc).split())}"
+            self._fault(move_exc)
+            if job.attempts >= self.settings.retry.max_attempts:
+                self._record(self.queue.fail, job.id, f"gave up after {job.attempts} attempts: {why}")
+                self._count(source, "gave_up")
+                self.log.error("job.gave_up", kept=str(source), transient=True, **{**fields, "error": why})
+                return
             delay = self.settings.retry.delay(job.attempts)
-            self._record(self.queue.retry_later, job.id, f"{error}; quarantine failed: {move_exc}", delay)
-            self.log.error("job.quarantine_failed", **fields)
+            self._record(self.queue.retry_later, job.id, why, delay)
+            self.log.error("job.quarantine_failed", delay_s=delay, **{**fields, "error": why})
             return
         # Where this version went (x.1.wav when x.wav was taken), for retry.
         away = os.path.relpath(note.with_name(note.name.removesuffix(".error.json")), self.settings.failed)
@@ -517,14 +558,26 @@ class Worker(threading.Thread):
             # loses its data to the unlink.
             aside = temp_name(source, "delete")
             try:
-                os.rename(source, aside)
+                fsops.rename(source, aside)
             except FileNotFoundError:
                 return
-            if self._version(aside) != job_identity:
+            except OSError as exc:
+                raise os_fault(exc, f"cannot delete {source}") from exc
+            why: Exception
+            try:
+                if self._version(aside) == job_identity:
+                    fsops.unlink(aside)
+                    return
+                why = SourceChanged(f"{source} changed as it was to be deleted")
+            except OSError as exc:
+                why = os_fault(exc, f"cannot delete {source}")
+            except TransientError as exc:
+                why = exc
+            # Back under its name, kept (a hidden name would be swept at startup). Not a
+            # call of the seam: undoing our own rename is no work a fault should refuse.
+            with contextlib.suppress(OSError):
                 os.rename(aside, source)
-                raise SourceChanged(f"{source} changed as it was to be deleted")
-            aside.unlink()
-            return
+            raise why
         move_within(source, unique(mirror(source, s.inbox, s.done)))
 
     def quarantine(self, source: Path, error: str, attempts: int) -> Path:
@@ -539,10 +592,14 @@ class Worker(threading.Thread):
             "attempts": attempts,
             "dacwatch_version": __version__,
         }
-        with atomic_output(note) as tmp:
-            tmp.write_text(json.dumps(body, indent=2) + "\n")
-        if os.path.lexists(source):
-            move_within(source, target)
+        with atomic_output(note) as tmp, fsops.open_write(tmp) as f:
+            f.write((json.dumps(body, indent=2) + "\n").encode())
+        try:
+            if os.path.lexists(source):
+                move_within(source, target)
+        except BaseException:
+            discard(note)  # no note for a file that is not there
+            raise
         return note
 
 
@@ -583,7 +640,7 @@ def drop_output(path: Path, mine: Identity | None) -> bool:
     if mine is None or output_identity(path) != mine:
         return False
     with contextlib.suppress(FileNotFoundError):
-        path.unlink()
+        fsops.unlink(path)
     return True
 
 
@@ -604,17 +661,25 @@ def unique(path: Path) -> Path:
 
 
 def move_within(source: Path, target: Path) -> None:
-    """Rename ``source`` to ``target`` (same file system) without ever opening it;
-    across file systems only regular files are copied."""
+    """Rename ``source`` to ``target`` without ever opening it; across file systems a
+    regular file is copied durably (:func:`~dacwatch.fsio.move_across`), a special file
+    cannot be (a fault of the moment: the folders' layout, not the file, is at fault)."""
     ensure_dir(target.parent)
     try:
-        os.rename(source, target)
+        fsops.rename(source, target)
+        return
     except OSError as exc:
-        if exc.errno != errno.EXDEV:
-            raise TransientError(f"cannot move {source} to {target}: {exc.strerror}") from exc
-        if not source.is_file() or source.is_symlink():
-            raise PermanentError(f"cannot move the special file {source} across file systems") from exc
-        shutil.move(str(source), str(target))
+        if not crosses_devices(exc):
+            raise os_fault(exc, f"cannot move {source} to {target}") from exc
+        try:
+            regular = stat.S_ISREG(os.lstat(source).st_mode)
+        except OSError as gone:
+            raise os_fault(gone, f"cannot move {source}") from gone
+        if not regular:
+            raise FileSystemFault(
+                f"cannot move the special file {source} to {target}: another file system (EXDEV)", "EXDEV"
+            ) from exc
+    move_across(source, target)
 
 
 def retry(settings: Settings, queue: BaseQueue, path: str | None) -> tuple[int, int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -10,10 +11,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import soundfile as sf
 
 from dacwatch.fsio import TEMP_PREFIX
@@ -25,6 +27,50 @@ def wav(path: Path, seconds: float = 0.5, rate: int = 16000, channels: int = 1) 
     """A WAV of sine tones at ``path`` (folders made as needed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(path), tone(rate, seconds, channels), rate, subtype="PCM_16")
+    return path
+
+
+def make_dac(path: Path, weights: Path, seconds: float, rate: int = 16000) -> Path:
+    """A real ``.dac`` at ``path`` of ``seconds`` of tones, made with the network at ``weights``."""
+    from dacwatch.convert import CodecPool, CodecSettings, encode_file
+    from dacwatch.model import ModelSpec
+
+    pool = CodecPool(ModelSpec(weights=weights), CodecSettings("cpu", 2.0, None, 8))
+    source = wav(path.with_name(path.stem + ".source.wav"), seconds=seconds, rate=rate)
+    try:
+        return encode_file(pool, source, path).output
+    finally:
+        source.unlink()
+
+
+@contextlib.contextmanager
+def tmpfs(mount: Path, size: str = "512k", fill: bool = False) -> Iterator[Path]:
+    """A real small file system at ``mount`` (made if missing; CI runs as root), optionally
+    filled to its last block; skips the test where mounting is not allowed."""
+    mount.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({proc.stderr.strip()})")
+    try:
+        if fill:
+            fill_up(mount / ".filler")
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill_up(path: Path) -> Path:
+    """Write zeros to ``path`` until its file system is full to the last block."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
     return path
 
 

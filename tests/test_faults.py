@@ -25,11 +25,12 @@ import soundfile as sf
 
 from dacwatch.container import read
 from dacwatch.errors import PermanentError
-from dacwatch.fsio import mirror
+from dacwatch.fsio import TEMP_PREFIX, mirror
 from dacwatch.queue import JobQueue
 
 from .conftest import tone
-from .daemon import Daemon, wav
+from .daemon import Daemon, fill_up, make_dac, tmpfs, wav
+from .test_metrics import scrape
 
 
 def outcomes(d: Daemon) -> dict[str, str]:
@@ -74,27 +75,12 @@ def test_kill_9_at_random_points_during_50_conversions(daemon: Daemon, tmp_path:
 
 @pytest.fixture
 def small_outbox(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "outbox"
-    mount.mkdir()
-    proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)], capture_output=True, text=True, check=False
-    )
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({proc.stderr.strip()})")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    with tmpfs(tmp_path / "outbox") as mount:
+        yield mount
 
 
 def test_disk_full_is_retried_and_recovers_when_space_returns(daemon: Daemon, small_outbox: Path) -> None:
-    filler = small_outbox / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
-    try:  # fill it to the last block
-        while True:
-            os.write(fd, b"\0" * 4096)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    filler = fill_up(small_outbox / "filler")
     daemon.start().ready()
     wav(daemon.inbox / "a.wav", seconds=2.0)
     daemon.wait_event("job.retry_scheduled", 2)
@@ -105,6 +91,200 @@ def test_disk_full_is_retried_and_recovers_when_space_returns(daemon: Daemon, sm
     daemon.wait_event("job.done")
     assert read(small_outbox / "a.dac").metadata.length == 32000
     assert daemon.events("job.failed") == [] and daemon.stop() == 0
+
+
+# Issue #20 section 2: a fault at the file system never stops the daemon and never
+# quarantines good audio. Each test below reproduces one reviewer's report on real
+# small file systems (tmpfs: CI runs as root) or through the seam's DACWATCH_FAULT.
+
+SURVIVING = 30  # attempts: long enough to put the fault right while it is retried
+
+
+def healthy(d: Daemon) -> None:
+    """No failure that kept a file was treated as a bug, and every worker still serves."""
+    for name in ("job.unexpected_error", "job.unclassified_os_error", "worker.stopped", "worker.crashed"):
+        assert d.events(name) == [], (name, d.events(name))
+    assert d.proc is not None and d.proc.poll() is None
+
+
+def final_names(folder: Path) -> list[str]:
+    """What ``folder`` holds under final names (a retry in flight may hold a temporary one)."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith(TEMP_PREFIX))
+
+
+@pytest.fixture(scope="module")
+def small_dac(tmp_path_factory: pytest.TempPathFactory, tiny_weights: Path) -> Path:
+    """A 2 s 44.1 kHz ``.dac`` of the daemon's network (decodes to 353 kB of float WAV)."""
+    return make_dac(tmp_path_factory.mktemp("dac") / "talk.dac", tiny_weights, 2.0, rate=44100)
+
+
+@pytest.mark.parametrize("daemon", [{"retry__max_attempts": SURVIVING}], indirect=True)
+def test_a_full_outbox_is_a_fault_of_the_moment_for_encoding_and_decoding(
+    daemon: Daemon, tmp_path: Path, small_dac: Path
+) -> None:
+    """30 s into a full outbox (the codes spill beside the output: a raw ENOSPC
+    stopped the worker) and a decode into it (libsndfile's own error): retried with
+    ENOSPC named, files kept, then both converted once space returns."""
+    with tmpfs(daemon.outbox, "1m", fill=True) as outbox:
+        daemon.start().ready()
+        wav(daemon.inbox / "talk.wav", seconds=30.0, rate=8000)
+        shutil.copy(small_dac, daemon.inbox / "back.dac")
+        daemon.wait_for(
+            lambda: (
+                {e["source"] for e in daemon.events("job.retry_scheduled") if e.get("attempts", 0) >= 2}
+                >= {str(daemon.inbox / "talk.wav"), str(daemon.inbox / "back.dac")}
+            ),
+            what="both retried twice",
+        )
+        for event in daemon.events("job.retry_scheduled"):
+            assert event["transient"] and event["fault"] == "ENOSPC", event
+            assert "No space left" in event["error"]
+        healthy(daemon)
+        assert (daemon.inbox / "talk.wav").exists() and (daemon.inbox / "back.dac").exists()
+        assert final_names(outbox) == [".filler"]
+        (outbox / ".filler").unlink()
+        daemon.wait_event("job.done", 2)
+        assert read(outbox / "talk.dac").metadata.length == 240000
+        assert sf.info(str(outbox / "back.wav")).frames == 88200
+        healthy(daemon)
+        assert daemon.events("job.failed") == [] and daemon.stop() == 0
+
+
+def test_the_cli_decoding_onto_a_full_disk_says_so_in_one_line(
+    tmp_path: Path, small_dac: Path, tiny_weights: Path
+) -> None:
+    """It raised libsndfile's own error with a traceback; now one sentence, exit 1, and
+    nothing under the output's name."""
+    with tmpfs(tmp_path / "full", "256k", fill=True) as full:
+        command = [sys.executable, "-m", "dacwatch", "decode", str(small_dac), str(full / "talk.wav")]
+        proc = subprocess.run(
+            [*command, "--weights", str(tiny_weights)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert proc.returncode == 1, proc.stderr
+        assert "Traceback" not in proc.stderr and "No space left on device (ENOSPC)" in proc.stderr, proc.stderr
+        assert sorted(p.name for p in full.iterdir()) == [".filler"]
+
+
+@pytest.mark.parametrize("daemon", [{"retry__max_attempts": SURVIVING}], indirect=True)
+def test_a_read_only_outbox_is_a_fault_of_the_moment(daemon: Daemon, tmp_path: Path, small_dac: Path) -> None:
+    with tmpfs(daemon.outbox, "4m") as outbox:
+        subprocess.run(["mount", "-o", "remount,ro", str(outbox)], check=True)
+        daemon.start().ready()
+        wav(daemon.inbox / "talk.wav", seconds=1.0)
+        shutil.copy(small_dac, daemon.inbox / "back.dac")
+        daemon.wait_for(
+            lambda: len({e["source"] for e in daemon.events("job.retry_scheduled")}) == 2, what="both retried"
+        )
+        assert {e["fault"] for e in daemon.events("job.retry_scheduled")} == {"EROFS"}
+        healthy(daemon)
+        subprocess.run(["mount", "-o", "remount,rw", str(outbox)], check=True)
+        daemon.wait_event("job.done", 2)
+        assert (outbox / "talk.dac").exists() and (outbox / "back.wav").exists()
+        healthy(daemon)
+        assert daemon.events("job.failed") == [] and daemon.stop() == 0
+
+
+def test_a_failed_quarantine_keeps_the_file_and_the_worker(daemon: Daemon) -> None:
+    """A FIFO cannot be moved to a failed/ on another file system, a note whose name the
+    file system refuses (ENAMETOOLONG, injected on the note's rename) cannot be written,
+    and a failed/sub that is a symlink out of failed/ is refused: each job is retried, then given up with the file kept where it was; the
+    workers live on, no job is left running, and bad files that can move still do."""
+    with tmpfs(daemon.failed, "1m"):
+        os.mkfifo(daemon.inbox / "pipe.wav")
+        (daemon.inbox / "long-note.wav").write_text("not audio\n" * 50)
+        (daemon.inbox / "text.wav").write_text("not audio either\n" * 50)
+        (daemon.inbox / "sub").mkdir()  # failed/sub leads out of failed/: mirror() refuses it
+        (daemon.inbox / "sub" / "escape.wav").write_text("not audio\n" * 50)
+        (daemon.root / "elsewhere").mkdir()
+        os.symlink(daemon.root / "elsewhere", daemon.failed / "sub")
+        daemon.start(env={"DACWATCH_FAULT": "replace:ENAMETOOLONG:always:long-note.wav.error.json"}).ready()
+        daemon.wait_event("job.gave_up", 3)
+        daemon.wait_event("job.failed")
+        wav(daemon.inbox / "after.wav")
+        daemon.wait_event("job.done")
+        healthy(daemon)
+        gave_up = {e["source"]: e["error"] for e in daemon.events("job.gave_up")}
+        assert "cannot move the special file" in gave_up[str(daemon.inbox / "pipe.wav")]
+        assert "File name too long" in gave_up[str(daemon.inbox / "long-note.wav")]
+        assert "would escape" in gave_up[str(daemon.inbox / "sub" / "escape.wav")]
+        assert (daemon.inbox / "pipe.wav").is_fifo() and (daemon.inbox / "long-note.wav").exists()
+        assert (daemon.inbox / "sub" / "escape.wav").exists() and list((daemon.root / "elsewhere").iterdir()) == []
+        assert sorted(p.name for p in daemon.failed.iterdir()) == ["sub", "text.wav", "text.wav.error.json"]
+        assert daemon.stop() == 0
+    with JobQueue(daemon.state / "queue.sqlite3") as q:
+        assert q.counts()["running"] == 0
+
+
+@pytest.mark.parametrize("daemon", [{"retry__max_attempts": SURVIVING}], indirect=True)
+def test_a_move_to_a_full_done_on_another_file_system_leaves_the_source_whole(daemon: Daemon) -> None:
+    """done/ on a full tmpfs: the cross-device move (copy, fsync, link, fsync, unlink)
+    fails with nothing under any name in done/ (64 KiB tmpfs: a truncated talk.wav and empty
+    talk.1.wav, talk.2.wav), the source untouched; with space back it is moved whole."""
+    with tmpfs(daemon.done, "256k", fill=True) as done:
+        source = wav(daemon.inbox / "talk.wav", seconds=4.0)
+        original = source.read_bytes()
+        assert 64 * 1024 < len(original) < 200 * 1024
+        daemon.start().ready()
+        daemon.wait_event("job.retry_scheduled", 2)
+        assert {e["fault"] for e in daemon.events("job.retry_scheduled")} == {"ENOSPC"}
+        assert source.read_bytes() == original
+        assert final_names(done) == [".filler"]
+        healthy(daemon)
+        (done / ".filler").unlink()
+        daemon.wait_event("job.done")
+        assert sorted(p.name for p in done.iterdir()) == ["talk.wav"]
+        assert (done / "talk.wav").read_bytes() == original and not source.exists()
+        assert daemon.temp_files() == [] and daemon.stop() == 0
+
+
+@pytest.mark.parametrize(
+    "daemon", [{"retry__max_attempts": SURVIVING, "metrics__listen": "127.0.0.1:0"}], indirect=True
+)
+def test_a_folder_at_the_output_name_keeps_the_source_and_says_why(daemon: Daemon) -> None:
+    """Not the source's fault: retried and kept, and said so in the log, in ``dacwatch
+    status`` and in the ``dacwatch_faults`` metric."""
+    (daemon.outbox / "talk.dac").mkdir(parents=True)
+    wav(daemon.inbox / "talk.wav")
+    daemon.start().ready()
+    daemon.wait_event("job.retry_scheduled", 2)
+    assert "Is a directory" in daemon.events("job.retry_scheduled")[0]["error"]
+    assert daemon.events("job.failed") == [] and (daemon.inbox / "talk.wav").exists()
+    healthy(daemon)
+
+    seen: list[str] = []
+
+    def retrying() -> bool:
+        command = [sys.executable, "-m", "dacwatch", "status", "--config", str(daemon.config)]
+        seen.append(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+        return "retrying: talk.wav: " in seen[-1]
+
+    daemon.wait_for(retrying, what="the retry in dacwatch status")
+    assert "Is a directory (EISDIR)" in seen[-1], seen[-1]
+    metrics = scrape(daemon.events("metrics.serving")[0]["url"])
+    assert metrics[("dacwatch_faults_total", (("fault", "moment"), ("reason", "EISDIR")))] >= 2
+    (daemon.outbox / "talk.dac").rmdir()
+    daemon.wait_event("job.done")
+    assert read(daemon.outbox / "talk.dac").metadata.length == 8000
+    assert daemon.stop() == 0
+
+
+def test_a_source_the_daemon_may_not_read_is_kept_not_quarantined(daemon: Daemon, small_dac: Path) -> None:
+    """EACCES on opening the source (injected: CI runs as root, whom permissions never
+    stop) is not the content's fault: retried, given up, kept; never "not audio"."""
+    wav(daemon.inbox / "secret.wav")
+    shutil.copy(small_dac, daemon.inbox / "secret.dac")
+    daemon.start(env={"DACWATCH_FAULT": "open:EACCES:always:/inbox/secret."}).ready()
+    daemon.wait_event("job.gave_up", 2)
+    assert {e["fault"] for e in daemon.events("job.retry_scheduled")} == {"EACCES"}
+    assert daemon.events("job.failed") == [] and list(daemon.failed.iterdir()) == []
+    assert (daemon.inbox / "secret.wav").exists() and (daemon.inbox / "secret.dac").exists()
+    wav(daemon.inbox / "after.wav")
+    daemon.wait_event("job.done")
+    healthy(daemon)
+    assert daemon.stop() == 0
 
 
 def test_output_folder_removed_while_running(daemon: Daemon) -> None:
