@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
 
-    from dacwatch.model import full_size_model, tiny_model
+    from dacwatch.codec.model import full_size_model, tiny_model
 
     work = Path(tempfile.mkdtemp(prefix="dacwatch-bench-"))
     weights = args.weights

@@ -58,7 +58,7 @@ class _Sampler:
 def _load(spec: dict[str, Any], prepared: bool = True) -> Any:
     from dac.model import DAC
 
-    from dacwatch.model import prepare_model
+    from dacwatch.codec.model import prepare_model
 
     model = DAC.load(spec["weights"]).eval()
     model.requires_grad_(False)
@@ -98,8 +98,8 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             np.save(spec["output"], result)
     elif task in ("encode_file", "decode_file"):
         from dacwatch.audio import OutputFormat
+        from dacwatch.codec.model import ModelSpec
         from dacwatch.convert import CodecPool, CodecSettings, decode_file, encode_file
-        from dacwatch.model import ModelSpec
 
         pool = CodecPool(
             ModelSpec(weights=Path(spec["weights"])),
@@ -132,7 +132,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _work(task: str, spec: dict[str, Any], model: Any, data: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
-    from dacwatch.codec import ChunkedCodec
+    from dacwatch.codec.chunked import ChunkedCodec
 
     from . import seed_reference
 
@@ -176,7 +176,7 @@ def _work(task: str, spec: dict[str, Any], model: Any, data: np.ndarray) -> tupl
         if approach == "dac_chunks":
             # DAC 1.0.0's decompress loop without its loudness step, on the same codes
             # as everyone else, to measure how far its chunking is from a whole pass.
-            from dacwatch.model import layer_padding
+            from dacwatch.codec.model import layer_padding
 
             chunk = int(spec["chunk_length"])
             rows = torch.from_numpy(data.transpose(2, 1, 0).astype(np.int64)).to(device)
@@ -189,7 +189,7 @@ def _work(task: str, spec: dict[str, Any], model: Any, data: np.ndarray) -> tupl
 
 
 def _sweep(spec: dict[str, Any]) -> dict[str, Any]:
-    from dacwatch.codec import ChunkedCodec
+    from dacwatch.codec.chunked import ChunkedCodec
 
     model = _load(spec)
     data = np.load(spec["input"])
@@ -217,7 +217,7 @@ def _precision(spec: dict[str, Any]) -> dict[str, Any]:
     """Each precision on ``device`` against float32 on the CPU (the exact reference):
     speed, frames whose codes differ, chunked against whole-file on the device, and
     the decode's SNR. ``float32-nocudnn`` is float32 with cuDNN off (diagnostic)."""
-    from dacwatch.codec import ChunkedCodec
+    from dacwatch.codec.chunked import ChunkedCodec
 
     device = spec.get("device", "cpu")
     data = np.load(spec["input"])

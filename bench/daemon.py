@@ -224,8 +224,8 @@ def codec_only(args: argparse.Namespace, weights: Path, sources: list[Path]) -> 
     import soundfile as sf
     import torch
 
+    from dacwatch.codec.model import ModelSpec
     from dacwatch.convert import CodecPool, CodecSettings
-    from dacwatch.model import ModelSpec
 
     pool = CodecPool(ModelSpec(weights=weights), CodecSettings(args.device, precision=args.precision))
     codec = pool.codec()
@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=bench.RESULTS)
     args = p.parse_args(argv)
 
-    from dacwatch.model import full_size_model, tiny_model
+    from dacwatch.codec.model import full_size_model, tiny_model
 
     work = Path(tempfile.mkdtemp(prefix="dacwatch-bench-daemon-"))
     try:

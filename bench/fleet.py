@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.device, args.tiny, args.weights, args.precision = "cpu", True, None, "float32"
 
-    from dacwatch.model import tiny_model
+    from dacwatch.codec.model import tiny_model
 
     work = Path(tempfile.mkdtemp(prefix="dacwatch-bench-fleet-"))
     server = None

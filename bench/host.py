@@ -122,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from dacwatch.codec.model import ModelSpec, tiny_model
     from dacwatch.convert import CodecPool, CodecSettings
-    from dacwatch.model import ModelSpec, tiny_model
 
     torch.set_num_threads(1)
     args.device, args.tiny, args.weights = "cpu", True, None  # for the run header

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=bench.RESULTS)
     args = p.parse_args(argv)
 
-    from dacwatch.model import full_size_model
+    from dacwatch.codec.model import full_size_model
 
     names = {py: versions(py) for py in args.python}
     rows: dict[str, dict[str, list[float]]] = {py: {"encode": [], "decode": []} for py in args.python}

@@ -41,7 +41,7 @@ def _timed(device: torch.device, work: Any) -> tuple[Any, float]:
 def profile_codec(model: Any, device: torch.device, audio: np.ndarray, precision: str, top: int) -> list[str]:
     from torch.profiler import ProfilerActivity, profile
 
-    from dacwatch.codec import ChunkedCodec
+    from dacwatch.codec.chunked import ChunkedCodec
 
     codec = ChunkedCodec(model, device, precision=precision)
     codes = codec.encode(audio)  # untimed first pass
@@ -76,7 +76,7 @@ def profile_codec(model: Any, device: torch.device, audio: np.ndarray, precision
 def snake_variants(device: torch.device) -> list[str]:
     from dac.nn.layers import snake as dac_snake
 
-    from dacwatch.kernels import snake
+    from dacwatch.codec.kernels import snake
 
     # An encoder window batch's first stage on a GPU (16 windows of 10 s); one 1 s window on a CPU.
     shape = (16, 64, 441000) if device.type == "cuda" else (1, 64, 44100)
@@ -97,8 +97,8 @@ def snake_variants(device: torch.device) -> list[str]:
 
 def benchmark_mode(model: Any, device: torch.device, audio: np.ndarray) -> list[str]:
     """float32 with cuDNN benchmark mode on (deterministic algorithms only): faster? still exact?"""
-    from dacwatch import codec as codec_module
-    from dacwatch.codec import ChunkedCodec
+    from dacwatch.codec import chunked as codec_module
+    from dacwatch.codec.chunked import ChunkedCodec
 
     lines = ["", "## float32: cuDNN benchmark mode (deterministic algorithms) against the default", ""]
     seconds = audio.shape[0] * audio.shape[1] / model.sample_rate
@@ -140,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=bench.RESULTS)
     args = p.parse_args(argv)
 
-    from dacwatch.codec import resolve_device
-    from dacwatch.model import full_size_model, prepare_model, tiny_model
+    from dacwatch.codec.chunked import resolve_device
+    from dacwatch.codec.model import full_size_model, prepare_model, tiny_model
 
     device = resolve_device(args.device)
     with warnings.catch_warnings():

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.device, args.tiny, args.weights = "cpu", True, None  # for the run header
 
-    from dacwatch.queue import JobQueue
+    from dacwatch.queue.sqlite import JobQueue
 
     work = Path(tempfile.mkdtemp(prefix="dacwatch-bench-queue-"))
     server = None
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                 server = PgServer(work / "postgres", fsync=True)
                 url = server.new_database()
         if url is not None:
-            from dacwatch.pgqueue import PostgresQueue
+            from dacwatch.queue.postgres import PostgresQueue
 
             results["postgresql"] = run(lambda node: PostgresQueue(url, node), args.jobs, args.workers)
             print("postgresql:", results["postgresql"], flush=True)

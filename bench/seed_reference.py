@@ -15,7 +15,7 @@ import math
 import numpy as np
 import torch
 
-from dacwatch.model import DacNet, encoder_receptive_field, layer_padding
+from dacwatch.codec.model import DacNet, encoder_receptive_field, layer_padding
 
 SEED_WINDOW_S = 5.0  # the seed's window (DESIGN.md's 5 s CPU figure)
 

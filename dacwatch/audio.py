@@ -21,9 +21,9 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from . import fsops
-from .errors import PermanentError
-from .faults import os_fault
+from dacwatch import fsops
+from dacwatch.errors import PermanentError
+from dacwatch.faults import os_fault
 
 BLOCK_FRAMES = 65536
 MIN_SAMPLE_RATE = 1000

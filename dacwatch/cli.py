@@ -14,9 +14,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import __version__
-from .errors import ConfigError, DacwatchError, UsageError
-from .names import printable
+from dacwatch import __version__
+from dacwatch.errors import ConfigError, DacwatchError, UsageError
+from dacwatch.names import printable
 
 AUDIO_SUFFIXES = frozenset(
     [
@@ -99,7 +99,7 @@ def _regular(path: Path) -> None:
 
 
 def _model_args(p: argparse.ArgumentParser, with_model: bool = True) -> None:
-    from .config import model_from_env
+    from dacwatch.config import model_from_env
 
     env = model_from_env()  # DACWATCH_MODEL__*, read and checked as the daemon reads them
     if with_model:
@@ -251,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         if args.command in NEEDS_STACK:
-            from .stack import require
+            from dacwatch.stack import require
 
             require()
         return handlers[args.command](args)
@@ -271,8 +271,8 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _pool(args: argparse.Namespace) -> Any:
-    from .convert import CodecPool, CodecSettings
-    from .model import ModelSpec
+    from dacwatch.codec.model import ModelSpec
+    from dacwatch.convert import CodecPool, CodecSettings
 
     spec = ModelSpec(
         getattr(args, "model_type", "44khz"),
@@ -288,7 +288,7 @@ def _pool(args: argparse.Namespace) -> Any:
         batch_size=args.batch,
         precision=args.precision,
     )
-    from .config import model_from_env
+    from dacwatch.config import model_from_env
 
     return CodecPool(spec, settings, cache_dir=model_from_env().cache_dir)
 
@@ -297,8 +297,8 @@ def _pairs(src: Path, dst: Path, wanted: Callable[[Path], bool], suffix: str) ->
     """(input, output) pairs: one for a file, the mirrored tree for a folder. Output names
     follow the daemon's rule (README, "Output names"), in sorted order: ``a.flac`` gets
     ``a.dac``, then ``a.wav`` gets ``a.wav.dac``; no two inputs share an output."""
-    from .fsio import mirror
-    from .names import output_candidates
+    from dacwatch.fsio import mirror
+    from dacwatch.names import output_candidates
 
     if not src.is_dir():
         _regular(src)
@@ -359,7 +359,7 @@ def _convert_many(
 
 
 def _encode(args: argparse.Namespace) -> int:
-    from .convert import encode_file
+    from dacwatch.convert import encode_file
 
     pool = _pool(args)
     pool.codec()  # load once, fail early with the model's own message
@@ -382,8 +382,8 @@ def _encode(args: argparse.Namespace) -> int:
 
 
 def _decode(args: argparse.Namespace) -> int:
-    from .audio import OutputFormat
-    from .convert import decode_file
+    from dacwatch.audio import OutputFormat
+    from dacwatch.convert import decode_file
 
     pool = _pool(args)
     container = args.format or (
@@ -401,7 +401,7 @@ def _decode(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from .convert import verify_file
+    from dacwatch.convert import verify_file
 
     _regular(args.input)
     report = verify_file(_pool(args), args.input, args.codebooks)
@@ -416,7 +416,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from .container import ModelRecord, read, summarize
+    from dacwatch.formats.container import ModelRecord, read, summarize
 
     _regular(args.input)
     summary = summarize(read(args.input))
@@ -450,7 +450,7 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _settings(args: argparse.Namespace) -> Any:
-    from .config import load_settings
+    from dacwatch.config import load_settings
 
     return load_settings(args.config)
 
@@ -462,18 +462,18 @@ def _run(args: argparse.Namespace) -> int:
     early: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: early.append(signum))
-    from .stack import require
+    from dacwatch.stack import require
 
     require()
-    from .service import run
+    from dacwatch.daemon.service import run
 
     status: int = run(_settings(args), early_signals=early)
     return status
 
 
 def _status(args: argparse.Namespace) -> int:
-    from .queue import open_queue
-    from .report import status_of, text
+    from dacwatch.daemon.report import status_of, text
+    from dacwatch.queue import open_queue
 
     settings = _settings(args)
     with open_queue(settings.state_db, settings.queue.url, readonly=True)[0] as queue:
@@ -493,8 +493,8 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _retry(args: argparse.Namespace) -> int:
-    from .queue import open_queue
-    from .worker import retry
+    from dacwatch.daemon.worker import retry
+    from dacwatch.queue import open_queue
 
     settings = _settings(args)
     with open_queue(settings.state_db, settings.queue.url, existing=True)[0] as queue:
@@ -514,7 +514,7 @@ def _source_key(settings: Any, path: Path) -> str:
 
 
 def _config_check(args: argparse.Namespace) -> int:
-    from .config import describe
+    from dacwatch.config import describe
 
     settings = _settings(args)
     text = describe(settings, as_json=args.json)
@@ -527,10 +527,10 @@ def _config_check(args: argparse.Namespace) -> int:
 def _check_runtime(settings: Any) -> list[str]:
     """What the file alone cannot tell: do the devices exist, and does the model (when its
     weights are on this host) have what the configuration asks of it. Raises ConfigError."""
-    from .errors import ModelUnavailableError
-    from .model import weights_path
-    from .service import resolve_devices
-    from .worker import check_against_model, make_pool, model_spec
+    from dacwatch.codec.model import weights_path
+    from dacwatch.daemon.service import resolve_devices
+    from dacwatch.daemon.worker import check_against_model, make_pool, model_spec
+    from dacwatch.errors import ModelUnavailableError
 
     devices = resolve_devices(settings.codec.devices)
     lines = [f"devices: {', '.join(devices)}"]
@@ -546,8 +546,8 @@ def _check_runtime(settings: Any) -> list[str]:
 def _scrub(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .model import fingerprint
-    from .scrub import decoder, scrub, weights_here
+    from dacwatch.codec.model import fingerprint
+    from dacwatch.scrub import decoder, scrub, weights_here
 
     pool = _pool(args)
     local = fingerprint(pool.codec().model) if args.weights is not None else None
@@ -573,7 +573,7 @@ def _scrub(args: argparse.Namespace) -> int:
 
 
 def _repack(args: argparse.Namespace) -> int:
-    from .repack import repack_tree
+    from dacwatch.repack import repack_tree
 
     outcome = repack_tree(args.paths, args.code_format, report=print)
     print(
@@ -584,7 +584,7 @@ def _repack(args: argparse.Namespace) -> int:
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from .doctor import examine
+    from dacwatch.doctor import examine
 
     settings = _settings(args) if args.config is not None or os.environ.get("DACWATCH_CONFIG") else None
     report = examine(settings, network=args.network)

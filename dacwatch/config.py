@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
-from .errors import ConfigError
+from dacwatch.errors import ConfigError
 
 DEFAULT_CONFIG = Path("/etc/dacwatch/config.toml")
 ENV_PREFIX = "DACWATCH_"
@@ -66,11 +66,11 @@ class CodecConfig(_Section):
     codebooks: int | None = Field(default=None, ge=1, le=64)
     # Files converted at once on each device: their reading, loudness pass, resampling
     # and writing overlap the device work of the others, and their windows share
-    # forward passes (dacwatch.gate). None: 2 on a CPU, 4 on a GPU.
+    # forward passes (dacwatch.codec.gate). None: 2 on a CPU, 4 on a GPU.
     jobs_per_device: int | None = Field(default=None, ge=1, le=64)
     # float32: exact (chunked equals whole-file); tf32 and bf16: faster on a GPU, by choice.
     precision: Literal["float32", "tf32", "bf16"] = "float32"
-    # A quality figure per encoded file (dacwatch.quality): "sample" decodes about 5% of
+    # A quality figure per encoded file (dacwatch.codec.quality): "sample" decodes about 5% of
     # the file to compare with the input, "full" all of it. min_quality: files whose
     # SI-SDR falls below this many dB go to failed/ with the figures (needs quality on).
     quality: Literal["off", "sample", "full"] = "off"

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__, fsops
-from .audio import (
+from dacwatch import __version__, fsops
+from dacwatch.audio import (
     AudioError,
     AudioReader,
     Measurement,
@@ -30,15 +30,9 @@ from .audio import (
     scaled,
     write_audio,
 )
-from .codec import ChunkedCodec, resolve_device
-from .container import LOCAL_TAG, CodeSpill, DacFile, Metadata, ModelRecord
-from .container import read as read_dac
-from .container import write as write_dac
-from .errors import ModelMismatchError, ModelUnavailableError, OutOfMemoryError, PermanentError, UsageError
-from .faults import os_fault
-from .fsio import atomic_output, ensure_dir
-from .gate import DeviceGate
-from .model import (
+from dacwatch.codec.chunked import ChunkedCodec, resolve_device
+from dacwatch.codec.gate import DeviceGate
+from dacwatch.codec.model import (
     ARCHITECTURE_BY_RATE,
     DacNet,
     ModelSpec,
@@ -49,8 +43,14 @@ from .model import (
     resolve_release,
     short,
 )
-from .quality import Capture, Quality, compare
-from .quality import spans as quality_spans
+from dacwatch.codec.quality import Capture, Quality, compare
+from dacwatch.codec.quality import spans as quality_spans
+from dacwatch.errors import ModelMismatchError, ModelUnavailableError, OutOfMemoryError, PermanentError, UsageError
+from dacwatch.faults import os_fault
+from dacwatch.formats.container import LOCAL_TAG, CodeSpill, DacFile, Metadata, ModelRecord
+from dacwatch.formats.container import read as read_dac
+from dacwatch.formats.container import write as write_dac
+from dacwatch.fsio import atomic_output, ensure_dir
 
 Progress = Callable[[float], None]  # called with seconds of audio done
 # (blocks at the model rate, channels, codebooks) -> code blocks [frames, codebooks, channels]
@@ -85,7 +85,7 @@ class CodecPool:
     _stack: dict[tuple[str, str, str], list[tuple[int, float, float]]] = field(default_factory=dict)
     _successes: int = 0
     # Every pass on this device goes through one gate, shared by all its networks and
-    # by every worker of the device (codec.jobs_per_device): see dacwatch.gate.
+    # by every worker of the device (codec.jobs_per_device): see dacwatch.codec.gate.
     gate: DeviceGate = field(default_factory=DeviceGate)
     generation: int = 0  # geometry changes so far (shrinks and growths)
     loads: int = 0  # networks loaded so far (for metrics)
@@ -340,7 +340,7 @@ def encode_file(
     ``before_rename`` just before the rename, which it may stop). ``encoder`` replaces the
     pool's network (bench.host measures everything around it with one that only counts frames).
     ``quality`` (``sample``, ``full``) decodes spans of the codes just made and records how
-    far they are from the input (dacwatch.quality); below ``min_quality_db`` of SI-SDR the
+    far they are from the input (dacwatch.codec.quality); below ``min_quality_db`` of SI-SDR the
     file is refused (a :class:`PermanentError` with the figures) and nothing is written."""
     try:
         return _encode_file(

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import __version__, stack
+from dacwatch import __version__, stack
 
 
 @dataclass
@@ -77,9 +77,9 @@ def _devices(report: Report) -> None:
 
 
 def _weights(report: Report, settings: Any, network: bool) -> None:
-    from .errors import ModelUnavailableError
-    from .model import resolve_release, weights_path
-    from .worker import model_spec
+    from dacwatch.codec.model import resolve_release, weights_path
+    from dacwatch.daemon.worker import model_spec
+    from dacwatch.errors import ModelUnavailableError
 
     spec = model_spec(settings)
     try:

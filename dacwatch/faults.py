@@ -24,7 +24,7 @@ from __future__ import annotations
 import enum
 import errno
 
-from .errors import (
+from dacwatch.errors import (
     ConfigError,
     DacwatchError,
     ModelMismatchError,

@@ -12,10 +12,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import fsops
-from .errors import PermanentError
-from .faults import os_fault
-from .names import fit_path
+from dacwatch import fsops
+from dacwatch.errors import PermanentError
+from dacwatch.faults import os_fault
+from dacwatch.names import fit_path
 
 TEMP_PREFIX = ".dacwatch-tmp-"
 

@@ -13,7 +13,7 @@ from typing import Any, TextIO
 
 import structlog
 
-from .names import printable
+from dacwatch.names import printable
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .container import CODE_FORMATS, ContainerError, read, write
-from .errors import DacwatchError
-from .fsio import atomic_output
-from .scrub import dac_files
+from dacwatch.errors import DacwatchError
+from dacwatch.formats.container import CODE_FORMATS, ContainerError, read, write
+from dacwatch.fsio import atomic_output
+from dacwatch.scrub import dac_files
 
 
 @dataclass

@@ -6,7 +6,7 @@ found is reported once, with the check that found it:
 - ``crc``: the zip's structure, and every entry's bytes against its CRC-32 (DAC
   1.0.0's ``.npy`` layout carries no checksum: nothing to compare);
 - ``structure``: the metadata against its schema, the codes' shape and the
-  lengths against the metadata (what :func:`dacwatch.container.read` refuses);
+  lengths against the metadata (what :func:`dacwatch.formats.container.read` refuses);
 - ``codes``: every code inside its codebook;
 - ``weights``: the weights the file names are available on this host: the
   weights file of one's own that it names exists, or its release is in the
@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from .container import ContainerError, DacFile, read
-from .errors import DacwatchError
+from dacwatch.errors import DacwatchError
+from dacwatch.formats.container import ContainerError, DacFile, read
 
 CHECKS = ("crc", "structure", "codes", "weights", "decode")
 BLOCK = 1 << 20
@@ -120,8 +120,8 @@ def weights_here(cache_dir: Path | None, local: str | None = None) -> WeightsChe
     """A check that a file's weights are available on this host (None when they are):
     for weights of one's own, ``local`` is the fingerprint of those given (``--weights``);
     a release is available when it is in the cache or known by name (fetched on first use)."""
-    from .errors import ModelUnavailableError
-    from .model import ModelSpec, resolve_release, weights_path
+    from dacwatch.codec.model import ModelSpec, resolve_release, weights_path
+    from dacwatch.errors import ModelUnavailableError
 
     def check(dac: DacFile) -> str | None:
         m = dac.metadata.model
@@ -155,7 +155,7 @@ Decoder = Callable[[DacFile, str], str | None]
 def decoder(pool: Any) -> Decoder:
     """A check that decodes a file (``full``) or three one-second excerpts (``sample``)
     with ``pool`` (:class:`dacwatch.convert.CodecPool`) and looks at the audio."""
-    from .convert import decode_excerpt
+    from dacwatch.convert import decode_excerpt
 
     def check(dac: DacFile, how: str) -> str | None:
         meta = dac.metadata

@@ -15,7 +15,7 @@ import importlib.metadata
 import sys
 from pathlib import Path
 
-from .errors import ConfigError
+from dacwatch.errors import ConfigError
 
 # The set requirements/lock.txt installs (tests/test_stack.py keeps the two in step).
 LOCKED = {"torch": "2.11.0", "torchaudio": "2.11.0"}

@@ -14,8 +14,8 @@ import soundfile as sf
 import torch
 from torch import nn
 
+from dacwatch.codec.model import prepare_model, tiny_model
 from dacwatch.config import Settings
-from dacwatch.model import prepare_model, tiny_model
 
 # Two cores: with pytest-xdist's two workers each takes one.
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)

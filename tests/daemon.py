@@ -32,8 +32,8 @@ def wav(path: Path, seconds: float = 0.5, rate: int = 16000, channels: int = 1) 
 
 def make_dac(path: Path, weights: Path, seconds: float, rate: int = 16000) -> Path:
     """A real ``.dac`` at ``path`` of ``seconds`` of tones, made with the network at ``weights``."""
+    from dacwatch.codec.model import ModelSpec
     from dacwatch.convert import CodecPool, CodecSettings, encode_file
-    from dacwatch.model import ModelSpec
 
     pool = CodecPool(ModelSpec(weights=weights), CodecSettings("cpu", 2.0, None, 8))
     source = wav(path.with_name(path.stem + ".source.wav"), seconds=seconds, rate=rate)

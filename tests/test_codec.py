@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from dacwatch.codec import ChunkedCodec
-from dacwatch.model import (
+from dacwatch.codec.chunked import ChunkedCodec
+from dacwatch.codec.model import (
     decoder_output_length,
     encoder_receptive_field,
     full_size_model,

@@ -1,4 +1,4 @@
-"""When is a file complete: the rule (dacwatch/complete.py) over every combination of what
+"""When is a file complete: the rule (dacwatch/daemon/complete.py) over every combination of what
 can be known, against the promise stated independently; the debouncer forgetting lost
 events; and README's list equal to the rule's table."""
 
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from dacwatch.complete import RULES, Evidence, Scan, Verdict, judge, readme_list
+from dacwatch.daemon.complete import RULES, Evidence, Scan, Verdict, judge, readme_list
+from dacwatch.daemon.watcher import Debouncer, IgnoreRules, Seen, Watcher
 from dacwatch.fsio import Identity
-from dacwatch.watcher import Debouncer, IgnoreRules, Seen, Watcher
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS = ("regular", "empty", "quiet", "settled", "events", "writing", "closed", "open_elsewhere")
@@ -68,7 +68,7 @@ def test_every_row_matters(row: int) -> None:
 def test_readme_lists_the_rule_as_the_code_has_it() -> None:
     text = (ROOT / "README.md").read_text()
     assert readme_list() in text
-    out = subprocess.run([sys.executable, "-m", "dacwatch.complete"], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "dacwatch.daemon.complete"], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == readme_list()
 
 

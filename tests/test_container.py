@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from dacwatch import container
-from dacwatch.container import ContainerError, Metadata, ModelRecord
+from dacwatch.codec.model import ModelSpec, tiny_model
 from dacwatch.convert import CodecPool, CodecSettings, decode_array
 from dacwatch.errors import ModelUnavailableError, PermanentError
-from dacwatch.model import ModelSpec, tiny_model
+from dacwatch.formats import container
+from dacwatch.formats.container import ContainerError, Metadata, ModelRecord
 
 from .conftest import noise
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from dacwatch.container import read
-from dacwatch.queue import JobQueue
+from dacwatch.formats.container import read
+from dacwatch.queue.sqlite import JobQueue
 
 from .daemon import Daemon, wav
 

@@ -15,8 +15,8 @@ import pytest
 import torch
 from structlog.testing import capture_logs
 
-from dacwatch.codec import ChunkedCodec
-from dacwatch.model import full_size_model, prepare_model, tiny_model
+from dacwatch.codec.chunked import ChunkedCodec
+from dacwatch.codec.model import full_size_model, prepare_model, tiny_model
 
 from .conftest import noise, settings_for
 from .daemon import Daemon, wav
@@ -57,10 +57,10 @@ def test_window_and_batch_never_change_the_codes_tiny() -> None:
 
 
 def test_files_sharing_passes_on_the_gpu_get_the_codes_they_get_alone(full44: Any) -> None:
-    """Windows of several files stacked into one pass (dacwatch.gate) on the full-size
+    """Windows of several files stacked into one pass (dacwatch.codec.gate) on the full-size
     network: cuDNN may pick another algorithm for another batch size, and the codes of
     each file must still equal its own whole-file codes at every frame."""
-    from dacwatch.gate import DeviceGate
+    from dacwatch.codec.gate import DeviceGate
 
     from .test_gate import concurrently
 
@@ -135,12 +135,12 @@ def test_out_of_memory_shrinks_and_the_queue_keeps_moving(tmp_path: Path, memory
     nothing is quarantined, every file is converted, and the codes are exact."""
     import structlog
 
-    from dacwatch.container import read
+    from dacwatch.codec.model import ModelSpec
     from dacwatch.convert import CodecPool, CodecSettings, encode_file
+    from dacwatch.daemon.worker import Worker
+    from dacwatch.formats.container import read
     from dacwatch.fsio import identity
-    from dacwatch.model import ModelSpec
-    from dacwatch.queue import JobQueue
-    from dacwatch.worker import Worker
+    from dacwatch.queue.sqlite import JobQueue
 
     weights = tmp_path / "full.pth"
     with warnings.catch_warnings():

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from dacwatch.container import read
+from dacwatch.formats.container import read
 from dacwatch.fsio import TEMP_PREFIX
 
 from .conftest import tone

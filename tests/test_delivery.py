@@ -18,7 +18,7 @@ import pytest
 import soundfile as sf
 
 from dacwatch.audio import open_audio
-from dacwatch.container import read
+from dacwatch.formats.container import read
 
 from .conftest import tone
 from .daemon import Daemon, wav

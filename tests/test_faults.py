@@ -23,10 +23,10 @@ import psutil
 import pytest
 import soundfile as sf
 
-from dacwatch.container import read
 from dacwatch.errors import PermanentError
+from dacwatch.formats.container import read
 from dacwatch.fsio import TEMP_PREFIX, mirror
-from dacwatch.queue import JobQueue
+from dacwatch.queue.sqlite import JobQueue
 
 from .conftest import tone
 from .daemon import Daemon, fill_up, make_dac, tmpfs, wav

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dacwatch import container
-from dacwatch.container import Metadata, ModelRecord, read_codes
-from dacwatch.packing import Packing, pack, unpack
+from dacwatch.formats import container
+from dacwatch.formats.container import Metadata, ModelRecord, read_codes
+from dacwatch.formats.packing import Packing, pack, unpack
 
 # The three released model types: sample rate, hop, codebooks (all 1024 entries).
 MODELS = {"44khz": (44100, 512, 9), "24khz": (24000, 320, 32), "16khz": (16000, 320, 12)}

@@ -16,9 +16,9 @@ import pytest
 import soundfile as sf
 
 from dacwatch import fsops
-from dacwatch.container import read
 from dacwatch.errors import ConfigError, PermanentError, TransientError
 from dacwatch.faults import BugError, Fault, FileSystemFault, classify, os_fault
+from dacwatch.formats.container import read
 from dacwatch.fsio import TEMP_PREFIX, atomic_output, move_across
 
 from .daemon import Daemon, make_dac, tmpfs, wav

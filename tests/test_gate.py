@@ -1,4 +1,4 @@
-"""Files sharing a device (dacwatch.gate): their windows run in shared forward passes,
+"""Files sharing a device (dacwatch.codec.gate): their windows run in shared forward passes,
 and each file still gets exactly the codes it gets alone, and whole-file codes.
 
 Real tiny DAC networks, real threads. The device is held while the files queue their
@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 from torch import nn
 
-from dacwatch.codec import MIN_WINDOW_FRAMES, ChunkedCodec
+from dacwatch.codec.chunked import MIN_WINDOW_FRAMES, ChunkedCodec
+from dacwatch.codec.gate import DeviceGate
+from dacwatch.codec.model import ModelSpec
 from dacwatch.convert import CodecPool, CodecSettings
 from dacwatch.errors import OutOfMemoryError
-from dacwatch.gate import DeviceGate
-from dacwatch.model import ModelSpec
 
 from .conftest import noise
 from .test_codec import TINY_DECODE_TOL, frames_differing, whole

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from dacwatch.daemon.service import Service
+from dacwatch.daemon.watcher import IgnoreRules, Watcher
+from dacwatch.daemon.worker import drop_output, output_identity
 from dacwatch.fsio import Identity
-from dacwatch.service import Service
-from dacwatch.watcher import IgnoreRules, Watcher
-from dacwatch.worker import drop_output, output_identity
 
 from .conftest import settings_for
 from .daemon import wav

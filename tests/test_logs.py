@@ -9,7 +9,7 @@ from pathlib import Path
 
 from structlog.testing import capture_logs
 
-from dacwatch.service import Service
+from dacwatch.daemon.service import Service
 
 from .conftest import settings_for
 from .daemon import wav

@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dacwatch.container import read
+from dacwatch.formats.container import read
 from dacwatch.fsio import TEMP_PREFIX
-from dacwatch.pgqueue import PostgresQueue
+from dacwatch.queue.postgres import PostgresQueue
 
 from .daemon import Daemon, wav
 

@@ -74,7 +74,7 @@ def test_the_sample_dashboard_asks_only_for_metrics_that_exist() -> None:
     import json
     import re
 
-    from dacwatch.metrics import Metrics
+    from dacwatch.daemon.metrics import Metrics
 
     exported = set()
     for family in Metrics().registry.collect():

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dacwatch.codec import ChunkedCodec
+from dacwatch.codec.chunked import ChunkedCodec
+from dacwatch.codec.model import ModelSpec, load_model, prepare_model, tiny_model
 from dacwatch.errors import ModelUnavailableError
-from dacwatch.model import ModelSpec, load_model, prepare_model, tiny_model
 
 from .conftest import noise
 
@@ -70,7 +70,7 @@ def test_fast_snake_is_bit_identical_to_dacs() -> None:
     import torch
     from dac.nn.layers import snake as dac_snake
 
-    from dacwatch.kernels import snake
+    from dacwatch.codec.kernels import snake
 
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, 16, 5000, generator=gen) * 3
@@ -89,7 +89,7 @@ def test_polyphase_transposed_convolution_matches_torchs(stride: int) -> None:
     import torch
     from torch import nn
 
-    from dacwatch.kernels import _transposed_forward
+    from dacwatch.codec.kernels import _transposed_forward
 
     torch.manual_seed(stride)
     for bias in (True, False):
@@ -118,7 +118,7 @@ def test_winograd_matrices_compute_a_correlation() -> None:
     textbook F(2, 3), and refuse point sets of the wrong size or with repeats."""
     import torch
 
-    from dacwatch.kernels import WINOGRAD_POINTS, winograd_matrices
+    from dacwatch.codec.kernels import WINOGRAD_POINTS, winograd_matrices
 
     gen = torch.Generator().manual_seed(0)
     for m, r, points in ((4, 7, WINOGRAD_POINTS), (2, 3, (0, 1, -1))):
@@ -147,7 +147,7 @@ def test_winograd_convolution_matches_torchs(dilation: int) -> None:
     import torch
     from torch import nn
 
-    from dacwatch.kernels import _winograd_forward, _winograd_suits
+    from dacwatch.codec.kernels import _winograd_forward, _winograd_suits
 
     torch.manual_seed(dilation)
     for bias in (True, False):
@@ -185,7 +185,7 @@ def test_prepared_wide_decoder_matches_dacs_own() -> None:
     import torch
     from torch import nn
 
-    from dacwatch import kernels
+    from dacwatch.codec import kernels
 
     original = tiny_model("44khz", seed=5, decoder_dim=1024)
     prepared = prepare_model(tiny_model("44khz", seed=5, decoder_dim=1024))
@@ -219,7 +219,7 @@ def test_prepared_model_matches_dacs_own_forward() -> None:
 
 
 def test_out_of_memory_shrinks_batch_then_windows_and_grows_back(tiny_weights: Path) -> None:
-    from dacwatch.codec import MIN_WINDOW_FRAMES
+    from dacwatch.codec.chunked import MIN_WINDOW_FRAMES
     from dacwatch.convert import GROW_AFTER, CodecPool, CodecSettings
 
     pool = CodecPool(ModelSpec(weights=tiny_weights), CodecSettings("cpu", batch_size=8))

@@ -13,11 +13,11 @@ import pytest
 import soundfile as sf
 import torch
 
-from dacwatch import container
-from dacwatch.container import LOCAL_TAG
+from dacwatch.codec.model import ModelSpec, fingerprint, prepare_model, tiny_model
 from dacwatch.convert import CodecPool, CodecSettings, decode_array, encode_file
 from dacwatch.errors import ModelMismatchError
-from dacwatch.model import ModelSpec, fingerprint, prepare_model, tiny_model
+from dacwatch.formats import container
+from dacwatch.formats.container import LOCAL_TAG
 
 from .conftest import noise, tone
 

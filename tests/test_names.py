@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 
 from dacwatch.cli import main
-from dacwatch.container import read
+from dacwatch.daemon.worker import error_note, unique
+from dacwatch.formats.container import read
 from dacwatch.fsio import TEMP_PREFIX, Identity, folds_case, mirror, temp_name
 from dacwatch.names import NAME_MAX, fit, output_candidates, printable
-from dacwatch.queue import SCHEMA_VERSION, BaseQueue, JobQueue
-from dacwatch.worker import error_note, unique
+from dacwatch.queue.base import SCHEMA_VERSION, BaseQueue
+from dacwatch.queue.sqlite import JobQueue
 
 from .daemon import Daemon, wav
 
@@ -52,7 +53,7 @@ def nbytes(name: str) -> int:
 def open_q(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
     if request.param == "sqlite":
         return lambda: JobQueue(tmp_path / "q.db", node="n1")
-    from dacwatch.pgqueue import PostgresQueue
+    from dacwatch.queue.postgres import PostgresQueue
 
     url = request.getfixturevalue("pg_url")
     return lambda: PostgresQueue(url, "n1")
@@ -120,7 +121,7 @@ def test_a_version_2_sqlite_queue_is_migrated_and_keeps_its_jobs_and_claims(tmp_
 
 def test_a_version_2_postgresql_queue_is_migrated_and_keeps_its_jobs_and_claims(pg_url: str) -> None:
     psycopg = pytest.importorskip("psycopg")
-    from dacwatch.pgqueue import PostgresQueue
+    from dacwatch.queue.postgres import PostgresQueue
 
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute(

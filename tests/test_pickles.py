@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from dacwatch import container
-from dacwatch.container import ContainerError
+from dacwatch.formats import container
+from dacwatch.formats.container import ContainerError
 
 from .daemon import Daemon, wav
 

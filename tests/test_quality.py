@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from dacwatch import container
+from dacwatch.codec.model import ModelSpec
+from dacwatch.codec.quality import MEL_BANDS, MEL_WINDOWS, compare, max_error, mel_distance, si_sdr, spans
 from dacwatch.convert import CodecPool, CodecSettings, encode_file
-from dacwatch.model import ModelSpec
-from dacwatch.quality import MEL_BANDS, MEL_WINDOWS, compare, max_error, mel_distance, si_sdr, spans
+from dacwatch.formats import container
 
 from .daemon import Daemon, wav
 

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from dacwatch.fsio import Identity
-from dacwatch.queue import CRASHED, BaseQueue, JobQueue, Status
+from dacwatch.queue.base import CRASHED, BaseQueue, Status
+from dacwatch.queue.sqlite import JobQueue
 
 A = Identity(size=10, mtime_ns=1, inode=5)
 A2 = Identity(size=11, mtime_ns=2, inode=5)
@@ -28,7 +29,7 @@ def open_q(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
         return lambda node="n1", lease_timeout_s=120.0: JobQueue(
             tmp_path / "q.db", node=node, lease_timeout_s=lease_timeout_s
         )
-    from dacwatch.pgqueue import PostgresQueue
+    from dacwatch.queue.postgres import PostgresQueue
 
     url = request.getfixturevalue("pg_url")
     return lambda node="n1", lease_timeout_s=120.0: PostgresQueue(url, node, lease_timeout_s)
@@ -175,7 +176,7 @@ def test_a_silent_nodes_job_is_taken_over_and_its_old_lease_changes_nothing(pg_u
     """Node 1 leases a job and stops beating (died, or cut off); after the lease timeout
     node 2 takes it over, as after a crash. Node 1, back, can neither finish nor requeue
     it, and knows it no longer holds it (so it never renames its output into place)."""
-    from dacwatch.pgqueue import PostgresQueue
+    from dacwatch.queue.postgres import PostgresQueue
 
     with PostgresQueue(pg_url, "n1", 1.5) as one, PostgresQueue(pg_url, "n2", 1.5) as two:
         one.submit("a.wav", A)
@@ -247,7 +248,7 @@ def test_many_connections_submitting_one_file_queue_it_once(open_q: Opener) -> N
 def test_postgres_versions_leave_out_the_inode(pg_url: str) -> None:
     """On NFS each client may see another inode for one file: the shared queue keys a
     version by path, size and mtime."""
-    from dacwatch.pgqueue import PostgresQueue
+    from dacwatch.queue.postgres import PostgresQueue
 
     with PostgresQueue(pg_url, "n1") as one, PostgresQueue(pg_url, "n2") as two:
         assert one.submit("a.wav", Identity(10, 1, 5)) is True
@@ -257,7 +258,7 @@ def test_postgres_versions_leave_out_the_inode(pg_url: str) -> None:
 
 
 def test_recovery_at_boot_takes_back_only_this_nodes_jobs(pg_url: str) -> None:
-    from dacwatch.pgqueue import PostgresQueue
+    from dacwatch.queue.postgres import PostgresQueue
 
     with PostgresQueue(pg_url, "n1") as one, PostgresQueue(pg_url, "n2") as two:
         one.submit("a.wav", Identity(1, 1, 0))
@@ -268,8 +269,8 @@ def test_recovery_at_boot_takes_back_only_this_nodes_jobs(pg_url: str) -> None:
 
 
 def test_an_unreachable_server_is_a_clear_error(pg_server: Any) -> None:
-    from dacwatch.pgqueue import PostgresQueue
-    from dacwatch.queue import QueueError
+    from dacwatch.queue.base import QueueError
+    from dacwatch.queue.postgres import PostgresQueue
 
     from .pg import free_port
 
@@ -283,8 +284,8 @@ def test_an_unreachable_server_is_a_clear_error(pg_server: Any) -> None:
 def test_the_database_restarting_loses_nothing(pg_server: Any, pg_url: str) -> None:
     """The server restarts under an open queue: the next call fails as a QueueError (which
     every caller retries), the one after reconnects, and every job is still there."""
-    from dacwatch.pgqueue import PostgresQueue
-    from dacwatch.queue import QueueError
+    from dacwatch.queue.base import QueueError
+    from dacwatch.queue.postgres import PostgresQueue
 
     with PostgresQueue(pg_url, "n1") as q:
         q.submit("a.wav", A)
@@ -325,7 +326,7 @@ def test_an_older_sqlite_database_is_migrated(tmp_path: Path) -> None:
 def test_a_version_2_postgres_schema_gains_the_quarantine_column(pg_url: str) -> None:
     import psycopg
 
-    from dacwatch.pgqueue import PostgresQueue
+    from dacwatch.queue.postgres import PostgresQueue
 
     with psycopg.connect(pg_url, autocommit=True) as conn:  # the schema version 2 made
         conn.execute(

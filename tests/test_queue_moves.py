@@ -19,14 +19,15 @@ import structlog
 import torch
 from structlog.testing import capture_logs
 
+from dacwatch.codec.model import ModelSpec
 from dacwatch.config import Settings
-from dacwatch.container import read
 from dacwatch.convert import CodecPool, CodecSettings, encode_file
+from dacwatch.daemon.service import Service
+from dacwatch.daemon.worker import Worker
+from dacwatch.formats.container import read
 from dacwatch.fsio import identity
-from dacwatch.model import ModelSpec
-from dacwatch.queue import BaseQueue, JobQueue, Status
-from dacwatch.service import Service
-from dacwatch.worker import Worker
+from dacwatch.queue.base import BaseQueue, Status
+from dacwatch.queue.sqlite import JobQueue
 
 from .conftest import settings_for
 from .daemon import Daemon, wav
@@ -247,7 +248,7 @@ def test_a_worker_whose_lease_was_taken_over_renames_nothing(tmp_path: Path, poo
     """Mid-conversion, another node takes the job over (this one looked silent past the
     lease timeout). The worker finishes its work but must not rename its output into
     place, move the source or touch the queue row: the job is the other node's now."""
-    from dacwatch.pgqueue import PostgresQueue
+    from dacwatch.queue.postgres import PostgresQueue
 
     s = settings_for(tmp_path, pool.spec.weights)
     src = wav(s.inbox / "talk.wav", seconds=3.0, rate=44100)
@@ -283,7 +284,7 @@ def test_a_taken_over_job_finished_by_its_first_holder_is_recorded_done(
     converts, that node renames its output into place and moves the source to done/.
     The job is done (its output name stays claimed, so no other source can take it),
     not dropped, and the first holder's output is left as it is."""
-    from dacwatch.pgqueue import PostgresQueue
+    from dacwatch.queue.postgres import PostgresQueue
 
     s = settings_for(tmp_path, pool.spec.weights)
     src = wav(s.inbox / "talk.wav", seconds=3.0, rate=44100)

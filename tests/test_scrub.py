@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
+from dacwatch.codec.model import ModelSpec
 from dacwatch.convert import CodecPool, CodecSettings, encode_file
-from dacwatch.model import ModelSpec
 from dacwatch.scrub import RateLimit
 
 from .conftest import noise
@@ -54,7 +54,7 @@ def archive(tmp_path_factory: pytest.TempPathFactory, tiny_weights: Path) -> dic
     truncated.write_bytes(files["packed"].read_bytes()[:-700])
     # Weights this host does not have: a network of the same shape with other weights.
     other = root / "elsewhere.pth"
-    from dacwatch.model import tiny_model
+    from dacwatch.codec.model import tiny_model
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -109,7 +109,7 @@ def test_codes_out_of_range_and_a_decode_that_fails_are_found(
     archive: dict[str, Path], tiny_weights: Path, tmp_path: Path
 ) -> None:
     """A file whose CRC is right (rewritten whole) but whose codes lie outside the codebook."""
-    from dacwatch import container
+    from dacwatch.formats import container
 
     dac = container.read(archive["int16"])
     codes = np.asarray(dac.codes).copy()

@@ -9,7 +9,7 @@ import pytest
 
 from dacwatch.cli import main
 from dacwatch.fsio import Identity
-from dacwatch.queue import JobQueue
+from dacwatch.queue.sqlite import JobQueue
 
 
 def config(tmp_path: Path, state_dir: Path, url: str | None = None) -> str:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from dacwatch.daemon.watcher import Debouncer, IgnoreRules, Seen
+from dacwatch.daemon.writers import WriterScan
 from dacwatch.fsio import TEMP_PREFIX, Identity
-from dacwatch.watcher import Debouncer, IgnoreRules, Seen
-from dacwatch.writers import WriterScan
 
 
 class FakeFiles:
@@ -213,7 +213,7 @@ def test_a_symlink_is_judged_by_the_file_it_names(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from dacwatch.watcher import probe
+    from dacwatch.daemon.watcher import probe
 
     target = tmp_path / "raw" / "rec.wav"
     target.parent.mkdir()

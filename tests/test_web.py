@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from dacwatch.service import Service
+from dacwatch.daemon.service import Service
 
 from . import browser
 from .conftest import settings_for
@@ -193,8 +193,8 @@ def test_status_watch_redraws_and_ends_cleanly_on_ctrl_c(tmp_path: Path, tiny_we
 def test_a_name_that_is_not_utf8_is_shown_with_its_bytes_and_never_breaks_the_page() -> None:
     """The queue cannot hold such names yet (the watcher's submit fails on them: another
     issue's); the report and page must already render them whatever they are."""
-    from dacwatch.report import build
-    from dacwatch.web import render
+    from dacwatch.daemon.report import build
+    from dacwatch.daemon.web import render
 
     name = os.fsdecode(b"caf\xe9 <b>.wav")  # surrogate-escaped, as os.listdir gives it
     job = {"path": name, "attempts": 1, "worker": "cpu", "node": "n", "started_at": None, "heartbeat_at": None}
@@ -211,8 +211,8 @@ def test_the_report_reads_an_older_database_without_migrating_it(tmp_path: Path)
     node or heartbeat columns) still gives the whole report, drain estimate included."""
     import sqlite3
 
-    from dacwatch.queue import JobQueue
-    from dacwatch.report import status_of, text
+    from dacwatch.daemon.report import status_of, text
+    from dacwatch.queue.sqlite import JobQueue
 
     path = tmp_path / "q.db"
     old = sqlite3.connect(path)

@@ -1,4 +1,4 @@
-"""The window plan (dacwatch.windows), property-tested: for every length from 0 samples to
+"""The window plan (dacwatch.codec.windows), property-tested: for every length from 0 samples to
 several windows, every geometry and window size, the plan covers every frame exactly once,
 interior windows sit on the whole file's frame grid and never see padding, and edge
 windows start at the file's edges and keep only frames their inner edge cannot change."""
@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from dacwatch.codec import ChunkedCodec
-from dacwatch.windows import MIN_WINDOW_FRAMES, ReceptiveField, ceil_to, encode_plan, lookahead
+from dacwatch.codec.chunked import ChunkedCodec
+from dacwatch.codec.windows import MIN_WINDOW_FRAMES, ReceptiveField, ceil_to, encode_plan, lookahead
 
 GEOMETRIES = [
     ReceptiveField(size=7978, stride=512, padding=3733),  # DAC 44 kHz (walked from the network in test_model)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dacwatch.writers import scan_writers
+from dacwatch.daemon.writers import scan_writers
 
 HOLD = "import sys, time; f = open(sys.argv[1], sys.argv[2]); print('open', flush=True); time.sleep(60)"
 

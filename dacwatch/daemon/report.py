@@ -37,11 +37,11 @@ def audio_length(path: Path) -> float | None:
         if not stat.S_ISREG(os.stat(path).st_mode):
             return None
         if path.suffix.lower() == ".dac":
-            from .container import read
+            from dacwatch.formats.container import read
 
             meta = read(path).metadata
             return meta.length / meta.sample_rate if meta.sample_rate else None
-        from .audio import open_audio
+        from dacwatch.audio import open_audio
 
         reader = open_audio(path)
         try:
@@ -138,7 +138,7 @@ def build(
     now: float | None = None,
     notes: dict[tuple[str, Any], Any] | None = None,
 ) -> dict[str, Any]:
-    """The report from the queue's :meth:`~dacwatch.queue.BaseQueue.report` and, in the daemon,
+    """The report from the queue's :meth:`~dacwatch.queue.base.BaseQueue.report` and, in the daemon,
     its workers' ``live`` progress, its ``history`` and its ``health``. ``notes`` caches
     the ``.error.json`` files read (the daemon builds this once a second)."""
     now = time.time() if now is None else now

@@ -21,14 +21,16 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from . import __version__, logs, report
-from .config import Settings
-from .errors import ConfigError, DacwatchError
-from .fsio import sweep_temp_files
-from .metrics import Metrics
-from .queue import BaseQueue, QueueError, open_queue
-from .watcher import IgnoreRules, Watcher
-from .worker import Worker, check_against_model, jobs_per_device, make_pool
+from dacwatch import __version__, logs
+from dacwatch.config import Settings
+from dacwatch.daemon import report
+from dacwatch.daemon.metrics import Metrics
+from dacwatch.daemon.watcher import IgnoreRules, Watcher
+from dacwatch.daemon.worker import Worker, check_against_model, jobs_per_device, make_pool
+from dacwatch.errors import ConfigError, DacwatchError
+from dacwatch.fsio import sweep_temp_files
+from dacwatch.queue import open_queue
+from dacwatch.queue.base import BaseQueue, QueueError
 
 
 class Notifier:
@@ -77,7 +79,7 @@ def resolve_devices(devices: list[str]) -> list[str]:
     """The workers' devices: every GPU (else the CPU) for ``auto``; each one named must exist."""
     import torch
 
-    from .codec import resolve_device
+    from dacwatch.codec.chunked import resolve_device
 
     if devices == ["auto"]:
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -94,7 +96,7 @@ class Service:
         self.forced = threading.Event()
         self.queue: BaseQueue | None = None
         self.watcher: Watcher | None = None
-        self.scrubber: Any = None  # dacwatch.scrubber.Scrubber, when scrub.interval_s is set
+        self.scrubber: Any = None  # dacwatch.daemon.scrubber.Scrubber, when scrub.interval_s is set
         self.workers: list[Worker] = []
         self.metrics = Metrics()
         self.beats: BaseQueue | None = None
@@ -166,9 +168,9 @@ class Service:
             worker.start()
         self.watcher.start()
         if s.scrub.interval_s > 0:
-            from .model import fingerprint
-            from .scrub import weights_here
-            from .scrubber import Scrubber
+            from dacwatch.codec.model import fingerprint
+            from dacwatch.daemon.scrubber import Scrubber
+            from dacwatch.scrub import weights_here
 
             local = fingerprint(self.workers[0].pool.codec().model) if s.model.weights and self.workers else None
             weights = weights_here(s.model.cache_dir, local)

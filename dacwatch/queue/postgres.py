@@ -1,6 +1,6 @@
 """The queue on PostgreSQL (``queue.url``): every daemon naming the database shares it.
 
-The protocol and its SQL are :class:`dacwatch.queue.BaseQueue`'s; this module
+The protocol and its SQL are :class:`dacwatch.queue.base.BaseQueue`'s; this module
 gives it a connection (psycopg 3), the schema (created and migrated by the
 daemon, under an advisory lock, with a version number), row locks that let
 concurrent leases skip each other (``FOR UPDATE SKIP LOCKED``), and errors:
@@ -17,8 +17,17 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from .errors import ConfigError
-from .queue import LEASE_TIMEOUT_S, SCHEMA_VERSION, BaseQueue, Cursor, Db, QueueError, fill_output_keys, jobs_schema
+from dacwatch.errors import ConfigError
+from dacwatch.queue.base import (
+    LEASE_TIMEOUT_S,
+    SCHEMA_VERSION,
+    BaseQueue,
+    Cursor,
+    Db,
+    QueueError,
+    fill_output_keys,
+    jobs_schema,
+)
 
 VERSIONS = "CREATE TABLE IF NOT EXISTS dacwatch_schema (version INTEGER NOT NULL)"
 SCHEMA = jobs_schema("BIGSERIAL PRIMARY KEY", "BIGINT", "DOUBLE PRECISION", "BYTEA")

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from .report import duration
+from dacwatch.daemon.report import duration
 
 CSP = (
     "default-src 'none'; style-src 'unsafe-inline'; script-src 'self'; connect-src 'self'; img-src 'self'; "
@@ -52,7 +52,7 @@ class Site(Protocol):
 
 
 def _asset(name: str) -> bytes:
-    return resources.files("dacwatch").joinpath("static", name).read_bytes()
+    return resources.files("dacwatch.daemon").joinpath("static", name).read_bytes()
 
 
 class Handler(http.server.BaseHTTPRequestHandler):

@@ -10,7 +10,7 @@ starting at the file's own edge and aligned to the hop, keeping only frames
 that do not reach the window's inner edge.
 
 Decoding: every output sample depends on a bounded interval of code frames
-(:func:`dacwatch.model.decoder_context`). Each window decodes its own frames
+(:func:`dacwatch.codec.model.decoder_context`). Each window decodes its own frames
 plus that context on both sides with padding on and keeps the centre; windows
 touching the file's edges see the same padding as the whole-file pass.
 
@@ -32,9 +32,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from .errors import ConfigError, OutOfMemoryError, PermanentError
-from .gate import DeviceGate
-from .model import (
+from dacwatch.codec.gate import DeviceGate
+from dacwatch.codec.model import (
     DacNet,
     DecoderContext,
     back_interval,
@@ -44,7 +43,7 @@ from .model import (
     encoder_receptive_field,
     layer_padding,
 )
-from .windows import (
+from dacwatch.codec.windows import (
     MIN_WINDOW_FRAMES,
     ReceptiveField,
     WindowSpec,
@@ -54,6 +53,7 @@ from .windows import (
     long_file_prefix,
     lookahead,
 )
+from dacwatch.errors import ConfigError, OutOfMemoryError, PermanentError
 
 # Per-device defaults, chosen by bench/ (DESIGN.md, "Performance notes"): on a
 # CPU small windows stay in cache; on a GPU large windows in big batches.
@@ -193,7 +193,7 @@ class ChunkedCodec:
             raise ValueError("window length must be 0 (whole file) or positive seconds")
         if self.batch_size < 1:
             raise ValueError("batch size must be at least 1")
-        # Set when several files share the device (dacwatch.gate): every model call goes
+        # Set when several files share the device (dacwatch.codec.gate): every model call goes
         # through it, and equal passes of different files run as one batch.
         self.gate: DeviceGate | None = None
 
@@ -356,7 +356,7 @@ class ChunkedCodec:
         yield from self._windows(blocks, channels, ("codes", nq))
 
     def _windows(self, blocks: Iterable[np.ndarray], channels: int, what: RowPass) -> Iterator[np.ndarray]:
-        """Run a stream through its window plan (:mod:`dacwatch.windows`), each batch
+        """Run a stream through its window plan (:mod:`dacwatch.codec.windows`), each batch
         computing ``what``. A stream long enough for full windows starts on the plan's
         prefix as the samples arrive; the rest of the plan, which depends on the length,
         runs once the stream has ended."""

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .metrics import Metrics
-from .scrub import RateLimit, WeightsCheck, check_file, dac_files
+from dacwatch.daemon.metrics import Metrics
+from dacwatch.scrub import RateLimit, WeightsCheck, check_file, dac_files
 
 
 class Scrubber(threading.Thread):

@@ -24,9 +24,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from . import kernels
-from .errors import ModelUnavailableError
-from .windows import ReceptiveField
+from dacwatch.codec import kernels
+from dacwatch.codec.windows import ReceptiveField
+from dacwatch.errors import ModelUnavailableError
 
 ModelType = Literal["44khz", "24khz", "16khz"]
 ModelBitrate = Literal["8kbps", "16kbps"]

@@ -4,7 +4,7 @@ gate, one at a time, and passes of the same shape from different files run as on
 Several workers share a device (``codec.jobs_per_device``) so that one file's host
 work (reading, the loudness pass, resampling, writing) overlaps another's device
 work. The network itself is used by one thread at a time: its layers' padding is
-switched per window (:func:`dacwatch.model.layer_padding`), which is state on the
+switched per window (:func:`dacwatch.codec.model.layer_padding`), which is state on the
 model, and one device gains nothing from two passes racing.
 
 The gate combines: a worker that finds the device free runs its own pass and, in

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .complete import Evidence, Scan, Verdict, judge
-from .fsio import TEMP_PREFIX, Identity, within
-from .writers import WriterScan, scan_writers
+from dacwatch.daemon.complete import Evidence, Scan, Verdict, judge
+from dacwatch.daemon.writers import WriterScan, scan_writers
+from dacwatch.fsio import TEMP_PREFIX, Identity, within
 
 IGNORED_SUFFIXES = (".part", ".partial", ".tmp", ".temp", ".crdownload", ".download", ".swp", "~")
 
@@ -102,7 +102,7 @@ SCAN_INTERVAL_S = 1.0  # the /proc walk runs at most this often
 @dataclass
 class Debouncer:
     """Gathers what is known of each candidate (events, identity over time, the writer
-    scan) and asks :func:`dacwatch.complete.judge` whether it is complete. In every case
+    scan) and asks :func:`dacwatch.daemon.complete.judge` whether it is complete. In every case
     the file must still be unchanged at the moment it is taken.
 
     Clock, probe and writer check are injected so tests need no sleeps; ``beat`` is
@@ -148,7 +148,7 @@ class Debouncer:
 
     def due(self) -> list[tuple[Path, Identity]]:
         """Paths that are complete now (or to be refused at once), with the identity they had
-        when judged so. The rule itself is :func:`dacwatch.complete.judge`."""
+        when judged so. The rule itself is :func:`dacwatch.daemon.complete.judge`."""
         now = self.clock()
         looked: list[tuple[Path, _Pending]] = []
         for path, entry in list(self._pending.items()):

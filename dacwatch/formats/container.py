@@ -34,13 +34,13 @@ from typing import IO, Any, BinaryIO, Literal
 
 import numpy as np
 
-from . import __version__
-from .errors import PermanentError
-from .faults import os_fault
-from .packing import PackedCodes, Packing, pack
+from dacwatch import __version__
+from dacwatch.errors import PermanentError
+from dacwatch.faults import os_fault
+from dacwatch.formats.packing import PackedCodes, Packing, pack
 
 FORMAT_NAME = "dacwatch"
-FORMAT_VERSION = 2  # written by default: codes bit-packed (dacwatch.packing)
+FORMAT_VERSION = 2  # written by default: codes bit-packed (dacwatch.formats.packing)
 FORMAT_VERSIONS = (1, 2)  # read: 1 stores codes as int16
 CODE_FORMATS = {"packed": 2, "int16": 1}  # output.code_format / --code-format -> format version
 CODES_ENTRY = "codes.npy"
@@ -107,7 +107,7 @@ class Metadata:
     gain_db: float  # gain applied before encoding; decoding applies the opposite
     dacwatch_version: str = __version__
     packing: Packing | None = None  # format 2: how the codes are bit-packed; None: format 1 (int16)
-    quality: dict[str, Any] | None = None  # dacwatch.quality's figures, when measured at encode time
+    quality: dict[str, Any] | None = None  # dacwatch.codec.quality's figures, when measured at encode time
 
     @property
     def version(self) -> int:
@@ -801,7 +801,7 @@ def _touch(obj: Any, seen: set[int]) -> None:
 
 
 def _child_main() -> None:
-    """``python -m dacwatch.container``: unpickle stdin in this throwaway process."""
+    """``python -m dacwatch.formats.container``: unpickle stdin in this throwaway process."""
     where = sys.argv[1] if len(sys.argv) > 1 else "file"
     try:
         _touch(_unpickle(sys.stdin.buffer.read(), where), set())
@@ -820,7 +820,7 @@ def safe_unpickle(payload: bytes, where: str) -> Any:
     try:
         child = subprocess.run(
             # -P: the current folder (perhaps the untrusted file's own) is not put on the path.
-            [sys.executable, "-P", "-m", "dacwatch.container", where],
+            [sys.executable, "-P", "-m", "dacwatch.formats.container", where],
             input=payload,
             capture_output=True,
             timeout=CHILD_TIMEOUT_S,

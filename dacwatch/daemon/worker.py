@@ -21,11 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import __version__, fsops
-from .audio import OutputFormat, check_regular_file
-from .config import Settings
-from .convert import CodecPool, CodecSettings, Result, decode_file, encode_file
-from .errors import (
+from dacwatch import __version__, fsops
+from dacwatch.audio import OutputFormat, check_regular_file
+from dacwatch.codec.model import ModelSpec
+from dacwatch.config import Settings
+from dacwatch.convert import CodecPool, CodecSettings, Result, decode_file, encode_file
+from dacwatch.daemon.metrics import Metrics
+from dacwatch.daemon.report import audio_length
+from dacwatch.errors import (
     ConfigError,
     ModelMismatchError,
     OutOfMemoryError,
@@ -33,8 +36,8 @@ from .errors import (
     SourceChanged,
     TransientError,
 )
-from .faults import Fault, FileSystemFault, classify, crosses_devices, label, os_fault
-from .fsio import (
+from dacwatch.faults import Fault, FileSystemFault, classify, crosses_devices, label, os_fault
+from dacwatch.fsio import (
     Identity,
     atomic_output,
     discard,
@@ -46,11 +49,8 @@ from .fsio import (
     temp_name,
     within,
 )
-from .metrics import Metrics
-from .model import ModelSpec
-from .names import fit_path, output_candidates, printable
-from .queue import CRASHED, BaseQueue, Job, QueueError, Status
-from .report import audio_length
+from dacwatch.names import fit_path, output_candidates, printable
+from dacwatch.queue.base import CRASHED, BaseQueue, Job, QueueError, Status
 
 T = TypeVar("T")
 UNEXPECTED_IN_A_ROW = 3  # unexpected failures in a row after which a worker stops taking work

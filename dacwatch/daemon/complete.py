@@ -5,7 +5,7 @@ said, what the ``/proc`` writer scan saw, how long it has been unchanged, whethe
 it is a regular file) and returns take, wait or refuse with the reason. The rule
 is the ordered table :data:`RULES`: the first row whose condition holds decides.
 README's "Complete files only" list is generated from it
-(``python -m dacwatch.complete``) and a test keeps the two equal.
+(``python -m dacwatch.daemon.complete``) and a test keeps the two equal.
 
 A close event is lost only when the kernel's inotify queue overflows; then the
 watcher forgets every pending file's events (:meth:`Debouncer.forget_events`), so

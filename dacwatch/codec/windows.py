@@ -24,7 +24,7 @@ takes the longest halved window (``n/2``, ``n/4``... down to
 shapes; one shorter still is one padded pass over the whole file, exactly
 DAC's own forward.
 
-The chunked codec (:mod:`dacwatch.codec`) streams: it must start on interior
+The chunked codec (:mod:`dacwatch.codec.chunked`) streams: it must start on interior
 windows before it knows the length. It runs :func:`long_file_prefix` as the
 samples arrive and the rest of :func:`encode_plan` once the stream ends;
 ``tests/test_windows.py`` checks the plan's properties for every length and

@@ -1,7 +1,7 @@
 """Prometheus metrics for people running a fleet (``metrics.listen``, 127.0.0.1 by default).
 
 One registry per daemon (never the process-global one), served over HTTP at
-``/metrics`` beside the status page (:mod:`dacwatch.web`). Workers count what they finish; the service's loop sets
+``/metrics`` beside the status page (:mod:`dacwatch.daemon.web`). Workers count what they finish; the service's loop sets
 what is read from elsewhere once a second (the queue's depth by status: every
 node's jobs when the queue is shared; running jobs; lease takeovers; networks
 loaded; device memory).
@@ -15,7 +15,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
-from .report import Finished, History
+from dacwatch.daemon.report import Finished, History
 
 RTF_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 
@@ -71,8 +71,8 @@ class Metrics:
 
     def serve(self, listen: str, site: Any = None) -> str:
         """Serve ``/metrics`` (and, given a ``site``, the status page and health endpoints:
-        :class:`dacwatch.web.Site`) on ``host:port``; returns the address served."""
-        from .web import serve
+        :class:`dacwatch.daemon.web.Site`) on ``host:port``; returns the address served."""
+        from dacwatch.daemon.web import serve
 
         self._server = serve(listen, self.registry, site)
         host, port = self._server.server_address[:2]
