@@ -1,6 +1,6 @@
 """When is a file complete: the rule (dacwatch/daemon/complete.py) over every combination of what
 can be known, against the promise stated independently; the debouncer forgetting lost
-events; and README's list equal to the rule's table."""
+events; and docs/service.md's list equal to the rule's table."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def test_every_row_matters(row: int) -> None:
 
 
 def test_readme_lists_the_rule_as_the_code_has_it() -> None:
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "service.md").read_text()
     assert readme_list() in text
     out = subprocess.run([sys.executable, "-m", "dacwatch.daemon.complete"], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == readme_list()

@@ -114,8 +114,8 @@ def test_size_is_the_nominal_bitrate_plus_a_fixed_header(
 
 
 def test_plain_numpy_unpacks_it_with_the_readme_rule(tmp_path: Path) -> None:
-    """README, "The .dac file": the unpacking rule in a few lines of numpy, run as written."""
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    """docs/format.md: the unpacking rule in a few lines of numpy, run as written."""
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "format.md").read_text()
     found = re.search(r"<!-- unpacking rule -->\n( *)```python\n(.*?)\n *```", readme, re.S)
     assert found is not None
     rule = textwrap.dedent(found.group(2))

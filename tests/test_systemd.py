@@ -19,7 +19,7 @@ import soundfile as sf
 
 from .conftest import tone
 
-UNIT = Path(__file__).resolve().parent.parent / "systemd" / "dacwatch.daemon.service"
+UNIT = Path(__file__).resolve().parent.parent / "systemd" / "dacwatch.service"
 # The README states this score; a change that raises exposure above it fails here.
 EXPOSURE_THRESHOLD = 1.7
 # Keys systemd 252 (Debian 12) does not know yet; newer systemd uses them.
@@ -32,7 +32,7 @@ needs_analyze = pytest.mark.skipif(analyze is None, reason="systemd-analyze is n
 def unit_with_real_binary(tmp_path: Path) -> Path:
     """verify checks that ExecStart exists: point it at this environment's dacwatch."""
     text = UNIT.read_text().replace("/opt/dacwatch/venv/bin/dacwatch", str(Path(sys.executable).parent / "dacwatch"))
-    path = tmp_path / "dacwatch.daemon.service"
+    path = tmp_path / "dacwatch.service"
     path.write_text(text)
     return path
 
@@ -154,12 +154,12 @@ def test_the_offline_drop_in_really_removes_internet_sockets(tmp_path: Path) -> 
     for name, extra in (("offline", drop_in), ("without the reset", "[Service]\nRestrictAddressFamilies=AF_UNIX\n")):
         folder = tmp_path / name.replace(" ", "-")
         folder.mkdir()
-        (folder / "dacwatch.daemon.service").write_text(text + "\n" + extra)
-        variants[name] = exposure(folder / "dacwatch.daemon.service")
+        (folder / "dacwatch.service").write_text(text + "\n" + extra)
+        variants[name] = exposure(folder / "dacwatch.service")
     assert variants["without the reset"] == exposure(base)  # the advice it replaces did nothing
     assert variants["offline"] <= exposure(base) - 0.3
     out = subprocess.run(
-        [analyze, "security", "--offline=yes", str(tmp_path / "offline" / "dacwatch.daemon.service")],  # type: ignore[list-item]
+        [analyze, "security", "--offline=yes", str(tmp_path / "offline" / "dacwatch.service")],  # type: ignore[list-item]
         capture_output=True,
         text=True,
         check=False,

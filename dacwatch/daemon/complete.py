@@ -4,7 +4,7 @@
 said, what the ``/proc`` writer scan saw, how long it has been unchanged, whether
 it is a regular file) and returns take, wait or refuse with the reason. The rule
 is the ordered table :data:`RULES`: the first row whose condition holds decides.
-README's "Complete files only" list is generated from it
+docs/service.md's list ("When is a file complete?") is generated from it
 (``python -m dacwatch.daemon.complete``) and a test keeps the two equal.
 
 A close event is lost only when the kernel's inotify queue overflows; then the
@@ -52,7 +52,7 @@ class Evidence:
 
 @dataclass(frozen=True)
 class Rule:
-    when: str  # the condition, as README says it
+    when: str  # the condition, as docs/service.md says it
     verdict: Verdict
     reason: str  # what the watcher logs
     holds: Callable[[Evidence], bool]
@@ -123,7 +123,7 @@ def judge(evidence: Evidence, rules: tuple[Rule, ...] = RULES) -> Judgement:
 
 
 def readme_list() -> str:
-    """README's list of the rule, generated from :data:`RULES` (tests/test_complete.py keeps them equal)."""
+    """docs/service.md's list of the rule, generated from :data:`RULES` (tests/test_complete.py keeps them equal)."""
     lines = ["In order, the first that holds decides:", ""]
     for i, rule in enumerate(RULES, 1):
         lines.append(f"{i}. {rule.when[0].upper()}{rule.when[1:]}: **{rule.verdict.value}** (`{rule.reason}`).")
