@@ -330,6 +330,11 @@ def _convert_many(
     if not pairs:
         print(f"dacwatch: nothing to convert in {printable(args.input)}", file=sys.stderr)
         return 0
+    from .fsio import sweep_dead_writers
+
+    left = [p for folder in sorted({dst.parent for _, dst in pairs}) for p in sweep_dead_writers(folder)]
+    if left:
+        print(f"dacwatch: removed {len(left)} temporary file(s) a killed dacwatch left behind", file=sys.stderr)
     with tqdm(total=len(pairs), unit="file", disable=not show or not folder, position=0) as files:
         for src, dst in pairs:
             if dst.exists() and not args.overwrite:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
+import re
 import secrets
+import socket
 import stat
 import time
 from collections.abc import Callable, Iterator
@@ -41,9 +44,49 @@ def discard(path: Path) -> None:
         os.unlink(path)
 
 
+def writer_tag() -> str:
+    """Who writes a temporary file: this process on this host (``p<pid>@<host>``), so the
+    next run into a folder can tell a dead writer's leftovers from a live one's."""
+    host = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
+    return f"p{os.getpid()}@{host}"
+
+
 def temp_beside(final: Path) -> Path:
     """A fresh temporary name in ``final``'s folder, for what becomes ``final``."""
-    return temp_name(final, secrets.token_hex(6))
+    return temp_name(final, f"{writer_tag()}-{secrets.token_hex(6)}")
+
+
+_WRITER = re.compile(r"p(\d+)@([0-9a-f]{6})-")
+
+
+def sweep_dead_writers(folder: Path) -> list[Path]:
+    """Remove, from ``folder`` alone, the temporary files that a process of this host left
+    when it was killed (``kill -9`` of a one-shot ``encode``/``decode``): its tag names a
+    process that no longer runs. Another host's files, and a live process's, are kept."""
+    removed: list[Path] = []
+    here = writer_tag().split("@")[1]
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        found = _WRITER.match(name[len(TEMP_PREFIX) :]) if name.startswith(TEMP_PREFIX) else None
+        if found is None or found.group(2) != here or _alive(int(found.group(1))):
+            continue
+        with contextlib.suppress(OSError):
+            (folder / name).unlink()
+            removed.append(folder / name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def move_across(source: Path, target: Path) -> None:
@@ -85,7 +128,7 @@ def atomic_output(
     (:func:`dacwatch.faults.os_fault`) with the temporary file removed.
     """
     ensure_dir(final.parent)
-    tmp = temp_name(final, secrets.token_hex(6))
+    tmp = temp_beside(final)
     try:
         yield tmp
         fsops.fsync_path(tmp)

@@ -15,6 +15,7 @@ import pytest
 import soundfile as sf
 
 from dacwatch.formats.container import read
+from dacwatch.fsio import TEMP_PREFIX
 from dacwatch.queue.sqlite import JobQueue
 
 from .daemon import Daemon, wav
@@ -55,9 +56,31 @@ def test_kill_9_during_a_cli_decode_leaves_no_file_under_the_final_name(
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not out.exists()
-    # Run again: the leftover temporary file is ignored, the output is whole.
-    subprocess.run([*CLI, "decode", str(long_dac), str(out), "--weights", str(tiny_weights)], check=True)
+    left = [p.name for p in out.parent.iterdir()]
+    assert len(left) == 1 and left[0].startswith(TEMP_PREFIX), left  # the killed run's temporary file
+    # Run again: the dead writer's temporary file is swept, the output is whole.
+    again = subprocess.run(
+        [*CLI, "decode", str(long_dac), str(out), "--weights", str(tiny_weights)], capture_output=True, text=True
+    )
+    assert again.returncode == 0, again.stderr
+    assert "removed 1 temporary file(s) a killed dacwatch left behind" in again.stderr
     assert sf.info(str(out)).frames == read(long_dac).metadata.model_length
+    assert [p.name for p in out.parent.iterdir()] == ["long.wav"]
+
+
+def test_a_live_writers_temporary_file_is_never_swept(tmp_path: Path) -> None:
+    """Only a dead process of this host: a live one's file (this test's), and one whose tag
+    names another host, stay."""
+    from dacwatch.fsio import sweep_dead_writers, temp_beside, writer_tag
+
+    live = temp_beside(tmp_path / "a.wav")
+    live.write_bytes(b"being written")
+    other_host = tmp_path / f"{TEMP_PREFIX}p999999@000000-abcdef-b.wav"
+    other_host.write_bytes(b"another host's")
+    dead = tmp_path / f"{TEMP_PREFIX}p999999@{writer_tag().split('@')[1]}-abcdef-c.wav"
+    dead.write_bytes(b"left by kill -9")
+    assert sweep_dead_writers(tmp_path) == [dead]
+    assert live.exists() and other_host.exists() and not dead.exists()
 
 
 @pytest.mark.parametrize("daemon", [{"codec__decode_window_s": 0.05}], indirect=True)

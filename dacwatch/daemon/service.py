@@ -123,7 +123,8 @@ class Service:
             self.beats = open_queue(s.state_db, s.queue.url, s.queue.lease_timeout_s)[0]
         # Other hosts may be writing into shared folders: only their dead writers' files go.
         older_than = s.queue.lease_timeout_s if self.queue.shared else 0.0
-        for folder in (s.outbox, s.failed, s.done):
+        # The inbox too: a source set aside to be deleted (delete mode) by a run that died.
+        for folder in (s.outbox, s.failed, s.done, s.inbox):
             for leftover in sweep_temp_files(folder, older_than):
                 self.log.info("startup.removed_temp_file", path=str(leftover))
         if aside is not None:
