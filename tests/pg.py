@@ -86,3 +86,17 @@ class PgServer:
         with psycopg.connect(self.url(), autocommit=True) as conn:
             conn.execute(f"CREATE DATABASE {name}")
         return self.url(name)
+
+
+# The PostgreSQL schema dacwatch made at version 2 (the first released), for migration tests.
+V2_POSTGRES_SCHEMA = """
+            CREATE TABLE dacwatch_schema (version INTEGER NOT NULL);
+            INSERT INTO dacwatch_schema VALUES (2);
+            CREATE TABLE jobs (id BIGSERIAL PRIMARY KEY, path TEXT NOT NULL, size BIGINT NOT NULL,
+                mtime_ns BIGINT NOT NULL, inode BIGINT NOT NULL, status TEXT NOT NULL,
+                attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, output TEXT, worker TEXT,
+                not_before DOUBLE PRECISION NOT NULL DEFAULT 0, created_at DOUBLE PRECISION NOT NULL,
+                updated_at DOUBLE PRECISION NOT NULL, started_at DOUBLE PRECISION,
+                finished_at DOUBLE PRECISION, node TEXT, lease TEXT, heartbeat_at DOUBLE PRECISION,
+                UNIQUE (path, size, mtime_ns, inode));
+"""

@@ -21,6 +21,7 @@ from dacwatch.queue.base import SCHEMA_VERSION, BaseQueue
 from dacwatch.queue.sqlite import JobQueue
 
 from .daemon import Daemon, wav
+from .pg import V2_POSTGRES_SCHEMA
 
 A = Identity(size=10, mtime_ns=1, inode=5)
 B = Identity(size=20, mtime_ns=2, inode=6)
@@ -125,16 +126,8 @@ def test_a_version_2_postgresql_queue_is_migrated_and_keeps_its_jobs_and_claims(
 
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute(
-            """
-            CREATE TABLE dacwatch_schema (version INTEGER NOT NULL);
-            INSERT INTO dacwatch_schema VALUES (2);
-            CREATE TABLE jobs (id BIGSERIAL PRIMARY KEY, path TEXT NOT NULL, size BIGINT NOT NULL,
-                mtime_ns BIGINT NOT NULL, inode BIGINT NOT NULL, status TEXT NOT NULL,
-                attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, output TEXT, worker TEXT,
-                not_before DOUBLE PRECISION NOT NULL DEFAULT 0, created_at DOUBLE PRECISION NOT NULL,
-                updated_at DOUBLE PRECISION NOT NULL, started_at DOUBLE PRECISION,
-                finished_at DOUBLE PRECISION, node TEXT, lease TEXT, heartbeat_at DOUBLE PRECISION,
-                UNIQUE (path, size, mtime_ns, inode));
+            V2_POSTGRES_SCHEMA
+            + """
             CREATE INDEX jobs_by_output ON jobs (output);
             INSERT INTO jobs (path, size, mtime_ns, inode, status, output, created_at, updated_at)
                 VALUES ('café.wav', 10, 1, 0, 'done', '/out/café.dac', 0, 0);

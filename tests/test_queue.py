@@ -16,6 +16,8 @@ from dacwatch.fsio import Identity
 from dacwatch.queue.base import CRASHED, BaseQueue, Status
 from dacwatch.queue.sqlite import JobQueue
 
+from .pg import V2_POSTGRES_SCHEMA
+
 A = Identity(size=10, mtime_ns=1, inode=5)
 A2 = Identity(size=11, mtime_ns=2, inode=5)
 Opener = Callable[..., BaseQueue]
@@ -329,19 +331,7 @@ def test_a_version_2_postgres_schema_gains_the_quarantine_column(pg_url: str) ->
     from dacwatch.queue.postgres import PostgresQueue
 
     with psycopg.connect(pg_url, autocommit=True) as conn:  # the schema version 2 made
-        conn.execute(
-            """
-            CREATE TABLE dacwatch_schema (version INTEGER NOT NULL);
-            INSERT INTO dacwatch_schema VALUES (2);
-            CREATE TABLE jobs (id BIGSERIAL PRIMARY KEY, path TEXT NOT NULL, size BIGINT NOT NULL,
-                mtime_ns BIGINT NOT NULL, inode BIGINT NOT NULL, status TEXT NOT NULL,
-                attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, output TEXT, worker TEXT,
-                not_before DOUBLE PRECISION NOT NULL DEFAULT 0, created_at DOUBLE PRECISION NOT NULL,
-                updated_at DOUBLE PRECISION NOT NULL, started_at DOUBLE PRECISION,
-                finished_at DOUBLE PRECISION, node TEXT, lease TEXT, heartbeat_at DOUBLE PRECISION,
-                UNIQUE (path, size, mtime_ns, inode));
-            """
-        )
+        conn.execute(V2_POSTGRES_SCHEMA)
     with PostgresQueue(pg_url, "n1") as q:
         q.submit("x.wav", A)
         job = q.lease("w")
