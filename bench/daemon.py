@@ -79,12 +79,14 @@ def run_daemon(
     queue_url: str | None = None,
     threads: int | None = None,
     page_loads: float = 0.0,
+    listen: bool = False,
 ) -> dict[str, Any]:
     """Start ``daemons`` x ``dacwatch run`` on one inbox (``jobs`` files at once each; None:
     the default; several share the PostgreSQL queue at ``queue_url``; ``threads``: torch's
     threads in each), drop the files into the inbox once all are READY, wait for them.
     ``page_loads``: load the first daemon's status page and /api/status this many times a
-    second while it converts (the page's cost to the daemon)."""
+    second while it converts (the page's cost to the daemon); ``listen``: serve the page
+    (and build its snapshot once a second) even with no loads, so runs differ in loads only."""
     inbox = work / "inbox"
     inbox.mkdir()
     logs, procs = [], []
@@ -109,7 +111,7 @@ def run_daemon(
                     "[watch]",
                     "settle_seconds = 0.5",
                     "[metrics]",
-                    f'listen = "{"127.0.0.1:0" if page_loads and i == 0 else ""}"',
+                    f'listen = "{"127.0.0.1:0" if (page_loads or listen) and i == 0 else ""}"',
                     *(["[queue]", f'url = "{queue_url}"'] if queue_url else []),
                 ]
             )
@@ -265,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
         "--page-loads",
         default="0",
         help="comma-separated status-page loads per second while converting, one run each (e.g. 0,10: the "
-        "page's cost, same run); with several --jobs-per-device values, each is paired with the last",
+        "page's cost, same run; the page is served in every run, so they differ in loads alone); with several "
+        "--jobs-per-device values, the last is used",
     )
     p.add_argument("--out", type=Path, default=bench.RESULTS)
     args = p.parse_args(argv)
@@ -299,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
             folder[0].parent.mkdir()
             for src, dst in zip(staged, folder, strict=True):
                 os.link(src, dst)
-            result = run_daemon(args, weights, run_dir, folder, jobs, page_loads=rate)
+            result = run_daemon(args, weights, run_dir, folder, jobs, page_loads=rate, listen=loads != [0.0])
             runs.append({"jobs_per_device": value, "page_loads_per_s": rate, **result})
         reference = codec_only(args, weights, reference_sources)
     finally:
