@@ -16,7 +16,7 @@ import pytest
 from dacwatch.codec.model import ModelSpec
 from dacwatch.convert import CodecPool, CodecSettings, encode_file
 
-from .daemon import wav
+from .daemon import Daemon, wav
 
 
 def dacwatch(*args: str) -> subprocess.CompletedProcess[str]:
@@ -106,3 +106,23 @@ def test_a_bag_needs_its_data_folder(tmp_path: Path) -> None:
     out = dacwatch("scrub", "--write-manifest", str(tmp_path))
     assert out.returncode == 2 and "data/" in out.stderr
     assert not (tmp_path / "manifest-sha256.txt").exists()
+
+
+def test_a_daemon_with_output_manifest_keeps_its_outbox_a_bag(tmp_path: Path, tiny_weights: Path) -> None:
+    d = Daemon(tmp_path, tiny_weights, output__manifest=True, codec__jobs_per_device=2)
+    try:
+        d.start().ready()
+        assert (d.outbox / "bagit.txt").is_file()
+        (d.inbox / "talks").mkdir()
+        wav(d.inbox / "talks" / "one.wav", seconds=1.0, rate=44100)
+        wav(d.inbox / "two.wav", seconds=0.5, rate=44100)
+        d.wait_event("job.done", count=2)
+        assert (d.outbox / "data" / "talks" / "one.dac").is_file() and (d.outbox / "data" / "two.dac").is_file()
+        bagit.Bag(str(d.outbox)).validate()
+        keys = sorted(line.split("  ")[1] for line in (d.outbox / "manifest-sha256.txt").read_text().splitlines())
+        assert keys == ["data/talks/one.dac", "data/two.dac"]
+        report = scrub_json(d.outbox, tiny_weights)
+        assert report["returncode"] == 0 and report["problems"] == [] and report["files"] == 2, report
+        assert d.stop() == 0
+    finally:
+        d.close()
