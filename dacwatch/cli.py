@@ -184,8 +184,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", type=Path)
     p.add_argument("--code-format", choices=["packed", "int16"], default="packed")
 
-    p = sub.add_parser("scrub", help="check .dac files or trees: CRC, metadata, codes, weights, decoding")
+    p = sub.add_parser(
+        "scrub",
+        help="check .dac files or trees: CRC, metadata, codes, weights, decoding, and a BagIt bag's manifest",
+    )
     p.add_argument("paths", nargs="+", type=Path)
+    p.add_argument(
+        "--write-manifest",
+        action="store_true",
+        help="make each PATH a BagIt bag instead of checking it: write bagit.txt, bag-info.txt and "
+        "manifest-sha256.txt (SHA-256) for the .dac files under PATH/data/ (BagIt keeps the files in data/); "
+        "a later scrub of the bag, or of any path inside it, checks the files against the manifest",
+    )
     p.add_argument(
         "--decode",
         nargs="?",
@@ -554,6 +564,9 @@ def _scrub(args: argparse.Namespace) -> int:
     from dacwatch.codec.model import fingerprint
     from dacwatch.scrub import decoder, scrub, weights_here
 
+    if args.write_manifest:
+        return _write_manifest(args)
+
     pool = _pool(args)
     local = fingerprint(pool.codec().model) if args.weights is not None else None
     check = weights_here(pool.cache_dir, local)
@@ -575,6 +588,19 @@ def _scrub(args: argparse.Namespace) -> int:
             f"{report.bytes_read / 1e6:.1f} MB read"
         )
     return 1 if report.problems else 0
+
+
+def _write_manifest(args: argparse.Namespace) -> int:
+    from dacwatch.bag import PAYLOAD, write_bag
+    from dacwatch.scrub import RateLimit, dac_files
+
+    limit = RateLimit(args.max_read_mb_s)
+    for root in args.paths:
+        if not (root / PAYLOAD).is_dir():
+            raise UsageError(f"{root} has no {PAYLOAD}/ folder: a bag keeps its files in {root / PAYLOAD}/")
+        written = write_bag(root, dac_files([root / PAYLOAD]), limit.spend)
+        print(f"bag {root}: {written.files} files, {written.octets} bytes in manifest-sha256.txt")
+    return 0
 
 
 def _repack(args: argparse.Namespace) -> int:

@@ -109,6 +109,9 @@ class OutputConfig(_Section):
     # .dac files: "packed" (format 2, at the codec's own bitrate) or "int16" (format 1, for
     # tools that expect it; both are read forever).
     code_format: Literal["packed", "int16"] = "packed"
+    # The outbox as a BagIt bag: outputs under outbox/data/, each listed with its SHA-256
+    # in outbox/manifest-sha256.txt as it is written (dacwatch scrub checks against it).
+    manifest: bool = False
 
 
 class WatchConfig(_Section):

@@ -14,7 +14,12 @@ found is reported once, with the check that found it:
   name decodes it);
 - ``decode`` (``--decode full`` or ``sample``): the file decodes, to finite audio
   of the recorded length (``sample``: three one-second excerpts, at the start,
-  middle and end).
+  middle and end);
+- in a BagIt bag (:mod:`dacwatch.bag`; a folder from the path up holds ``bagit.txt``
+  and ``manifest-sha256.txt``), the files against the manifest: ``manifest-changed``
+  (whole, yet not the file that was bagged: its SHA-256 differs), ``manifest-extra``
+  (a ``.dac`` the manifest does not list), ``manifest-missing`` (listed, not there).
+  A file that fails an earlier check is reported for that one alone.
 
 Reads are block by block (bounded memory) and can be held to a rate
 (``--max-read-mb-s``); nothing is ever modified or moved.
@@ -33,10 +38,11 @@ from typing import Any
 
 import numpy as np
 
+from dacwatch import bag
 from dacwatch.errors import DacwatchError
 from dacwatch.formats.container import ContainerError, DacFile, read
 
-CHECKS = ("crc", "structure", "codes", "weights", "decode")
+CHECKS = ("crc", "structure", "codes", "weights", "decode", "manifest-changed", "manifest-extra", "manifest-missing")
 BLOCK = 1 << 20
 
 
@@ -185,17 +191,87 @@ def scrub(
     progress: Callable[[Path], None] | None = None,
 ) -> Report:
     """Check every ``.dac`` file under ``paths``; nothing is modified."""
+    paths = list(paths)
     report = Report()
     limit = RateLimit(max_read_mb_s)
+    manifests = Manifests(paths, limit)
     for path in dac_files(paths):
         report.files += 1
         found = check_file(path, limit, weights, decode)
+        found = manifests.check(path, found)
         report.problems += found
         report.clean += not found
         if progress is not None:
             progress(path)
+    report.problems += manifests.missing()
     report.bytes_read = limit.total
     return report
+
+
+class Manifests:
+    """The manifests of the bags that the files under ``paths`` lie in, and what was seen
+    of each: every listed file is accounted for once, by its own check or as missing."""
+
+    def __init__(self, paths: list[Path], limit: RateLimit) -> None:
+        self.scope = [p.absolute() for p in paths]
+        self.limit = limit
+        self.roots: dict[Path, Path | None] = {}  # a file's folder -> its bag's root
+        self.entries: dict[Path, dict[str, str]] = {}  # a bag's root -> its manifest
+        self.seen: dict[Path, set[str]] = {}
+        for p in paths:
+            self._root(p.absolute() if p.is_dir() else p.absolute().parent)
+
+    def _root(self, folder: Path) -> Path | None:
+        if folder not in self.roots:
+            root = self.roots[folder] = bag.find_root(folder)
+            if root is not None and root not in self.entries:
+                self.entries[root] = bag.read_manifest(root)
+                self.seen[root] = set()
+        return self.roots[folder]
+
+    def check(self, path: Path, found: list[Problem]) -> list[Problem]:
+        """``found`` (the file's other checks), else what the manifest says of ``path``."""
+        root = self._root(path.absolute().parent)
+        if root is None:
+            return found
+        key = bag.key_of(root, path)
+        self.seen[root].add(key)
+        if found:
+            return found
+        return self._against(root, key, path)
+
+    def _against(self, root: Path, key: str, path: Path) -> list[Problem]:
+        listed = self.entries[root].get(key)
+        if listed is None:
+            return [Problem(str(path), "manifest-extra", f"not listed in {root / bag.MANIFEST}")]
+        try:
+            now = bag.sha256_of(path, self.limit.spend)
+        except OSError as exc:
+            return [Problem(str(path), "structure", f"cannot be read ({exc.strerror or exc})")]
+        if now != listed:
+            return [
+                Problem(
+                    str(path),
+                    "manifest-changed",
+                    f"sha256 {now}, the manifest records {listed}: replaced or rolled back since it was bagged",
+                )
+            ]
+        return []
+
+    def missing(self) -> list[Problem]:
+        """Listed files inside the paths scrubbed that no check saw: those not there are
+        missing; any other (a file no ``.dac`` scan finds) is compared with its hash."""
+        problems: list[Problem] = []
+        for root, entries in self.entries.items():
+            for key in sorted(set(entries) - self.seen[root]):
+                path = root / key
+                if not any(s == path or s in path.parents for s in self.scope):
+                    continue
+                if not path.is_file():
+                    problems.append(Problem(str(path), "manifest-missing", f"listed in {root / bag.MANIFEST}"))
+                else:
+                    problems += self._against(root, key, path)
+        return problems
 
 
 def check_file(

@@ -23,7 +23,7 @@ from typing import Any
 
 from dacwatch import __version__, logs
 from dacwatch.config import Settings
-from dacwatch.daemon import report
+from dacwatch.daemon import manifest, report
 from dacwatch.daemon.metrics import Metrics
 from dacwatch.daemon.watcher import IgnoreRules, Watcher
 from dacwatch.daemon.worker import Worker, check_against_model, jobs_per_device, make_pool
@@ -127,6 +127,8 @@ class Service:
         for folder in (s.outbox, s.failed, s.done, s.inbox):
             for leftover in sweep_temp_files(folder, older_than):
                 self.log.info("startup.removed_temp_file", path=str(leftover))
+        if s.output.manifest:
+            manifest.start(s.outbox)
         if aside is not None:
             self.log.error("queue.corrupt_rebuilt", moved_to=str(aside), db=str(s.state_db))
         recovered = self.queue.recover()

@@ -26,6 +26,7 @@ from dacwatch.audio import OutputFormat, check_regular_file
 from dacwatch.codec.model import ModelSpec
 from dacwatch.config import Settings
 from dacwatch.convert import CodecPool, CodecSettings, Result, decode_file, encode_file
+from dacwatch.daemon import manifest
 from dacwatch.daemon.metrics import Metrics
 from dacwatch.daemon.report import audio_length
 from dacwatch.errors import (
@@ -281,6 +282,8 @@ class Worker(threading.Thread):
                     with contextlib.suppress(OSError):
                         drop_output(result.output, mine)
                 raise
+            if s.output.manifest:  # only an output that stays: after the source is known unchanged
+                manifest.record(s.outbox, result.output)
             self._dispose(source, job.identity)
             crash_point("after_dispose")
             self._record(self.queue.complete, job.id, str(result.output))
@@ -426,9 +429,10 @@ class Worker(threading.Thread):
 
     def _output_of(self, source: Path) -> Path:
         s = self.settings
+        outbox = manifest.payload(s.outbox) if s.output.manifest else s.outbox
         if source.suffix.lower() == ".dac":
-            return mirror(source, s.inbox, s.outbox, "." + s.output.format)
-        return mirror(source, s.inbox, s.outbox, ".dac")
+            return mirror(source, s.inbox, outbox, "." + s.output.format)
+        return mirror(source, s.inbox, outbox, ".dac")
 
     def _convert(self, source: Path, job: Job) -> Result:
         s = self.settings
