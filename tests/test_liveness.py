@@ -114,3 +114,20 @@ def test_a_changed_sources_output_is_unlinked_only_if_it_is_still_ours(tmp_path:
     assert output.read_bytes() == b"v2 codes, converted by another lane"
     assert drop_output(output, output_identity(output)) is True and not output.exists()
     assert drop_output(output, None) is False
+
+
+def test_a_bug_met_submitting_one_file_never_stops_intake(tmp_path: Path, tiny_weights: Path) -> None:
+    """Whatever goes wrong submitting one file is logged with its traceback; the watcher's
+    thread (which calls this) carries on with the others."""
+    s = settings_for(tmp_path, tiny_weights)
+    service = Service(s)
+    service.startup()
+    try:
+        ident = Identity(size=10, mtime_ns=1, inode=1)
+        with capture_logs() as logs:
+            service._submit(tmp_path / "not-in-the-inbox.wav", ident)  # a path the inbox does not hold
+            service._submit(s.inbox.absolute() / "good.wav", ident)
+        events = [e["event"] for e in logs]
+        assert events == ["queue.submit_error", "job.queued"], events
+    finally:
+        service.shutdown(5)

@@ -273,14 +273,19 @@ class Service:
 
     def _submit(self, path: Path, ident: Any) -> None:
         assert self.queue is not None
-        rel = str(path.relative_to(self.settings.inbox.absolute()))
         try:
+            rel = str(path.relative_to(self.settings.inbox.absolute()))
             if self.queue.submit(rel, ident):
                 self.log.info("job.queued", source=str(path), size=ident.size)
         except DacwatchError as exc:
             self.log.error("queue.submit_failed", source=str(path), error=str(exc))
             assert self.watcher is not None
             self.watcher.debouncer.seen(path)  # try again on the next round
+        except Exception:
+            # Our bug, met with one file: said with its traceback, and intake goes on for every
+            # other file (one name must never stop the watcher); the reconcile scan offers
+            # this one again.
+            self.log.exception("queue.submit_error", source=str(path))
 
     def problems(self) -> list[str]:
         """What is wrong now: a dead or hung watcher or worker (systemd's watchdog is
