@@ -27,6 +27,7 @@ from dacwatch.codec.model import ModelSpec
 from dacwatch.config import Settings
 from dacwatch.convert import CodecPool, CodecSettings, Result, decode_file, encode_file
 from dacwatch.daemon import manifest
+from dacwatch.daemon.interrupted import Act, Facts, Row, Source, When, decide
 from dacwatch.daemon.metrics import Metrics
 from dacwatch.daemon.report import audio_length
 from dacwatch.errors import (
@@ -64,8 +65,12 @@ class WorkerStopped(Exception):
     """A worker stopped taking work after unexpected failures in a row."""
 
 
-class LeaseLost(Exception):
-    """Another node took the job over (this one was silent past the lease timeout)."""
+class Interrupted(Exception):
+    """The table of dacwatch.daemon.interrupted said to stop converting ``row``'s way."""
+
+    def __init__(self, row: Row) -> None:
+        super().__init__(row.reason)
+        self.row = row
 
 
 class Cancelled(Exception):
@@ -259,29 +264,22 @@ class Worker(threading.Thread):
         self.heartbeat = time.monotonic()
         self.current = Current(job.path, self.heartbeat, lease=job.lease, generation=self.pool.generation)
         started = time.monotonic()
+        mine: Identity | None = None  # what this worker renamed into place, once it has
         try:
-            if not self._still_there(job, source):
-                return
-            if job.last_error == CRASHED and job.attempts > s.retry.max_attempts:
-                # The process died during each of these attempts: stop the crash loop.
+            taken = decide(self._facts(job, source, When.TAKEN))
+            if taken.act is Act.GIVE_UP:
                 raise PermanentError(f"the daemon died {job.attempts - 1} times converting this file")
-            result = self._convert(source, job)
-            mine = output_identity(result.output)  # what this worker renamed into place
+            if taken.act is not Act.CONVERT:
+                raise Interrupted(taken)
+            result = self._convert(source, job)  # checks When.CONVERTED before the rename too
+            mine = output_identity(result.output)
             self._finishing()
             crash_point("after_rename")
-            try:
-                self._unchanged(source, job)  # never move or delete a version that was not converted
-            except SourceChanged:
-                # Never another node's output, nor a whole conversion of this version whose
-                # source the earlier holder already moved (recorded done below).
-                if self._finished_elsewhere(job, source) is None and self._queue_call(
-                    self.queue.holds, job.id, job.lease
-                ):
-                    # Whole, of the earlier version; if it cannot go now, the new
-                    # version's own job replaces it.
-                    with contextlib.suppress(OSError):
-                        drop_output(result.output, mine)
-                raise
+            # Never move or delete a version that was not converted, nor act on a job that
+            # is another node's now.
+            converted = decide(self._facts(job, source, When.CONVERTED))
+            if converted.act is not Act.FINISH:
+                raise Interrupted(converted)
             if s.output.manifest:  # only an output that stays: after the source is known unchanged
                 manifest.record(s.outbox, result.output)
             self._dispose(source, job.identity)
@@ -310,24 +308,13 @@ class Worker(threading.Thread):
         except Cancelled:
             self._record(self.queue.requeue, job.id)
             self.log.info("job.requeued", source=str(source), reason="shutdown")
-        except LeaseLost as exc:
-            # Another node holds the job now. Lost before the rename: nothing was renamed;
-            # lost between the rename and moving the source: the output stays (the other
-            # node writes the same name) and the source is left alone. The queue is the
-            # other node's to update.
-            self.log.warning("job.lease_lost", source=str(source), reason=str(exc))
+        except Interrupted as exc:
+            self._interrupted(exc.row, job, source, mine)
         except SourceChanged as exc:
-            if (output := self._finished_elsewhere(job, source)) is not None:
-                # A job taken over from a node that was not dead after all: it renamed
-                # the output and moved the source while this worker converted. The
-                # output is a whole conversion of this version; keep its name claimed.
-                self._record(self.queue.complete, job.id, str(output))
-                self.log.info("job.recovered_done", source=str(source), output=str(output), reason=str(exc))
-            else:
-                # The watcher submits the new version (its writes bring events, and the
-                # reconcile scan finds it in any case) as a job of its own.
-                self._record(self.queue.drop, job.id)
-                self.log.info("job.superseded", source=str(source), reason=str(exc))
+            # The source changed as it was to be deleted (delete mode): the output is a whole
+            # conversion of the version that was; the new one is a job of its own.
+            self._record(self.queue.drop, job.id)
+            self.log.info("job.superseded", source=str(source), reason=str(exc))
         except QueueError:
             raise  # _record gave up only because of a shutdown; the job is recovered at boot
         except Exception as exc:
@@ -335,25 +322,35 @@ class Worker(threading.Thread):
         finally:
             self.current = None
 
+    def _interrupted(self, row: Row, job: Job, source: Path, mine: Identity | None) -> None:
+        """Do what the table (dacwatch.daemon.interrupted) said, and say so."""
+        claimed = self.current.target if self.current is not None else None
+        if row.act is Act.LEAVE:
+            # Lost before the rename: nothing was renamed; lost between the rename and moving
+            # the source: the output stays (the other node writes the same name) and the
+            # source is left alone. The queue is the other node's to update.
+            self.log.warning(row.event, source=str(source), reason=row.reason)
+            return
+        if row.act is Act.RECORD_DONE:
+            output = claimed if claimed is not None else Path(job.output) if job.output else self._output_of(source)
+            self._record(self.queue.complete, job.id, str(output))
+            self.log.info(row.event, source=str(source), output=str(output), reason=row.reason)
+            return
+        if row.act is Act.DROP_OUTPUT and claimed is not None:
+            # Whole, of the earlier version; if it cannot go now, the new version's own
+            # job replaces it. Only if it is still the file this worker renamed.
+            with contextlib.suppress(OSError):
+                drop_output(claimed, mine)
+        # Forget the job; the watcher submits whatever is under the name now (its writes
+        # bring events, and the reconcile scan finds it in any case) as a job of its own.
+        self._record(self.queue.drop, job.id)
+        log = self.log.warning if row.event == "job.ignored" else self.log.info
+        log(row.event, source=str(source), reason=row.reason)
+
     def _count(self, source: Path, outcome: str, audio_s: float = 0.0, wall_s: float = 0.0) -> None:
         if self.metrics is not None:
             kind = "decode" if source.suffix.lower() == ".dac" else "encode"
             self.metrics.finished(kind, outcome, audio_s, wall_s, str(source))
-
-    def _finished_elsewhere(self, job: Job, source: Path) -> Path | None:
-        """After a crash or a takeover, the source vanished while this worker converted it
-        and the output it claimed is in place: the earlier holder finished the work. That
-        output, or None."""
-        target = self.current.target if self.current is not None else None
-        if (
-            job.last_error == CRASHED
-            and target is not None
-            and not os.path.lexists(source)
-            and target.exists()
-            and self._queue_call(self.queue.holds, job.id, job.lease)
-        ):
-            return target
-        return None
 
     def _version(self, path: Path) -> Identity:
         """The identity of ``path`` as the queue compares it (without the inode when shared).
@@ -366,46 +363,35 @@ class Worker(threading.Thread):
         except OSError as exc:
             raise os_fault(exc, f"cannot look at {path}") from exc
 
-    def _still_there(self, job: Job, source: Path) -> bool:
-        """The job's exact file is still in the inbox; otherwise forget the job."""
-        try:
-            now = self._version(source)
-        except FileNotFoundError:
-            output = Path(job.output) if job.output else self._output_of(source)
-            if job.last_error == CRASHED and output.exists():
-                # Killed between the rename into place (and the source's disposal)
-                # and recording it: the work is done, record that.
-                self._record(self.queue.complete, job.id, str(output))
-                self.log.info("job.recovered_done", source=str(source), output=str(output))
-            else:
-                self._record(self.queue.drop, job.id)
-                self.log.info("job.vanished", source=str(source))
-            return False
-        if source.is_symlink() and not within(self.settings.inbox, source):
-            self._record(self.queue.drop, job.id)  # never read, never moved
-            self.log.warning("job.ignored", source=str(source), reason="symlink pointing outside the inbox")
-            return False
-        if now != job.identity:
-            self._record(self.queue.drop, job.id)  # the watcher submits the new content as its own job
-            self.log.info("job.superseded", source=str(source), reason="changed before it was taken")
-            return False
-        return True
-
-    def _unchanged(self, source: Path, job: Job) -> None:
-        """Raise :class:`SourceChanged` unless ``source`` is still the version the job names,
-        and :class:`LeaseLost` unless this worker still holds the job (a shared queue may
-        have given it to another node): checked before the output's rename and before the
-        source is moved."""
+    def _facts(self, job: Job, source: Path, when: When) -> Facts:
+        """What the table of dacwatch.daemon.interrupted looks at, for ``job`` now."""
         # The lease first: a source that vanished because another node finished the job
         # is that node's business, not a change to act on.
-        if not self._queue_call(self.queue.holds, job.id, job.lease):
-            raise LeaseLost(f"the lease on {source} expired and another node took the job over")
+        held = when is When.TAKEN or self._queue_call(self.queue.holds, job.id, job.lease)
         try:
-            now = self._version(source)
+            state = Source.SAME if self._version(source) == job.identity else Source.CHANGED
+            if source.is_symlink() and not within(self.settings.inbox, source):
+                state = Source.OUTSIDE
         except FileNotFoundError:
-            raise SourceChanged(f"{source} vanished while it was converted") from None
-        if now != job.identity:
-            raise SourceChanged(f"{source} changed while it was converted (size {job.identity.size} -> {now.size})")
+            state = Source.GONE
+        if when is When.TAKEN:
+            output: Path | None = Path(job.output) if job.output else self._output_of(source)
+        else:
+            output = self.current.target if self.current is not None else None
+        return Facts(
+            when=when,
+            source=state,
+            crashed=job.last_error == CRASHED,
+            crash_loop=job.attempts > self.settings.retry.max_attempts,
+            lease_held=held,
+            output_in_place=output is not None and output.exists(),
+        )
+
+    def _before_rename(self, source: Path, job: Job) -> None:
+        """Just before the output's rename: the table again; anything but "finish" stops it."""
+        row = decide(self._facts(job, source, When.CONVERTED))
+        if row.act is not Act.FINISH:
+            raise Interrupted(row)
 
     def _reserve(self, source: Path, job: Job) -> Path:
         """The output name this job may write, claimed in the queue (README, "Output names"):
@@ -441,7 +427,7 @@ class Worker(threading.Thread):
         if self.current is not None:
             self.current.target = target
             self.current.total_s = audio_length(source)  # a regular file in the inbox: its header only
-        check = functools.partial(self._unchanged, source, job)
+        check = functools.partial(self._before_rename, source, job)
         if source.suffix.lower() == ".dac":
             fmt = OutputFormat(s.output.format, s.output.sample_format)
             return decode_file(
