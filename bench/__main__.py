@@ -42,6 +42,20 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def weights_file(args: argparse.Namespace, work: Path) -> Path:
+    """``--weights`` when given, else a random network saved under ``work``: the full-size
+    44 kHz architecture, or the tiny one with ``--tiny`` (no weights can be downloaded here)."""
+    if getattr(args, "weights", None) is not None:
+        return Path(args.weights)
+    from dacwatch.codec.model import full_size_model, tiny_model
+
+    path = work / "weights.pth"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        (tiny_model() if getattr(args, "tiny", False) else full_size_model("44khz")).save(str(path), package=False)
+    return path
+
+
 def best_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """The fastest of a measurement's rounds, with every round's figure and their median."""
     speeds = [r["x_realtime"] for r in rounds]
@@ -148,15 +162,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
 
-    from dacwatch.codec.model import full_size_model, tiny_model
+    from dacwatch.codec.model import tiny_model
 
     work = Path(tempfile.mkdtemp(prefix="dacwatch-bench-"))
-    weights = args.weights
+    weights = weights_file(args, work)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if weights is None:
-            weights = work / "weights.pth"
-            (tiny_model() if args.tiny else full_size_model("44khz")).save(str(weights), package=False)
         tiny_weights = work / "tiny.pth"
         tiny_model().save(str(tiny_weights), package=False)
     base = {"weights": str(weights), "device": args.device}

@@ -22,7 +22,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -273,16 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=bench.RESULTS)
     args = p.parse_args(argv)
 
-    from dacwatch.codec.model import full_size_model, tiny_model
-
     work = Path(tempfile.mkdtemp(prefix="dacwatch-bench-daemon-"))
     try:
-        weights = args.weights
-        if weights is None:
-            weights = work / "weights.pth"
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                (tiny_model() if args.tiny else full_size_model("44khz")).save(str(weights), package=False)
+        weights = bench.weights_file(args, work)
         staged = write_folder(work / "staged", args.files, args.seconds, args.shortest)
         step = max(1, len(staged) // max(1, args.reference_files))  # spread over the lengths
         reference_sources = [work / "reference" / p.name for p in staged[::step][: args.reference_files]]

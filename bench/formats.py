@@ -40,19 +40,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from dacwatch.audio import OutputFormat
-    from dacwatch.codec.model import ModelSpec, full_size_model, tiny_model
+    from dacwatch.codec.model import ModelSpec
     from dacwatch.convert import CodecPool, CodecSettings, decode_file, encode_file
     from dacwatch.formats import container
 
     report: dict[str, Any] = {**bench.run_header(args, "python -m bench.formats", argv), "seconds": args.seconds}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        weights = args.weights
-        if weights is None:
-            weights = work / "weights.pth"
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                (tiny_model() if args.tiny else full_size_model("44khz")).save(str(weights), package=False)
+        weights = bench.weights_file(args, work)
         pool = CodecPool(ModelSpec(weights=weights), CodecSettings(args.device))
         pool.codec()
         wav = work / "talk.wav"

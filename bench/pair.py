@@ -52,15 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=bench.RESULTS)
     args = p.parse_args(argv)
 
-    from dacwatch.codec.model import full_size_model
-
     names = {py: versions(py) for py in args.python}
     rows: dict[str, dict[str, list[float]]] = {py: {"encode": [], "decode": []} for py in args.python}
     codes: dict[str, np.ndarray] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        weights = work / "weights.pth"
-        full_size_model("44khz").save(str(weights), package=False)
+        weights = bench.weights_file(args, work)  # the full-size network, random
         np.save(work / "audio.npy", bench.synth(args.seconds, 1, 44100))
         base = {"weights": str(weights), "device": "cpu", "approach": "dacwatch"}
         for _ in range(args.rounds):
