@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +17,11 @@ from torch import nn
 
 from dacwatch.codec.model import prepare_model, tiny_model
 from dacwatch.config import Settings
+
+# The suite's caches (weights fingerprints) stay out of the user's home; daemons the
+# tests start inherit this.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="dacwatch-test-cache-")
+os.environ.pop("CACHE_DIRECTORY", None)
 
 # Two cores: with pytest-xdist's two workers each takes one.
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)

@@ -24,7 +24,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from dacwatch.codec import kernels
+from dacwatch.codec import fingerprint_cache, kernels
 from dacwatch.codec.windows import ReceptiveField
 from dacwatch.errors import ModelUnavailableError
 
@@ -137,12 +137,21 @@ def load_model(spec: ModelSpec, device: str | torch.device = "cpu", cache_dir: P
     from dac.model import DAC
 
     path = weights_path(spec, cache_dir)
+    before = fingerprint_cache.identity(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = DAC.load(str(path))
     except Exception as exc:  # a corrupt or foreign file: say which and why
         raise ModelUnavailableError(f"could not load DAC weights from {path}: {exc}") from exc
+    # The fingerprint of an unchanged file is remembered by its identity; one that
+    # changed while it was read is hashed as loaded and not remembered.
+    unchanged = before is not None and fingerprint_cache.identity(path) == before
+    known = fingerprint_cache.lookup(path, before) if unchanged and before is not None else None
+    if known is not None:
+        setattr(model, FINGERPRINT_ATTR, known)
+    elif unchanged and before is not None:
+        fingerprint_cache.store(path, before, fingerprint(model))
     return prepare_model(model, device)
 
 

@@ -1,0 +1,85 @@
+"""The weights fingerprint of a file, remembered by the file's identity.
+
+Hashing every tensor of a full-size network takes about a quarter of a second,
+paid by every one-shot command before it converts anything. A weights file that
+has not changed has the same fingerprint, so it is kept on disk under the file's
+identity: device, inode, size, and modification and change times in
+nanoseconds. Any write to the file, or a new file renamed over it (rsync, cp,
+a download), changes the inode or the change time, which nobody can set back,
+so a stale entry is never taken for the file it once described.
+
+The cache is an optimisation only: an entry that cannot be read, does not
+parse or describes another identity is ignored, and a folder that cannot be
+written is left alone (the fingerprint is then computed each time, as before).
+Entries are written whole, under a temporary name renamed into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+Identity = tuple[int, int, int, int, int]
+
+_FINGERPRINT = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+def cache_dir() -> Path:
+    """``$CACHE_DIRECTORY/fingerprints`` under systemd (``CacheDirectory=``), else
+    ``${XDG_CACHE_HOME:-~/.cache}/dacwatch/fingerprints``."""
+    env = os.environ.get("CACHE_DIRECTORY")
+    if env:
+        return Path(env.split(":")[0]) / "fingerprints"
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "dacwatch" / "fingerprints"
+
+
+def identity(path: Path) -> Identity | None:
+    """What changes whenever the file's bytes may have: None if it cannot be read."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _entry(path: Path, ident: Identity, folder: Path) -> Path:
+    key = hashlib.sha256(os.fsencode(os.path.realpath(path)) + b"\0" + repr(ident).encode()).hexdigest()
+    return folder / f"{key[:40]}.json"
+
+
+def lookup(path: Path, ident: Identity, folder: Path | None = None) -> str | None:
+    """The fingerprint recorded for ``path`` as it was at ``ident``, or None."""
+    try:
+        data = json.loads(_entry(path, ident, folder or cache_dir()).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("identity") != list(ident):
+        return None
+    value = data.get("fingerprint")
+    return value if isinstance(value, str) and _FINGERPRINT.match(value) else None
+
+
+def store(path: Path, ident: Identity, fingerprint: str, folder: Path | None = None) -> bool:
+    """Record ``fingerprint`` for ``path`` at ``ident``; False if the folder cannot take it."""
+    folder = folder or cache_dir()
+    target = _entry(path, ident, folder)
+    payload = json.dumps({"path": str(path), "identity": list(ident), "fingerprint": fingerprint}) + "\n"
+    tmp = None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".", suffix=".part")
+        with os.fdopen(fd, "w") as out:
+            out.write(payload)
+        os.replace(tmp, target)
+    except OSError:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        return False
+    return True
