@@ -265,7 +265,14 @@ def main(argv: list[str] | None = None) -> int:
     if precisions:
         np.save(work / "precision.npy", synth(args.precision_seconds, args.channels, rate, seed=3))
         report["precision"] = child(
-            {**base, "task": "precision", "input": str(work / "precision.npy"), "precisions": list(precisions)}
+            {
+                **base,
+                "task": "precision",
+                "input": str(work / "precision.npy"),
+                "precisions": list(precisions),
+                "seed": True,
+                "repeats": 2,
+            }
         )["rows"]
         checkpoint(args, report)
 
@@ -422,20 +429,7 @@ def markdown(r: dict[str, Any]) -> str:
         lines += ["", "Peak device memory (MB, the timed pass):", "", "| run | peak device MB |", "|---|---|"]
         lines += [f"| {k} | {x['peak_device_mb']:.0f} |" for k, x in runs.items() if "peak_device_mb" in x]
     if r.get("precision"):
-        lines += [
-            "",
-            f"Precision sweep on {r['device']} against float32 on the CPU (same codes decoded; "
-            "chunked vs whole: frames that differ between the default windows and one whole-file pass on the device):",
-            "",
-            "| precision | encode x | decode x | frames differing from CPU float32 | codes differing | chunked vs whole | decode SNR dB | decode max diff |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {q['precision']} | {q['encode_x']:.1f} | {q['decode_x']:.1f} | {q['frames_differing_from_cpu_float32']} of {q['frames']} "
-            f"| {100 * q['codes_differing_from_cpu_float32']:.3f}% | {q['frames_chunked_vs_whole_on_device']} "
-            f"| {q['decode_snr_db_vs_cpu_float32']:.1f} | {q['decode_max_abs_diff_vs_cpu_float32']:.2g} |"
-            for q in r["precision"]
-        ]
+        lines += precision_markdown(r["precision"], r["device"])
     lines += [
         "",
         "Memory of the seed approach (stereo, peak RSS MB; grows with length):",
@@ -450,6 +444,52 @@ def markdown(r: dict[str, Any]) -> str:
             f"Seed decode grows by {r['seed_decode_mb_per_stereo_s']:.0f} MB per stereo second: a 30-minute file would need about {r['seed_decode_30min_estimate_mb'] / 1024:.0f} GB (linear extrapolation; it cannot run here).",
         ]
     return "\n".join(lines) + "\n" + markdown_long(r)
+
+
+def precision_markdown(rows: list[dict[str, Any]], device: str) -> list[str]:
+    """The precision (and kernel candidate) rows against float32 on the CPU, and, where
+    the seed approach ran at the same precisions, the like-for-like ratios."""
+    lines = [
+        "",
+        f"On {device}, each against float32 on the CPU (the same codes decoded; chunked vs whole: frames "
+        "that differ between the default windows and one whole-file pass on the device; seed: the seed "
+        "approach at the same flags, bf16 autocast around its network):",
+        "",
+        "| approach | kernels | precision | encode x | decode x | frames differing from CPU float32 "
+        "| codes differing | chunked vs whole | decode SNR dB | decode max diff |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for q in rows:
+        head = f"| {q.get('approach', 'dacwatch')} | {q.get('variant', 'cudnn')} | {q['precision']} "
+        if "not_run" in q:
+            lines.append(head + f"| not run: {q['not_run']} | | | | | | |")
+            continue
+        same = q["decode_max_abs_diff_vs_cpu_float32"] == 0
+        snr = "identical" if same else f"{q['decode_snr_db_vs_cpu_float32']:.1f}"
+        lines.append(
+            head
+            + f"| {q['encode_x']:.1f} | {q['decode_x']:.1f} | {q['frames_differing_from_cpu_float32']} of {q['frames']} "
+            f"| {100 * q['codes_differing_from_cpu_float32']:.3f}% | {q['frames_chunked_vs_whole_on_device']} "
+            f"| {snr} | {q['decode_max_abs_diff_vs_cpu_float32']:.2g} |"
+        )
+    seed = {q["precision"]: q for q in rows if q.get("approach") == "seed" and "encode_x" in q}
+    ours = [
+        q for q in rows if q.get("approach", "dacwatch") == "dacwatch" and q["precision"] in seed and "encode_x" in q
+    ]
+    if ours:
+        lines += [
+            "",
+            "Like for like (dacwatch / the seed approach, same precision, same run):",
+            "",
+            "| kernels | precision | encode | decode |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {q.get('variant', 'cudnn')} | {q['precision']} | {q['encode_x'] / seed[q['precision']]['encode_x']:.2f}x "
+            f"| {q['decode_x'] / seed[q['precision']]['decode_x']:.2f}x |"
+            for q in ours
+        ]
+    return lines
 
 
 def markdown_long(r: dict[str, Any]) -> str:

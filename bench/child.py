@@ -12,6 +12,7 @@ import resource
 import sys
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -213,58 +214,125 @@ def _sweep(spec: dict[str, Any]) -> dict[str, Any]:
     return {"task": "sweep", "rows": rows, "threads": torch.get_num_threads()}
 
 
+def _snr_db(audio: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
+    """SNR of ``audio`` against ``ref`` in dB, and the largest difference."""
+    n = min(audio.shape[-1], ref.shape[-1])
+    err = audio[:, :n].astype(np.float64) - ref[:, :n]
+    snr = 10 * np.log10(np.sum(ref[:, :n].astype(np.float64) ** 2) / max(float(np.sum(err**2)), 1e-300))
+    return float(snr), float(np.abs(err).max())
+
+
+def _timed(device: str, work: Any, repeats: int) -> tuple[float, Any]:
+    """The best of ``repeats`` timed calls of ``work`` (after one untimed call), and its result."""
+    result = work()
+    _sync(device)
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        result = work()
+        _sync(device)
+        best = min(best, time.perf_counter() - started)
+    return best, result
+
+
 def _precision(spec: dict[str, Any]) -> dict[str, Any]:
-    """Each precision on ``device`` against float32 on the CPU (the exact reference):
-    speed, frames whose codes differ, chunked against whole-file on the device, and
-    the decode's SNR. ``float32-nocudnn`` is float32 with cuDNN off (diagnostic)."""
+    """Kernel candidates x precisions on ``device``, each against float32 on the CPU
+    (the exact reference): speed, frames whose codes differ from the CPU's, frames
+    that differ between chunked and whole-file encoding on the device, and decoding's
+    SNR. With ``seed``, the seed approach runs at each precision too (the same flags,
+    bf16 autocast around its network), so every ratio is at equal precision.
+    ``float32-nocudnn`` is float32 with cuDNN off (diagnostic). Candidates run in
+    order until ``budget_s`` is spent; the rest are reported as not run."""
+    from dacwatch.codec import variants
     from dacwatch.codec.chunked import ChunkedCodec
 
+    from . import seed_reference
+
     device = spec.get("device", "cpu")
+    repeats = int(spec.get("repeats", 1))
+    deadline = time.monotonic() + float(spec.get("budget_s", 1e9))
     data = np.load(spec["input"])
-    model = _load({**spec, "device": "cpu"})
-    cpu = ChunkedCodec(model, "cpu")
+    cpu = ChunkedCodec(_load({**spec, "device": "cpu"}), "cpu")
     ref_codes = cpu.encode(data)
     ref_audio = cpu.decode(ref_codes)
-    seconds = data.shape[0] * data.shape[1] / model.sample_rate
-    model = model.to(device)
-    rows = []
+    seconds = data.shape[0] * data.shape[1] / cpu.model.sample_rate
+    frames = len(ref_codes)
+
+    def differing(codes: np.ndarray, other: np.ndarray) -> int:
+        n = min(len(codes), len(other))
+        return int((codes[:n] != other[:n, : codes.shape[1]]).any(axis=(1, 2)).sum()) + abs(len(codes) - len(other))
+
+    rows: list[dict[str, Any]] = []
     for name in spec["precisions"]:
         precision = name.removesuffix("-nocudnn")
         cudnn = torch.backends.cudnn.enabled
         torch.backends.cudnn.enabled = not name.endswith("-nocudnn")
         try:
-            codec = ChunkedCodec(model, device, None, None, spec.get("batch"), precision)
-            whole = ChunkedCodec(model, device, 0, 0, 1, precision)
-            codec.decode(codec.encode(data))  # untimed first pass
-            _sync(device)
-            started = time.perf_counter()
-            codes = codec.encode(data)
-            _sync(device)
-            encode_s = time.perf_counter() - started
-            started = time.perf_counter()
-            audio = codec.decode(ref_codes)
-            _sync(device)
-            decode_s = time.perf_counter() - started
-            whole_codes = whole.encode(data)
+            if spec.get("seed"):
+                stock = _load({**spec, "device": device}, prepared=False)
+                window = seed_reference.SEED_WINDOW_S
+                enc_s, codes = _timed(
+                    device, partial(seed_reference.encode, stock, data, window, device, precision), repeats
+                )
+                dec_s, audio = _timed(
+                    device, partial(seed_reference.decode, stock, ref_codes, device, precision), repeats
+                )
+                whole = ChunkedCodec(_load({**spec, "device": device}), device, 0, 0, 1, precision).encode(data)
+                snr, diff = _snr_db(audio, ref_audio)
+                rows.append(
+                    {
+                        "approach": "seed",
+                        "variant": "stock DAC",
+                        "precision": name,
+                        "encode_x": seconds / enc_s,
+                        "decode_x": seconds / dec_s,
+                        "frames": frames,
+                        "frames_differing_from_cpu_float32": differing(codes, ref_codes),
+                        "codes_differing_from_cpu_float32": float((codes[:frames] != ref_codes[: len(codes)]).mean()),
+                        "frames_chunked_vs_whole_on_device": differing(codes, whole),
+                        "decode_snr_db_vs_cpu_float32": snr,
+                        "decode_max_abs_diff_vs_cpu_float32": diff,
+                    }
+                )
+                print(json.dumps(rows[-1]), file=sys.stderr)
+                del stock
+            for variant in spec.get("variants", [variants.DEFAULT]):
+                row: dict[str, Any] = {"approach": "dacwatch", "variant": variant, "precision": name}
+                why = variants.unavailable(variant) if time.monotonic() < deadline else "out of time"
+                if why is not None:
+                    rows.append({**row, "not_run": why})
+                    print(json.dumps(rows[-1]), file=sys.stderr)
+                    continue
+                model = variants.apply(_load({**spec, "device": device}), variant)
+                codec = ChunkedCodec(model, device, None, None, spec.get("batch"), precision)
+                started = time.perf_counter()
+                codec.decode(codec.encode(data))  # untimed first pass: compiles, sets up
+                _sync(device)
+                row["first_pass_s"] = time.perf_counter() - started
+                enc_s, codes = _timed(device, partial(codec.encode, data), repeats)
+                dec_s, audio = _timed(device, partial(codec.decode, ref_codes), repeats)
+                whole = ChunkedCodec(model, device, 0, 0, 1, precision).encode(data)
+                snr, diff = _snr_db(audio, ref_audio)
+                row.update(
+                    {
+                        "encode_x": seconds / enc_s,
+                        "decode_x": seconds / dec_s,
+                        "frames": frames,
+                        "frames_differing_from_cpu_float32": differing(codes, ref_codes),
+                        "codes_differing_from_cpu_float32": float((codes != ref_codes).mean()),
+                        "frames_chunked_vs_whole_on_device": differing(codes, whole),
+                        "decode_snr_db_vs_cpu_float32": snr,
+                        "decode_max_abs_diff_vs_cpu_float32": diff,
+                    }
+                )
+                if device.startswith("cuda"):
+                    row["peak_device_mb"] = torch.cuda.max_memory_allocated() / 2**20
+                    torch.cuda.reset_peak_memory_stats()
+                rows.append(row)
+                print(json.dumps(row), file=sys.stderr)
+                del model, codec
         finally:
             torch.backends.cudnn.enabled = cudnn
-        n = min(len(audio[0]), len(ref_audio[0]))
-        err = audio[:, :n].astype(np.float64) - ref_audio[:, :n]
-        snr = 10 * np.log10(np.sum(ref_audio[:, :n].astype(np.float64) ** 2) / max(np.sum(err**2), 1e-300))
-        rows.append(
-            {
-                "precision": name,
-                "encode_x": seconds / encode_s,
-                "decode_x": seconds / decode_s,
-                "frames": len(ref_codes),
-                "frames_differing_from_cpu_float32": int((codes != ref_codes).any(axis=(1, 2)).sum()),
-                "codes_differing_from_cpu_float32": float((codes != ref_codes).mean()),
-                "frames_chunked_vs_whole_on_device": int((codes != whole_codes).any(axis=(1, 2)).sum()),
-                "decode_snr_db_vs_cpu_float32": float(snr),
-                "decode_max_abs_diff_vs_cpu_float32": float(np.abs(err).max()),
-            }
-        )
-        print(json.dumps(rows[-1]), file=sys.stderr)
     return {"task": "precision", "rows": rows, "threads": torch.get_num_threads()}
 
 

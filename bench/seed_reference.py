@@ -10,17 +10,38 @@ the seed did. Nothing here is used by dacwatch itself.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import Any
 
 import numpy as np
 import torch
 
+from dacwatch.codec.chunked import set_numerics
 from dacwatch.codec.model import DacNet, encoder_receptive_field, layer_padding
 
 SEED_WINDOW_S = 5.0  # the seed's window (DESIGN.md's 5 s CPU figure)
 
 
-def encode(model: DacNet, audio: np.ndarray, window_s: float = SEED_WINDOW_S, device: str = "cpu") -> np.ndarray:
+def numerics(device: str, precision: str | None) -> contextlib.AbstractContextManager[Any]:
+    """The seed at one of dacwatch's precisions, for a like-for-like comparison: the
+    same CUDA flags, and bf16 autocast around the network (not the quantizer). None
+    leaves PyTorch's defaults, which is what the seed itself ran (cuDNN may use TF32)."""
+    if precision is None:
+        return contextlib.nullcontext()
+    set_numerics(torch.device(device), precision)
+    if precision == "bf16":
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def encode(
+    model: DacNet,
+    audio: np.ndarray,
+    window_s: float = SEED_WINDOW_S,
+    device: str = "cpu",
+    precision: str | None = None,
+) -> np.ndarray:
     """``[channels, samples]`` at the model rate -> codes ``[frames, nq, channels]``.
 
     Valid convolutions over a signal zero-padded by the receptive field: the
@@ -41,15 +62,18 @@ def encode(model: DacNet, audio: np.ndarray, window_s: float = SEED_WINDOW_S, de
             a = t0 * hop  # frame t0 starts at t0*hop - padding, i.e. t0*hop in the padded signal
             for c in range(channels):  # one window, one channel at a time
                 x = torch.from_numpy(signal[c : c + 1, a : a + rf.size + (count - 1) * hop])[:, None, :]
-                codes = model.quantizer(model.encoder(x.to(device)))[1]
+                with numerics(device, precision):
+                    z = model.encoder(x.to(device))
+                codes = model.quantizer(z.float())[1]
                 out[t0 : t0 + count, :, c] = codes[0, :, :count].cpu().numpy().T
     return out
 
 
-def decode(model: DacNet, codes: np.ndarray, device: str = "cpu") -> np.ndarray:
+def decode(model: DacNet, codes: np.ndarray, device: str = "cpu", precision: str | None = None) -> np.ndarray:
     """Codes ``[frames, nq, channels]`` -> audio ``[channels, samples]``, one unchunked pass."""
     rows = torch.from_numpy(codes.transpose(2, 1, 0).astype(np.int64)).to(device)
     with torch.inference_mode():
         z = model.quantizer.from_codes(rows)[0]
-        audio: np.ndarray = model.decode(z)[:, 0].cpu().numpy()
+        with numerics(device, precision):
+            audio: np.ndarray = model.decode(z)[:, 0].float().cpu().numpy()
     return audio
