@@ -16,6 +16,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -120,7 +121,18 @@ def run_daemon(
         with open(log, "wb") as out:
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "dacwatch", "run", "--config", str(config)], stdout=out, stderr=out, env=env
+                    [
+                        *shlex.split(getattr(args, "wrap", "")),
+                        sys.executable,
+                        "-m",
+                        "dacwatch",
+                        "run",
+                        "--config",
+                        str(config),
+                    ],
+                    stdout=out,
+                    stderr=out,
+                    env=env,
                 )
             )
         logs.append(log)
@@ -151,7 +163,7 @@ def run_daemon(
     finally:
         for proc in procs:
             if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+                proc.send_signal(signal.SIGINT if getattr(args, "wrap", "") else signal.SIGTERM)
         for proc in procs:
             try:
                 proc.wait(timeout=60)
@@ -253,6 +265,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--files", type=int, default=200)
     p.add_argument("--seconds", type=float, default=30.0, help="length of each file (the longest, with --shortest)")
     p.add_argument("--shortest", type=float, default=None, help="spread the lengths from this to --seconds")
+    p.add_argument(
+        "--wrap",
+        default="",
+        help="a command line the daemon runs under, e.g. a sampling profiler: "
+        "'py-spy record --idle -f raw -o daemon.txt --' (SIGINT ends the daemon through it)",
+    )
     p.add_argument("--reference-files", type=int, default=20, help="files the codec-only reference encodes")
     p.add_argument("--precision", default="float32")
     p.add_argument(
