@@ -1,0 +1,166 @@
+"""The Triton candidates (dacwatch.codec.triton_kernels, issue #24) proven on the CPU
+through Triton's interpreter: Snake against DAC's formula, the 3xTF32 convolution
+against float64 on every DAC geometry, and chunked against whole-file passes of the
+tiny network with both installed. The interpreter must be switched on before triton
+is first imported, and another test in this worker may have imported it already,
+so each check runs in a fresh process (tests/triton_interpret.py) that prints JSON.
+
+Measured here (AMD EPYC, 2 cores, shared): Snake within 2.2e-7 of its operands'
+size of kernels.snake (numpy's sine against torch's; 95% of elements bit-identical,
+at most 8 ulp of the result where x and the sine term cancel); the convolutions'
+error against float64 0.6-1.7x float32 F.conv1d's, plain TF32's 800-4400x; chunked
+latents and codes equal to whole-file ones bit for bit, decoding too.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from dacwatch.codec import triton_kernels
+from dacwatch.codec.chunked import ChunkedCodec
+from dacwatch.codec.model import prepare_model, tiny_model
+
+from .conftest import noise
+
+ROOT = Path(__file__).resolve().parents[1]
+HAVE_TRITON = importlib.util.find_spec("triton") is not None
+needs_triton = pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed: its interpreter cannot run")
+
+# 3xTF32 is float32's accuracy: its error against float64 within this factor of float32
+# F.conv1d's (measured 0.6-1.7x), where one TF32 product is 800x or more.
+CONV_ERROR_RATIO = 3.0
+TF32_ERROR_RATIO = 100.0
+
+
+def interpret(check: str) -> dict[str, Any]:
+    """Run ``python -m tests.triton_interpret CHECK`` under ``TRITON_INTERPRET=1``."""
+    env = dict(os.environ, TRITON_INTERPRET="1", OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.triton_interpret", check],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+@needs_triton
+def test_snake_kernel_is_dacs_formula() -> None:
+    found = interpret("snake")
+    # The same operations in the same order; only the sine differs (numpy's, torch's):
+    # each result within two float32 roundings of its operands' size.
+    assert found["snake_max_err_over_operands"] <= 2.5 * 2.0**-23, found
+    assert found["snake_equal_share"] > 0.9, found
+    assert found["snake_installed_runs_kernel"] and found["snake_grad_falls_back"], found
+
+
+@needs_triton
+def test_3xtf32_convolution_is_as_accurate_as_float32() -> None:
+    convs = interpret("convs")
+    convs.pop("seconds")
+    assert len(convs) == 12  # every geometry of DAC, transposed ones as polyphase convolutions
+    for name, found in convs.items():
+        assert found["shape_ok"], name
+        assert found["err_3xtf32"] <= CONV_ERROR_RATIO * found["err_float32"], (name, found)
+        if "err_1xtf32" in found:  # the check can tell: one TF32 product is far worse
+            assert found["err_1xtf32"] >= TF32_ERROR_RATIO * found["err_float32"], (name, found)
+
+
+@needs_triton
+def test_convolution_does_not_depend_on_window_or_batch() -> None:
+    """GPU tiles: valid convolutions over windows at many offsets and a row alone give
+    the bits of one padded pass over the whole batch; the fused skip add the bits of
+    a separate one."""
+    windows = interpret("windows")
+    windows.pop("seconds")
+    assert len(windows) == 3
+    for name, found in windows.items():
+        assert found["mismatches"] == 0, (name, found)
+        assert found["residual_equal"], name
+
+
+@needs_triton
+def test_chunked_latents_equal_whole_with_the_candidates() -> None:
+    """Tiny codebooks hide small errors: the encoder's continuous output, every frame."""
+    assert interpret("available")["available"] is None  # the interpreter counts as usable
+    found = interpret("latents")
+    assert found["windows"] >= 4 and found["frames"] == 44, found  # padded edges, valid interiors
+    assert found["latents_equal"], found  # bit for bit, not just within rounding
+    # And the network is as accurate as in float32 torch (against float64).
+    assert found["err_triton_vs_float64"] <= CONV_ERROR_RATIO * found["err_torch32_vs_float64"], found
+
+
+@needs_triton
+def test_chunked_codes_equal_whole_with_the_candidates() -> None:
+    found = interpret("codes")
+    assert found["frames"] == 44 and found["codes_distinct"] > 10, found
+    assert found["codes_frames_differing"] == 0, found
+
+
+@needs_triton
+def test_chunked_decoding_equals_whole_with_the_candidates() -> None:
+    found = interpret("decode")
+    assert found["chunked_vs_whole"] <= 1e-4, found  # measured: 0
+    assert found["err_triton_vs_float64"] <= CONV_ERROR_RATIO * found["err_torch32_vs_float64"] + 1e-7, found
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET", "0") != "0", reason="the interpreter is on in this process")
+def test_installed_layers_fall_back_where_the_kernels_cannot_run() -> None:
+    """No GPU and no interpreter (this process): ``available`` says why, and a network
+    with both candidates installed gives the bits of one without them."""
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the kernels would run")
+    reason = triton_kernels.available()
+    assert reason is not None
+    plain = prepare_model(tiny_model("44khz"))
+    candidate = prepare_model(tiny_model("44khz"))
+    assert triton_kernels.install_fused_snake(candidate) > 0
+    assert triton_kernels.install_tf32x3_convs(candidate) > 0
+    assert triton_kernels.install_fused_snake(candidate) == triton_kernels.install_tf32x3_convs(candidate) == 0
+    x = noise(1, 20000, seed=4)
+    codec = ChunkedCodec(candidate, "cpu", 0.25, 0.1, 2)
+    ref = ChunkedCodec(plain, "cpu", 0.25, 0.1, 2)
+    codes = codec.encode(x)
+    assert np.array_equal(codes, ref.encode(x))
+    assert np.array_equal(codec.decode(codes), ref.decode(codes))
+
+
+def test_dacwatch_runs_without_triton() -> None:
+    """With triton unimportable, the module imports, says why, and installing is harmless."""
+    code = (
+        "import sys; sys.modules['triton'] = None\n"
+        "import numpy as np\n"
+        "from dacwatch.codec import triton_kernels as tk\n"
+        "from dacwatch.codec.chunked import ChunkedCodec\n"
+        "from dacwatch.codec.model import prepare_model, tiny_model\n"
+        "reason = tk.available(); assert reason and 'triton cannot be imported' in reason, reason\n"
+        "m = prepare_model(tiny_model('44khz')); ref = ChunkedCodec(m, 'cpu', 0, 0, 1).encode(np.ones((1, 3000), np.float32))\n"
+        "tk.install_fused_snake(m); tk.install_tf32x3_convs(m)\n"
+        "assert np.array_equal(ChunkedCodec(m, 'cpu', 0, 0, 1).encode(np.ones((1, 3000), np.float32)), ref)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p))
+    env.pop("TRITON_INTERPRET", None)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_importing_the_module_does_not_import_triton() -> None:
+    code = "import sys\nimport dacwatch.codec.triton_kernels\nassert 'triton' not in sys.modules\n"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
