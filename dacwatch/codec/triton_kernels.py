@@ -1,6 +1,6 @@
 """GPU kernel candidates in Triton (issue #24): a fused Snake and a 3xTF32 implicit-GEMM
 convolution, installed on a network by opt-in functions. Not used by default; GPU
-speed is unmeasured (docs/exactness.md, "Triton candidates").
+speed is unmeasured (docs/exactness.md, "GPU kernel candidates in Triton").
 
 Importing this module never imports triton: :func:`available` and the installed
 forwards import it on first use, and every installed forward falls back to the
@@ -18,9 +18,11 @@ in, because
   channels in blocks of ``blocks.ci`` (inner loop), each block one ``tl.dot`` per
   product term, accumulated into the same float32 register, then adds the bias and
   (fused residual) the skip: an order that depends on neither the output length nor
-  the batch nor the position of the element (a tile's rows and columns are
-  independent dot products; positions outside the input read as zero, exactly the
-  zero padding of a whole-file pass; channels past ``c_in`` add exact zeros).
+  the batch nor the position of the element (a tensor core computes every element
+  of a tile by the same datapath; positions outside the input read as zero, exactly
+  the zero padding of a whole-file pass; channels past ``c_in`` add exact zeros).
+  Interpreted, each block's products are summed in order instead of by
+  ``tl.dot`` (``_triton_jit._mma`` says why).
 
 So a valid convolution over a window and a padded one over the whole file give the
 same bits at every position both compute, which direct cuDNN/oneDNN sums do not
@@ -35,14 +37,17 @@ that TF32 represents exactly, accumulated in float32. Triton's interpreter ignor
 split is what makes a CPU check exercise the real arithmetic: the operands it
 multiplies are bit for bit the ones a GPU's tensor cores get; only the order of the
 float32 additions inside one dot differs. Measured on the CPU (interpreter) on DAC's
-convolution geometries: error against a float64 reference 0.5-0.7x that of float32
-``F.conv1d``; plain TF32 (one product) 1000x worse.
+convolution geometries: error against a float64 reference 0.6-1.7x that of float32
+``F.conv1d``; plain TF32 (one product) 800-4400x.
+
+Memory: each convolution keeps its TF32 hi and lo weights (twice its float32
+weights; a transposed one also keeps its polyphase weights), built on first use and
+rebuilt when the parameters change.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -103,10 +108,6 @@ class SnakeBlocks:
 GPU_SNAKE_BLOCKS = SnakeBlocks()
 
 
-def _interpret_requested() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
-
-
 @functools.cache
 def _jit() -> tuple[Any, bool] | str:
     """``(the kernels module, interpreted)``, or why triton cannot be used."""
@@ -162,14 +163,17 @@ def snake(x: torch.Tensor, alpha: torch.Tensor, blocks: SnakeBlocks = GPU_SNAKE_
     write), in DAC's operations and order; the reciprocal is torch's, per channel.
     Returns a new contiguous tensor. Raises if the kernels cannot run on ``x`` (see
     :func:`available`)."""
+    a = alpha.detach().reshape(-1).to(torch.float32).contiguous()
+    return _snake(x, a, (a + 1e-9).reciprocal(), blocks)
+
+
+def _snake(x: torch.Tensor, a: torch.Tensor, recip: torch.Tensor, blocks: SnakeBlocks) -> torch.Tensor:
     jit = _runs_on(x)
     if jit is None or x.stride(-1) != 1:
         raise RuntimeError("the Triton Snake needs a float32 [rows, channels, time] tensor it can run on")
     rows, channels, length = x.shape
-    a = alpha.detach().reshape(-1).to(torch.float32).contiguous()
     if a.numel() != channels:
         raise ValueError(f"alpha has {a.numel()} channels, x has {channels}")
-    recip = (a + 1e-9).reciprocal()
     out = torch.empty((rows, channels, length), dtype=torch.float32, device=x.device)
     grid = (-(-rows * channels // blocks.lines), -(-length // blocks.positions))
     if grid[1] > MAX_GRID_YZ:
@@ -208,8 +212,16 @@ def _snake_fits(x: torch.Tensor, alpha: torch.Tensor, blocks: SnakeBlocks) -> bo
 def _triton_snake_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     alpha: torch.Tensor = self.alpha  # type: ignore[assignment]
     blocks: SnakeBlocks = self._dacwatch_triton_blocks  # type: ignore[assignment]
-    if _snake_fits(x, alpha, blocks):
-        return snake(x, alpha, blocks)
+    if _snake_fits(x, alpha, blocks) and alpha.device == x.device:
+        # alpha and 1 / (alpha + 1e-9) per channel, kept until alpha changes: no small
+        # launches of their own on every call.
+        key = (alpha.data_ptr(), alpha.device, alpha._version)
+        cached: tuple[Any, torch.Tensor, torch.Tensor] | None = getattr(self, "_dacwatch_snake_params", None)
+        if cached is None or cached[0] != key:
+            a = alpha.detach().reshape(-1).contiguous()
+            cached = (key, a, (a + 1e-9).reciprocal())
+            self._dacwatch_snake_params = cached  # type: ignore[assignment]
+        return _snake(x, cached[1], cached[2], blocks)
     before: Callable[[torch.Tensor], torch.Tensor] = self._dacwatch_triton_before  # type: ignore[assignment]
     return before(x)
 
@@ -457,8 +469,8 @@ def install_tf32x3_convs(model: nn.Module, blocks: Tiling = GPU_BLOCKS) -> int:
     Exactness: every output element is summed in one fixed order (taps outer,
     ``blocks.ci`` input channels per step), whatever the window, batch or position,
     so chunked encoding equals a whole-file pass bit for bit, codes and latents, for
-    fixed ``blocks`` (``ci`` sets the order of the sums: different tiles round
-    differently, each consistently). Accuracy: 3xTF32 is about float32's (measured 0.5-0.7x the
+    fixed ``blocks`` (the quantizer's projections are convolutions too, and run here) (``ci`` sets the order of the sums: different tiles round
+    differently, each consistently). Accuracy: 3xTF32 is about float32's (measured 0.6-1.7x the
     error of float32 ``F.conv1d`` against float64 on DAC's geometries, on the CPU);
     it is not bit-identical to cuDNN or oneDNN, so codes may differ from the default
     path's on rare frames near a codebook boundary (to be measured on a GPU).
