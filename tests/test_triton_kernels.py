@@ -4,8 +4,9 @@ against float64 on every DAC geometry, and chunked against whole-file passes of 
 tiny network with both installed. The interpreter must be switched on before triton
 is first imported, and another test in this worker may have imported it already,
 so each check runs in a fresh process (tests/triton_interpret.py) that prints JSON.
-The same checks run compiled on a GPU where there is one (marked ``cuda``: the
-device kit), and the kernels are compiled here for Ampere and Hopper.
+The same checks run compiled on a GPU where there is one (marked ``triton_gpu``:
+``pytest -m triton_gpu -n 0 tests/test_triton_kernels.py``), and the kernels are
+compiled here for Ampere and Hopper.
 
 Measured here (AMD EPYC, 2 cores): Snake within 2.2e-7 of its operands' size of
 kernels.snake (numpy's sine against torch's; 95% of elements bit-identical, at most
@@ -38,8 +39,9 @@ from .conftest import noise
 ROOT = Path(__file__).resolve().parents[1]
 HAVE_TRITON = importlib.util.find_spec("triton") is not None
 needs_triton = pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed: its interpreter cannot run")
-# The same checks compiled on a GPU: the device kit's `pytest -m cuda` runs them.
-on_cuda = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+# The same checks compiled on a GPU: `pytest -m triton_gpu -n 0 tests/test_triton_kernels.py`
+# there. Not marked cuda: the device kit's tests step has no time for their compiles yet.
+on_cuda = [pytest.mark.triton_gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 # 3xTF32 is float32's accuracy: its error against float64 within this factor of float32
 # F.conv1d's (measured 0.6-1.7x), where one TF32 product is 800x or more.

@@ -3,7 +3,7 @@ interpreter on the CPU or compiled on a CUDA GPU. Triton decides whether to inte
 a kernel when it is defined, from ``TRITON_INTERPRET``, so these run in a fresh
 process that sets it first: ``python -m tests.triton_interpret CHECK [cuda]`` prints
 one line of JSON with what it measured; tests/test_triton_kernels.py runs it and
-asserts on the figures (on a GPU: its tests marked ``cuda``, in the device kit).
+asserts on the figures (on a GPU: its tests marked ``triton_gpu``).
 
 Checks: ``snake`` (against the in-place formula), ``convs`` (every DAC convolution
 geometry against float64), ``windows`` (windows and batches of one convolution),
