@@ -232,8 +232,8 @@ def install_fused_snake(model: nn.Module, blocks: SnakeBlocks = GPU_SNAKE_BLOCKS
     Takes effect only where :func:`available` says the kernels run: on CUDA tensors
     (compute capability 8.0+), or on CPU tensors when triton was imported under
     ``TRITON_INTERPRET=1`` (tests). Elsewhere, and with gradients or autocast on, for
-    a non-float32 or non-contiguous input, each layer runs its previous forward
-    (``kernels.install``'s in-place Snake, or DAC's). Idempotent; composes with
+    an input not float32 ``[rows, channels, time]`` with unit stride in time, each
+    layer runs its previous forward (``kernels.install``'s in-place Snake, or DAC's). Idempotent; composes with
     :func:`install_tf32x3_convs` in either order. ``blocks``: the tiles (any give the
     same numbers; the interpreter's tests use large ones for speed). Returns how
     many layers it changed.
@@ -242,8 +242,9 @@ def install_fused_snake(model: nn.Module, blocks: SnakeBlocks = GPU_SNAKE_BLOCKS
     whole-file passes agree bit for bit through this layer. Against torch's Snake:
     the same operations in the same order without fused multiply-adds; the sine is
     libdevice's ``__nv_sinf`` on a GPU (as CUDA's ``sinf``: bit-identical expected,
-    to be confirmed on a GPU) and numpy's under the interpreter (within 2 ulp of
-    torch's CPU sine, measured: tests/test_triton_kernels.py).
+    to be confirmed on a GPU) and numpy's under the interpreter (measured against
+    ``kernels.snake``: 95% of elements bit-identical, the rest within 2.2e-7 of the
+    operands' size: tests/test_triton_kernels.py).
     """
     changed = 0
     for module in model.modules():
@@ -459,9 +460,10 @@ def install_tf32x3_convs(model: nn.Module, blocks: Tiling = GPU_BLOCKS) -> int:
 
     Takes effect only where :func:`available` says the kernels run (CUDA tensors on
     compute capability 8.0+, or CPU tensors under ``TRITON_INTERPRET=1``) and only
-    for float32 without gradients or autocast (``codec.precision = "bf16"`` keeps its
-    own convolutions); everywhere else each layer runs its previous forward
-    (``kernels.install``'s, or torch's). Idempotent (a second call keeps the first's
+    for float32 without gradients or autocast; everywhere else each layer runs its
+    previous forward (``kernels.install``'s, or torch's). The kernels do not read
+    the TF32 flags ``set_numerics`` sets: under ``codec.precision`` ``float32`` and
+    ``tf32`` alike they run 3xTF32; ``bf16`` (autocast) keeps its own convolutions. Idempotent (a second call keeps the first's
     ``blocks``); composes with :func:`install_fused_snake`. ``blocks``: the tiles,
     one :class:`ConvBlocks` for all layers or a function of the layer (never of its
     input). Returns how many layers it changed.
@@ -469,8 +471,9 @@ def install_tf32x3_convs(model: nn.Module, blocks: Tiling = GPU_BLOCKS) -> int:
     Exactness: every output element is summed in one fixed order (taps outer,
     ``blocks.ci`` input channels per step), whatever the window, batch or position,
     so chunked encoding equals a whole-file pass bit for bit, codes and latents, for
-    fixed ``blocks`` (the quantizer's projections are convolutions too, and run here) (``ci`` sets the order of the sums: different tiles round
-    differently, each consistently). Accuracy: 3xTF32 is about float32's (measured 0.6-1.7x the
+    fixed ``blocks`` (``ci`` sets the order of the sums: other tiles round
+    differently, each consistently). The quantizer's projections are convolutions
+    too and run here. Accuracy: 3xTF32 is about float32's (measured 0.6-1.7x the
     error of float32 ``F.conv1d`` against float64 on DAC's geometries, on the CPU);
     it is not bit-identical to cuDNN or oneDNN, so codes may differ from the default
     path's on rare frames near a codebook boundary (to be measured on a GPU).
