@@ -27,11 +27,13 @@ import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
+from dacwatch.codec import tuning
 from dacwatch.codec.gate import DeviceGate
 from dacwatch.codec.model import (
     DacNet,
@@ -221,6 +223,32 @@ class ChunkedCodec:
             return False
         self.encode_window_s, self.decode_window_s = encode, decode
         return True
+
+    # ------------------------------------------------------------------ kernels
+
+    def tune_kernels(self, folder: Path | None) -> dict[str, str]:
+        """On a CPU, give each decoder layer with a choice of kernel the one measured
+        fastest here (:mod:`dacwatch.codec.tuning`), cached in ``folder``; timed on the
+        length each layer meets in this codec's decode windows and tiles."""
+        if self.device.type != "cpu":
+            return {}
+        return tuning.tune(self.model, self.decoder_lengths(), folder)
+
+    def decoder_lengths(self) -> dict[int, int]:
+        """``{id(conv): positions}``: the input length each decoder convolution meets in
+        one of this codec's decode windows (before the depth-first split) or tiles (after)."""
+        frames = self.decode_frames_per_window() or round(CPU_DECODE_WINDOW_S * self.sample_rate / self.hop)
+        window = (frames + self.context.left + self.context.right) * self.hop
+        lengths: dict[int, int] = {}
+        rate = 1  # positions per code frame at the current layer's input
+        for i, (stage, _up, _later) in enumerate(self._stages):
+            span = self.tile_samples if self.tile_samples and i > self.tile_after else window
+            for conv in stage.modules():
+                if isinstance(conv, (torch.nn.Conv1d, torch.nn.ConvTranspose1d)):
+                    lengths[id(conv)] = max(1, span * rate // self.hop)
+                    if isinstance(conv, torch.nn.ConvTranspose1d):
+                        rate *= conv.stride[0]
+        return lengths
 
     # ------------------------------------------------------------------ geometry
 

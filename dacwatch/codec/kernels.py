@@ -312,7 +312,7 @@ def _winograd_forward(self: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
         windows = phases.unfold(-1, a, m).reshape(-1, a)  # [(channels, d, tiles), a]
         v = torch.mm(bt, windows.t()).view(a, channels, -1)  # input transform
         del windows  # each of these is 2.5x the activation: hold no more than two at once
-        prod = torch.bmm(u, v)  # [a, c_out, d * tiles]: the channel mixing, all the FLOPs
+        prod = _mix(self, u, v)  # [a, c_out, d * tiles]: the channel mixing, all the FLOPs
         del v
         if d == 1:  # output transform straight into place
             torch.mm(prod.view(a, -1).t(), att, out=out.view(-1, m))
@@ -320,3 +320,22 @@ def _winograd_forward(self: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
             y = torch.mm(prod.view(a, -1).t(), att).view(c_out, d, tiles * m).transpose(1, 2)
             out.view(c_out, tiles * m, d).copy_(y)
     return result[..., :length]
+
+
+# How a Winograd layer does its channel mixing (``_dacwatch_mixing`` on the layer; set by
+# dacwatch.codec.tuning from measurements on the host): "bmm" is one batched matrix product
+# (MKL's sgemm), "onednn" one 1x1 convolution per Winograd point (oneDNN's JIT kernels). On
+# an AMD EPYC (Zen 5) MKL's sgemm ran at about half of oneDNN's rate.
+MIXINGS = ("bmm", "onednn")
+
+
+def _mix(conv: nn.Conv1d, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``bmm(u [a, out, in], v [a, in, n]) -> [a, out, n]`` by the layer's mixing."""
+    if getattr(conv, "_dacwatch_mixing", "bmm") != "onednn":
+        return torch.bmm(u, v)
+    a, c_out, _ = u.shape
+    prod = torch.empty((a, c_out, v.shape[-1]), dtype=v.dtype, device=v.device)
+    weights = _cached(conv, "_dacwatch_onednn", lambda: [w[..., None] for w in _winograd_weights(conv)])
+    for point in range(a):  # conv1d has no out=: each point's product is copied into place
+        prod[point] = F.conv1d(v[point][None], weights[point])[0]
+    return prod
