@@ -155,3 +155,10 @@ def test_without_a_folder_nothing_is_written_and_the_network_still_decodes(wide:
 def test_encoder_layers_are_never_tuned(wide: nn.Module) -> None:
     encoder = {id(m) for m in wide.encoder.modules()}
     assert not any(id(c) in encoder for c in tuning.tunable(wide))
+
+
+def test_pick_keeps_torchs_own_layer_unless_another_is_clearly_faster() -> None:
+    assert tuning.pick({"direct": 1.0, "winograd": 0.95, "winograd-onednn": 0.99}, "direct") == "direct"
+    assert tuning.pick({"direct": 1.0, "winograd": 0.5, "winograd-onednn": 0.6}, "direct") == "winograd"
+    assert tuning.pick({"native": 2.0, "polyphase": 1.0}, "native") == "polyphase"
+    assert tuning.pick({"native": 1.0, "polyphase": 1.0}, "native") == "native"

@@ -49,9 +49,13 @@ from dacwatch.codec import kernels
 log = logging.getLogger(__name__)
 
 TUNING_VERSION = 1  # bump when the candidates or how they are measured change
+# The first of each is torch's own layer, the reference: another candidate is chosen only
+# when it is faster by MARGIN, so a shared CPU's noise does not trade the plain layer for
+# one that needs more memory (Winograd's weights and workspace) for nothing.
 CONV_CHOICES = ("direct", "winograd", "winograd-onednn")
-TRANSPOSED_CHOICES = ("polyphase", "native")
-ROUNDS = 3  # interleaved timing rounds per layer; the best of each candidate counts
+TRANSPOSED_CHOICES = ("native", "polyphase")
+MARGIN = 0.9
+ROUNDS = 5  # interleaved timing rounds per layer; the best of each candidate counts
 
 
 def default_dir() -> Path:
@@ -165,6 +169,12 @@ def measure(conv: nn.Conv1d | nn.ConvTranspose1d, length: int, rounds: int = ROU
     return best
 
 
+def pick(times: Mapping[str, float], reference: str) -> str:
+    """The fastest candidate if it beats ``reference`` by :data:`MARGIN`, else ``reference``."""
+    fastest = min(times, key=lambda c: (times[c], c))
+    return fastest if times[fastest] < MARGIN * times[reference] else reference
+
+
 def _read(path: Path, host: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """The layer entries in ``path`` (``{layer key: {"choice": ..., ...}}``) if it is a
     valid file of this host, else {}; entries without a usable choice are left out."""
@@ -217,7 +227,7 @@ def tune(model: Any, lengths: Mapping[int, int], folder: Path | None) -> dict[st
             if id(conv) not in lengths:
                 continue
             times = measure(conv, lengths[id(conv)])
-            choice = min(times, key=lambda c: times[c])
+            choice = pick(times, choices_for(conv)[0])
             ms = {c: round(t * 1000, 3) for c, t in times.items()}
             measured[key] = {"choice": choice, "length": lengths[id(conv)], "ms": ms}
             log.info("decoder kernel for %s: %s (ms: %s)", key, choice, ms)
