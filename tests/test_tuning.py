@@ -162,3 +162,19 @@ def test_pick_keeps_torchs_own_layer_unless_another_is_clearly_faster() -> None:
     assert tuning.pick({"direct": 1.0, "winograd": 0.5, "winograd-onednn": 0.6}, "direct") == "winograd"
     assert tuning.pick({"native": 2.0, "polyphase": 1.0}, "native") == "polyphase"
     assert tuning.pick({"native": 1.0, "polyphase": 1.0}, "native") == "native"
+
+
+def test_a_layer_keeps_only_the_derived_weights_its_kernel_uses() -> None:
+    conv = nn.Conv1d(64, 64, 7, padding=3)
+    x = torch.randn(1, 64, 50)
+    with torch.inference_mode():
+        for choice in tuning.CONV_CHOICES:  # every kernel builds what it needs
+            tuning.apply(conv, choice)
+            conv(x)
+        tuning.apply(conv, "direct")
+        derived = {"_dacwatch_polyphase", "_dacwatch_winograd", "_dacwatch_onednn"}
+        assert not derived & set(conv.__dict__)
+        tuning.apply(conv, "winograd-onednn")
+        conv(x)
+        tuning.apply(conv, "winograd")
+        assert "_dacwatch_winograd" in conv.__dict__ and "_dacwatch_onednn" not in conv.__dict__

@@ -30,12 +30,32 @@ the fast form assumes, so the network stays a plain DAC network.
   far below the codec's own error and the 1e-4 the tests allow. The encoder
   keeps direct sums: its codes must be the same whichever window a frame
   falls in.
+- Which of these a decoder layer runs is measured per host
+  (:mod:`dacwatch.codec.tuning`): the figures above are an Intel Xeon's. On an
+  AMD EPYC (Zen 5, AVX-512) MKL's sgemm, which does Winograd's channel mixing,
+  ran at 40-60 GFLOP/s where oneDNN's direct convolution ran at 100-300, so
+  there the direct form wins at 96-384 channels and Winograd only at 768 with
+  its channel mixing as oneDNN 1x1 convolutions (``_mix``, "onednn").
 
 Tried and dropped (full-size decoder, 2 cores): Winograd F(6, 2) for the
 polyphase upsamplers (2.5% of a decode for 350 MB more RSS) and for the
 decoder's first layer (1% for 118 MB); F(5, 7) and F(6, 7) (12% and 20% fewer
 products for 2x and 3x the rounding); torch.compile of Snake (2.5x faster
 alone, 4% in place, a 10-20 s compile and a C++ compiler at run time).
+Again on an AMD EPYC (Zen 5), against the per-host kernels, in one process,
+interleaved, under a load of 3.2-3.9 from other work
+(bench/results/decode-profile-cpu-20261202-1630.md): torch.compile (inductor,
+dynamic shapes) of the decoder's Snake made a decode 1.20x faster best over
+best (1.24x the median of per-round ratios): eager ``sin`` costs about twelve
+multiply passes there (1.73 ms against 0.146 ms on 1.58M floats, one thread)
+and Snake was a fifth of a decode; but its first call took 50 s (a recompile
+per stride pattern; torch's limit of 8 was reached), with a C++ compiler at run
+time; kept out, and the largest lever left (a fused Snake built ahead of time).
+torch.compile of the decoder's residual units (convolutions left to oneDNN,
+Snake and the skip fused): 0.86x, slower, after a 35 s compile. Larger decode
+windows (8 s) and depth-first tiles of 8192 or 32768 samples: within the noise
+of 16384 and 4 s (context frames recompute 1% of the convolutions' work at
+4 s and 16384; none of the layouts moves much).
 """
 
 from __future__ import annotations

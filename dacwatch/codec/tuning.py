@@ -137,6 +137,16 @@ def apply(conv: nn.Conv1d | nn.ConvTranspose1d, choice: str) -> None:
         conv._dacwatch_mixing = "onednn" if choice == "winograd-onednn" else "bmm"  # type: ignore[assignment]
     conv.forward = types.MethodType(forward, conv)  # type: ignore[method-assign]
     conv._dacwatch_kernel = choice  # type: ignore[assignment]
+    # Derived weights another kernel built (while measuring) are dropped: Winograd's are
+    # 10/7 of the layer's weights again, 200-300 MB over a full-size decoder.
+    keep = {
+        "polyphase": {"_dacwatch_polyphase"},
+        "winograd": {"_dacwatch_winograd"},
+        "winograd-onednn": {"_dacwatch_winograd", "_dacwatch_onednn"},
+    }.get(choice, set())
+    for name in ("_dacwatch_polyphase", "_dacwatch_winograd", "_dacwatch_onednn"):
+        if name not in keep and name in conv.__dict__:
+            delattr(conv, name)
 
 
 def current(conv: nn.Module) -> str:
