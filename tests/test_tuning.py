@@ -178,3 +178,11 @@ def test_a_layer_keeps_only_the_derived_weights_its_kernel_uses() -> None:
         conv(x)
         tuning.apply(conv, "winograd")
         assert "_dacwatch_winograd" in conv.__dict__ and "_dacwatch_onednn" not in conv.__dict__
+
+
+def test_a_folder_where_the_cache_file_should_be_is_no_crash(wide: nn.Module, tmp_path: Path) -> None:
+    path = tuning.cache_path(tmp_path, tuning.host_key())
+    path.mkdir()
+    chosen = ChunkedCodec(wide, "cpu").tune_kernels(tmp_path)
+    assert all(chosen[tuning.layer_key(c)] == tuning.current(c) for c in tuning.tunable(wide))
+    assert path.is_dir() and [p.name for p in tmp_path.iterdir()] == [path.name]  # no temp file left
