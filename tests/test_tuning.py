@@ -69,13 +69,14 @@ def test_every_kernel_decodes_chunked_within_tolerance_of_whole(wide: nn.Module,
     assert np.abs(reference - default).max() <= 1e-4 * scale
 
 
-def test_onednn_mixing_matches_a_float64_convolution() -> None:
+@pytest.mark.parametrize("choice", ["winograd-onednn", "winograd-grouped"])
+def test_onednn_mixing_matches_a_float64_convolution(choice: str) -> None:
     torch.manual_seed(3)
     for dilation in (1, 3):
         conv = nn.Conv1d(64, 72, 7, dilation=dilation, padding=3 * dilation)
         reference = nn.Conv1d(64, 72, 7, dilation=dilation, padding=3 * dilation).double()
         reference.load_state_dict({k: v.double() for k, v in conv.state_dict().items()})
-        tuning.apply(conv, "winograd-onednn")
+        tuning.apply(conv, choice)
         for n in (1, 37, 1000):
             x = torch.randn(2, 64, n)
             with torch.inference_mode():
@@ -172,7 +173,7 @@ def test_a_layer_keeps_only_the_derived_weights_its_kernel_uses() -> None:
             tuning.apply(conv, choice)
             conv(x)
         tuning.apply(conv, "direct")
-        derived = {"_dacwatch_polyphase", "_dacwatch_winograd", "_dacwatch_onednn"}
+        derived = {"_dacwatch_polyphase", "_dacwatch_winograd", "_dacwatch_onednn", "_dacwatch_grouped"}
         assert not derived & set(conv.__dict__)
         tuning.apply(conv, "winograd-onednn")
         conv(x)

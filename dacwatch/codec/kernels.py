@@ -344,14 +344,20 @@ def _winograd_forward(self: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
 
 # How a Winograd layer does its channel mixing (``_dacwatch_mixing`` on the layer; set by
 # dacwatch.codec.tuning from measurements on the host): "bmm" is one batched matrix product
-# (MKL's sgemm), "onednn" one 1x1 convolution per Winograd point (oneDNN's JIT kernels). On
-# an AMD EPYC (Zen 5) MKL's sgemm ran at about half of oneDNN's rate.
-MIXINGS = ("bmm", "onednn")
+# (MKL's sgemm), "onednn" one 1x1 convolution per Winograd point (oneDNN's JIT kernels),
+# "grouped" one grouped 1x1 convolution with a group per point (oneDNN, no copy). On an AMD
+# EPYC (Zen 5) MKL's sgemm ran at about half of oneDNN's rate.
+MIXINGS = ("bmm", "onednn", "grouped")
 
 
 def _mix(conv: nn.Conv1d, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """``bmm(u [a, out, in], v [a, in, n]) -> [a, out, n]`` by the layer's mixing."""
-    if getattr(conv, "_dacwatch_mixing", "bmm") != "onednn":
+    mixing = getattr(conv, "_dacwatch_mixing", "bmm")
+    if mixing == "grouped":  # one grouped 1x1 convolution, a groups: the product lands in place
+        a, c_out, channels = u.shape
+        grouped = _cached(conv, "_dacwatch_grouped", lambda: _winograd_weights(conv).view(a * c_out, channels, 1))
+        return F.conv1d(v.reshape(1, a * channels, -1), grouped, groups=a).view(a, c_out, -1)
+    if mixing != "onednn":
         return torch.bmm(u, v)
     a, c_out, _ = u.shape
     prod = torch.empty((a, c_out, v.shape[-1]), dtype=v.dtype, device=v.device)

@@ -9,7 +9,7 @@ the length it meets in a decode:
 
 - kernel-7 convolutions Winograd suits (:func:`kernels._winograd_suits`): oneDNN's
   direct convolution, Winograd with MKL's batched product, or Winograd with oneDNN
-  1x1 convolutions for the channel mixing;
+  1x1 convolutions for the channel mixing (one per point, or one grouped call);
 - transposed convolutions: the polyphase form (:func:`kernels._transposed_forward`) or
   torch's own.
 
@@ -48,11 +48,11 @@ from dacwatch.codec import kernels
 
 log = logging.getLogger(__name__)
 
-TUNING_VERSION = 1  # bump when the candidates or how they are measured change
+TUNING_VERSION = 2  # bump when the candidates or how they are measured change
 # The first of each is torch's own layer, the reference: another candidate is chosen only
 # when it is faster by MARGIN, so a shared CPU's noise does not trade the plain layer for
 # one that needs more memory (Winograd's weights and workspace) for nothing.
-CONV_CHOICES = ("direct", "winograd", "winograd-onednn")
+CONV_CHOICES = ("direct", "winograd", "winograd-onednn", "winograd-grouped")
 TRANSPOSED_CHOICES = ("native", "polyphase")
 MARGIN = 0.9
 ROUNDS = 5  # interleaved timing rounds per layer; the best of each candidate counts
@@ -134,7 +134,7 @@ def apply(conv: nn.Conv1d | nn.ConvTranspose1d, choice: str) -> None:
         forward = kernels._transposed_forward if choice == "polyphase" else nn.ConvTranspose1d.forward
     else:
         forward = nn.Conv1d.forward if choice == "direct" else kernels._winograd_forward
-        conv._dacwatch_mixing = "onednn" if choice == "winograd-onednn" else "bmm"  # type: ignore[assignment]
+        conv._dacwatch_mixing = {"winograd-onednn": "onednn", "winograd-grouped": "grouped"}.get(choice, "bmm")  # type: ignore[assignment]
     conv.forward = types.MethodType(forward, conv)  # type: ignore[method-assign]
     conv._dacwatch_kernel = choice  # type: ignore[assignment]
     # Derived weights another kernel built (while measuring) are dropped: Winograd's are
@@ -143,8 +143,9 @@ def apply(conv: nn.Conv1d | nn.ConvTranspose1d, choice: str) -> None:
         "polyphase": {"_dacwatch_polyphase"},
         "winograd": {"_dacwatch_winograd"},
         "winograd-onednn": {"_dacwatch_winograd", "_dacwatch_onednn"},
+        "winograd-grouped": {"_dacwatch_winograd", "_dacwatch_grouped"},
     }.get(choice, set())
-    for name in ("_dacwatch_polyphase", "_dacwatch_winograd", "_dacwatch_onednn"):
+    for name in ("_dacwatch_polyphase", "_dacwatch_winograd", "_dacwatch_onednn", "_dacwatch_grouped"):
         if name not in keep and name in conv.__dict__:
             delattr(conv, name)
 
