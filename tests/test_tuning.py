@@ -187,3 +187,22 @@ def test_a_folder_where_the_cache_file_should_be_is_no_crash(wide: nn.Module, tm
     chosen = ChunkedCodec(wide, "cpu").tune_kernels(tmp_path)
     assert all(chosen[tuning.layer_key(c)] == tuning.current(c) for c in tuning.tunable(wide))
     assert path.is_dir() and [p.name for p in tmp_path.iterdir()] == [path.name]  # no temp file left
+
+
+def test_one_shot_pools_tune_at_the_first_decode_only(tiny_weights: Path, tmp_path: Path) -> None:
+    """An encode never pays for the decoder's measuring; the first decode measures and
+    caches; a daemon's pool (tune_at_load) has its choice before any job."""
+    from dacwatch.codec.model import ModelSpec
+    from dacwatch.convert import CodecPool, CodecSettings
+
+    folder = tmp_path / "kernels"
+    codec = CodecPool(ModelSpec(weights=tiny_weights), CodecSettings("cpu"), kernels_dir=folder).codec()
+    encoded = codec.encode(np.zeros((1, 44100), dtype=np.float32))
+    assert not folder.exists()
+    codec.decode(encoded)
+    assert [p.name for p in folder.iterdir()] == [tuning.cache_path(folder, tuning.host_key()).name]
+    daemon_folder = tmp_path / "state"
+    CodecPool(
+        ModelSpec(weights=tiny_weights), CodecSettings("cpu"), kernels_dir=daemon_folder, tune_at_load=True
+    ).codec()
+    assert [p.name for p in daemon_folder.iterdir()] == [tuning.cache_path(daemon_folder, tuning.host_key()).name]

@@ -33,9 +33,11 @@ the fast form assumes, so the network stays a plain DAC network.
 - Which of these a decoder layer runs is measured per host
   (:mod:`dacwatch.codec.tuning`): the figures above are an Intel Xeon's. On an
   AMD EPYC (Zen 5, AVX-512) MKL's sgemm, which does Winograd's channel mixing,
-  ran at 40-60 GFLOP/s where oneDNN's direct convolution ran at 100-300, so
-  there the direct form wins at 96-384 channels and Winograd only at 768 with
-  its channel mixing as oneDNN 1x1 convolutions (``_mix``, "onednn").
+  ran at 40-90 GFLOP/s where oneDNN's direct convolution ran at up to 370, so
+  there the direct form wins at 96-192 channels, Winograd at 384 and 768 only
+  with its channel mixing as one grouped oneDNN 1x1 convolution (``_mix``,
+  "grouped": 1.4-1.9x faster than direct), and torch's own transposed
+  convolutions beat the polyphase form (63 against 157 ms for the first one).
 
 Tried and dropped (full-size decoder, 2 cores): Winograd F(6, 2) for the
 polyphase upsamplers (2.5% of a decode for 350 MB more RSS) and for the
