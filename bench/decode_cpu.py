@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -35,6 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.device, args.tiny, args.weights = "cpu", False, None
     work = Path(tempfile.mkdtemp(prefix="dacwatch-decode-cpu-"))
+    try:
+        return _run(args, argv, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # 300 MB of weights per run
+
+
+def _run(args: argparse.Namespace, argv: list[str] | None, work: Path) -> int:
     weights = bench.weights_file(args, work)
     base: dict[str, Any] = {"weights": str(weights), "device": "cpu"}
     if args.kernels_dir is not None:
