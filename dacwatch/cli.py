@@ -298,9 +298,10 @@ def _pool(args: argparse.Namespace) -> Any:
         batch_size=args.batch,
         precision=args.precision,
     )
+    from dacwatch.codec.tuning import default_dir
     from dacwatch.config import model_from_env
 
-    return CodecPool(spec, settings, cache_dir=model_from_env().cache_dir)
+    return CodecPool(spec, settings, cache_dir=model_from_env().cache_dir, kernels_dir=default_dir())
 
 
 def _pairs(src: Path, dst: Path, wanted: Callable[[Path], bool], suffix: str) -> Iterator[tuple[Path, Path]]:

@@ -79,6 +79,12 @@ class CodecPool:
     settings: CodecSettings = field(default_factory=CodecSettings)
     cache_dir: Path | None = None
     loader: Callable[[ModelSpec, torch.device], DacNet] | None = None
+    # Where the CPU decoder's measured kernel choices are kept (dacwatch.codec.tuning):
+    # the daemon's state_dir, the user's cache for one-shot commands; None keeps the
+    # installed defaults and measures nothing. Measured (or read) at a network's first
+    # decode, or when it loads with tune_at_load (the daemon: before READY, not in a job).
+    kernels_dir: Path | None = None
+    tune_at_load: bool = False
     _codecs: dict[tuple[str, str, str], ChunkedCodec] = field(default_factory=dict)
     _lock: threading.RLock = field(default_factory=threading.RLock)
     # Out-of-memory recovery: the geometries each codec had before each shrink.
@@ -117,6 +123,9 @@ class CodecPool:
                     model, self.device, s.encode_window_s, s.decode_window_s, s.batch_size, s.precision
                 )
                 codec.gate = self.gate
+                codec.kernels_dir = self.kernels_dir
+                if self.kernels_dir is not None and self.tune_at_load:
+                    codec.tune_kernels(self.kernels_dir)
                 self._codecs[key] = codec
                 self.loads += 1
             return self._codecs[key]

@@ -25,13 +25,16 @@ import functools
 import itertools
 import math
 import re
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
+from dacwatch.codec import tuning
 from dacwatch.codec.gate import DeviceGate
 from dacwatch.codec.model import (
     DacNet,
@@ -196,6 +199,11 @@ class ChunkedCodec:
         # Set when several files share the device (dacwatch.codec.gate): every model call goes
         # through it, and equal passes of different files run as one batch.
         self.gate: DeviceGate | None = None
+        # Where the CPU decoder's kernel choice is cached (dacwatch.codec.tuning); with a
+        # folder set, the first decode measures or reads it, so an encode never pays for it.
+        self.kernels_dir: Path | None = None
+        self._tuned = False
+        self._tune_lock = threading.Lock()
 
     # ------------------------------------------------------------------ memory
 
@@ -221,6 +229,41 @@ class ChunkedCodec:
             return False
         self.encode_window_s, self.decode_window_s = encode, decode
         return True
+
+    # ------------------------------------------------------------------ kernels
+
+    def tune_kernels(self, folder: Path | None) -> dict[str, str]:
+        """On a CPU, give each decoder layer with a choice of kernel the one measured
+        fastest here (:mod:`dacwatch.codec.tuning`), cached in ``folder``; timed on the
+        length each layer meets in this codec's decode windows and tiles."""
+        with self._tune_lock:
+            self._tuned = True
+            if self.device.type != "cpu":
+                return {}
+            return tuning.tune(self.model, self.decoder_lengths(), folder)
+
+    def _ensure_tuned(self) -> None:
+        if not self._tuned and self.kernels_dir is not None:
+            with self._tune_lock:
+                if self._tuned:
+                    return
+            self.tune_kernels(self.kernels_dir)
+
+    def decoder_lengths(self) -> dict[int, int]:
+        """``{id(conv): positions}``: the input length each decoder convolution meets in
+        one of this codec's decode windows (before the depth-first split) or tiles (after)."""
+        frames = self.decode_frames_per_window() or round(CPU_DECODE_WINDOW_S * self.sample_rate / self.hop)
+        window = (frames + self.context.left + self.context.right) * self.hop
+        lengths: dict[int, int] = {}
+        rate = 1  # positions per code frame at the current layer's input
+        for i, (stage, _up, _later) in enumerate(self._stages):
+            span = self.tile_samples if self.tile_samples and i > self.tile_after else window
+            for conv in stage.modules():
+                if isinstance(conv, (torch.nn.Conv1d, torch.nn.ConvTranspose1d)):
+                    lengths[id(conv)] = max(1, span * rate // self.hop)
+                    if isinstance(conv, torch.nn.ConvTranspose1d):
+                        rate *= conv.stride[0]
+        return lengths
 
     # ------------------------------------------------------------------ geometry
 
@@ -426,6 +469,7 @@ class ChunkedCodec:
         """Yield audio blocks ``[channels, n]`` for model-rate samples ``[start, stop)`` of the
         whole-file decode, reading only the code frames those samples need."""
         frames, nq, _channels = codes.shape
+        self._ensure_tuned()
         if nq > self.n_codebooks:
             raise PermanentError(f"codes use {nq} codebooks but the model has {self.n_codebooks}")
         total = self.output_length(frames)

@@ -30,12 +30,34 @@ the fast form assumes, so the network stays a plain DAC network.
   far below the codec's own error and the 1e-4 the tests allow. The encoder
   keeps direct sums: its codes must be the same whichever window a frame
   falls in.
+- Which of these a decoder layer runs is measured per host
+  (:mod:`dacwatch.codec.tuning`): the figures above are an Intel Xeon's. On an
+  AMD EPYC (Zen 5, AVX-512) MKL's sgemm, which does Winograd's channel mixing,
+  ran at 40-90 GFLOP/s where oneDNN's direct convolution ran at up to 370, so
+  there the direct form wins at 96-192 channels, Winograd at 384 and 768 only
+  with its channel mixing as one grouped oneDNN 1x1 convolution (``_mix``,
+  "grouped": 1.4-1.9x faster than direct), and torch's own transposed
+  convolutions beat the polyphase form (63 against 157 ms for the first one).
 
 Tried and dropped (full-size decoder, 2 cores): Winograd F(6, 2) for the
 polyphase upsamplers (2.5% of a decode for 350 MB more RSS) and for the
 decoder's first layer (1% for 118 MB); F(5, 7) and F(6, 7) (12% and 20% fewer
 products for 2x and 3x the rounding); torch.compile of Snake (2.5x faster
 alone, 4% in place, a 10-20 s compile and a C++ compiler at run time).
+Again on an AMD EPYC (Zen 5), against the per-host kernels, in one process,
+interleaved, under a load of 3.2-3.9 from other work
+(bench/results/decode-profile-cpu-20261202-1630.md): torch.compile (inductor,
+dynamic shapes) of the decoder's Snake made a decode 1.20x faster best over
+best (1.24x the median of per-round ratios): eager ``sin`` costs about twelve
+multiply passes there (1.73 ms against 0.146 ms on 1.58M floats, one thread)
+and Snake was a fifth of a decode; but its first call took 50 s (a recompile
+per stride pattern; torch's limit of 8 was reached), with a C++ compiler at run
+time; kept out, and the largest lever left (a fused Snake built ahead of time).
+torch.compile of the decoder's residual units (convolutions left to oneDNN,
+Snake and the skip fused): 0.86x, slower, after a 35 s compile. Larger decode
+windows (8 s) and depth-first tiles of 8192 or 32768 samples: within the noise
+of 16384 and 4 s (context frames recompute 1% of the convolutions' work at
+4 s and 16384; none of the layouts moves much).
 """
 
 from __future__ import annotations
@@ -312,7 +334,7 @@ def _winograd_forward(self: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
         windows = phases.unfold(-1, a, m).reshape(-1, a)  # [(channels, d, tiles), a]
         v = torch.mm(bt, windows.t()).view(a, channels, -1)  # input transform
         del windows  # each of these is 2.5x the activation: hold no more than two at once
-        prod = torch.bmm(u, v)  # [a, c_out, d * tiles]: the channel mixing, all the FLOPs
+        prod = _mix(self, u, v)  # [a, c_out, d * tiles]: the channel mixing, all the FLOPs
         del v
         if d == 1:  # output transform straight into place
             torch.mm(prod.view(a, -1).t(), att, out=out.view(-1, m))
@@ -320,3 +342,28 @@ def _winograd_forward(self: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
             y = torch.mm(prod.view(a, -1).t(), att).view(c_out, d, tiles * m).transpose(1, 2)
             out.view(c_out, tiles * m, d).copy_(y)
     return result[..., :length]
+
+
+# How a Winograd layer does its channel mixing (``_dacwatch_mixing`` on the layer; set by
+# dacwatch.codec.tuning from measurements on the host): "bmm" is one batched matrix product
+# (MKL's sgemm), "onednn" one 1x1 convolution per Winograd point (oneDNN's JIT kernels),
+# "grouped" one grouped 1x1 convolution with a group per point (oneDNN, no copy). On an AMD
+# EPYC (Zen 5) MKL's sgemm ran at about half of oneDNN's rate.
+MIXINGS = ("bmm", "onednn", "grouped")
+
+
+def _mix(conv: nn.Conv1d, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``bmm(u [a, out, in], v [a, in, n]) -> [a, out, n]`` by the layer's mixing."""
+    mixing = getattr(conv, "_dacwatch_mixing", "bmm")
+    if mixing == "grouped":  # one grouped 1x1 convolution, a groups: the product lands in place
+        a, c_out, channels = u.shape
+        grouped = _cached(conv, "_dacwatch_grouped", lambda: _winograd_weights(conv).view(a * c_out, channels, 1))
+        return F.conv1d(v.reshape(1, a * channels, -1), grouped, groups=a).view(a, c_out, -1)
+    if mixing != "onednn":
+        return torch.bmm(u, v)
+    a, c_out, _ = u.shape
+    prod = torch.empty((a, c_out, v.shape[-1]), dtype=v.dtype, device=v.device)
+    weights = _cached(conv, "_dacwatch_onednn", lambda: [w[..., None] for w in _winograd_weights(conv)])
+    for point in range(a):  # conv1d has no out=: each point's product is copied into place
+        prod[point] = F.conv1d(v[point][None], weights[point])[0]
+    return prod

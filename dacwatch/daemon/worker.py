@@ -100,6 +100,8 @@ def make_pool(settings: Settings, device: str) -> CodecPool:
         model_spec(settings),
         CodecSettings(device, c.encode_window_s, c.decode_window_s, c.batch_size, c.precision),
         cache_dir=settings.model.cache_dir,
+        kernels_dir=settings.state_dir,
+        tune_at_load=True,
     )
 
 
