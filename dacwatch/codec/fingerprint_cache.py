@@ -29,14 +29,20 @@ Identity = tuple[int, int, int, int, int]
 _FINGERPRINT = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
-def cache_dir() -> Path:
-    """``$CACHE_DIRECTORY/fingerprints`` under systemd (``CacheDirectory=``), else
-    ``${XDG_CACHE_HOME:-~/.cache}/dacwatch/fingerprints``."""
+def cache_root() -> Path:
+    """dacwatch's own cache folder: ``$CACHE_DIRECTORY`` under systemd (the unit's
+    ``CacheDirectory=``), else ``${XDG_CACHE_HOME:-~/.cache}/dacwatch``. Fingerprints
+    live in ``fingerprints/`` below it, the decoder's kernel choices in ``kernels/``."""
     env = os.environ.get("CACHE_DIRECTORY")
     if env:
-        return Path(env.split(":")[0]) / "fingerprints"
+        return Path(env.split(":")[0])
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "dacwatch" / "fingerprints"
+    return Path(base) / "dacwatch"
+
+
+def cache_dir() -> Path:
+    """Where fingerprints are remembered: ``fingerprints/`` under :func:`cache_root`."""
+    return cache_root() / "fingerprints"
 
 
 def identity(path: Path) -> Identity | None:

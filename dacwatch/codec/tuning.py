@@ -59,13 +59,11 @@ ROUNDS = 5  # interleaved timing rounds per layer; the best of each candidate co
 
 
 def default_dir() -> Path:
-    """Where one-shot commands keep the choices: ``$CACHE_DIRECTORY/kernels`` under systemd,
-    else ``$XDG_CACHE_HOME/dacwatch`` or ``~/.cache/dacwatch``."""
-    env = os.environ.get("CACHE_DIRECTORY")
-    if env:
-        return Path(env.split(":")[0]) / "kernels"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "dacwatch"
+    """Where one-shot commands keep the choices: ``kernels/`` under dacwatch's cache
+    folder (``$CACHE_DIRECTORY`` under systemd, else ``~/.cache/dacwatch``)."""
+    from dacwatch.codec.fingerprint_cache import cache_root
+
+    return cache_root() / "kernels"
 
 
 def cpu_model() -> str:
