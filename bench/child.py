@@ -73,6 +73,11 @@ def _sync(device: str) -> None:
 
 def run(spec: dict[str, Any]) -> dict[str, Any]:
     task = spec["task"]
+    if spec.get("approach") not in ("seed", "dac", "dac_chunks"):
+        # dacwatch as its command line runs it; the others as their users run them.
+        from dacwatch import allocator
+
+        allocator.tune()
     device = spec.get("device", "cpu")
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))

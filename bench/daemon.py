@@ -233,9 +233,14 @@ class PageLoader:
 
 
 def codec_only(args: argparse.Namespace, weights: Path, sources: list[Path]) -> dict[str, Any]:
-    """The codec alone on the same audio (already in memory at the model rate)."""
+    """The codec alone on the same audio (already in memory at the model rate), with the
+    allocator set as the daemon sets it."""
     import soundfile as sf
     import torch
+
+    from dacwatch import allocator
+
+    allocator.tune()
 
     from dacwatch.codec.model import ModelSpec
     from dacwatch.convert import CodecPool, CodecSettings

@@ -241,6 +241,9 @@ NEEDS_STACK = frozenset(["encode", "decode", "verify", "retry", "config", "scrub
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from dacwatch import allocator
+
+    allocator.tune()  # before any tensor: see dacwatch/allocator.py
     try:
         args = build_parser().parse_args(argv)
     except ConfigError as exc:  # a bad DACWATCH_MODEL__* variable
