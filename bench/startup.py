@@ -5,8 +5,10 @@ import (timed: "imports"), then runs the command on a short file twice through
 ``dacwatch.cli.main``. The first call pays loading the weights, the fingerprint,
 preparing the network and the first pass; the second, in the same process, is
 the conversion alone. Start-up beyond imports is their difference. Rounds run
-with the fingerprint cache empty (``cold``) and filled (``warm``), interleaved;
-the median counts, every round is kept.
+with dacwatch's cache empty (``first``: a host's first run, which also measures
+the CPU decoder's kernels), with only the fingerprint forgotten (``cold``: a new
+weights file) and filled (``warm``), interleaved; the median counts, every round
+is kept.
 
     python -m bench.startup                 # full-size 44 kHz network, random weights
     python -m bench.startup --rounds 5 --seconds 0.5
@@ -91,10 +93,12 @@ def main(argv: list[str] | None = None) -> int:
         env.pop("CACHE_DIRECTORY", None)
         probe(commands["encode"], env)  # makes out.dac; warms the page cache for the weights
         for _ in range(args.rounds):
-            for state in ("cold", "warm"):
+            for state in ("first", "cold", "warm"):
                 for name, command in commands.items():
-                    if state == "cold":
+                    if state == "first":  # a host's first run: no fingerprint, no decoder kernels measured
                         shutil.rmtree(cache, ignore_errors=True)
+                    elif state == "cold":  # the fingerprint forgotten (a new weights file)
+                        shutil.rmtree(cache / "dacwatch" / "fingerprints", ignore_errors=True)
                     r = probe(command, env)
                     rows.setdefault(f"{name}/{state}", []).append(r)
                     print(
@@ -122,10 +126,11 @@ def main(argv: list[str] | None = None) -> int:
         f"each a fresh process; load average {load[0]:.1f} at the end.",
         "",
         "Start-up beyond imports = first call - second call in the same process (loading the weights, "
-        "the fingerprint, preparing the network, first-pass set-up). Fingerprint cache cold = emptied "
-        "before the process, warm = filled by an earlier one.",
+        "the fingerprint, preparing the network, first-pass set-up). first: dacwatch's cache empty (a host's "
+        "first run: the CPU decoder's kernels are measured then); cold: the fingerprint forgotten (a new "
+        "weights file); warm: both remembered from an earlier process.",
         "",
-        "| command | fingerprint cache | imports s | start-up beyond imports s | first call s | second call s |",
+        "| command | cache | imports s | start-up beyond imports s | first call s | second call s |",
         "|---|---|---|---|---|---|",
     ]
     lines += [
