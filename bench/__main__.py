@@ -42,6 +42,14 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def network_args(p: argparse.ArgumentParser, device: str = "cpu") -> None:
+    """The options every bench shares: which network (``--weights`` or ``--tiny``, else the
+    random full-size 44 kHz one :func:`weights_file` makes) on which ``--device``."""
+    p.add_argument("--weights", type=Path, help="real DAC weights (default: random full-size 44 kHz network)")
+    p.add_argument("--tiny", action="store_true", help="tiny random network (smoke test, not for figures)")
+    p.add_argument("--device", default=device)
+
+
 def weights_file(args: argparse.Namespace, work: Path) -> Path:
     """``--weights`` when given, else a random network saved under ``work``: the full-size
     44 kHz architecture, or the tiny one with ``--tiny`` (no weights can be downloaded here)."""
@@ -132,9 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--weights", type=Path, help="real DAC weights (default: random full-size 44 kHz network)")
-    p.add_argument("--tiny", action="store_true", help="tiny random network (smoke test, not for figures)")
-    p.add_argument("--device", default="cpu")
+    network_args(p)
     p.add_argument("--seconds", type=float, default=20.0, help="audio for the throughput runs")
     p.add_argument("--channels", type=int, default=1)
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the throughput runs (best counts)")

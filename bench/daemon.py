@@ -264,9 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m bench.daemon", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--device", default="cpu", help="the daemon's one device: cpu or cuda:N")
-    p.add_argument("--weights", type=Path, help="real DAC weights (default: random full-size 44 kHz network)")
-    p.add_argument("--tiny", action="store_true", help="tiny random network (smoke test, not for figures)")
+    bench.network_args(p)  # --device: the daemon's one device, cpu or cuda:N
     p.add_argument("--files", type=int, default=200)
     p.add_argument("--seconds", type=float, default=30.0, help="length of each file (the longest, with --shortest)")
     p.add_argument("--shortest", type=float, default=None, help="spread the lengths from this to --seconds")

@@ -67,9 +67,7 @@ def probe(argv: list[str], env: dict[str, str]) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.startup", description=__doc__.split("\n\n")[0])
-    p.add_argument("--weights", type=Path, help="real DAC weights (default: random full-size 44 kHz network)")
-    p.add_argument("--tiny", action="store_true", help="tiny random network (smoke test)")
-    p.add_argument("--device", default="cpu")
+    bench.network_args(p)
     p.add_argument("--seconds", type=float, default=1.0, help="audio converted by each call")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--out", type=Path, default=bench.RESULTS)

@@ -54,9 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m bench.variants", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--weights", type=Path, help="real DAC weights (default: random full-size 44 kHz network)")
-    p.add_argument("--tiny", action="store_true", help="tiny random network (smoke test, not for figures)")
-    p.add_argument("--device", default="cuda")
+    bench.network_args(p, device="cuda")
     p.add_argument("--seconds", type=float, default=30.0, help="mono audio per measurement")
     p.add_argument("--variants", nargs="*", default=list(variants.CANDIDATES))
     p.add_argument("--precisions", nargs="*", default=["float32"])
