@@ -16,32 +16,21 @@ Entries are written whole, under a temporary name renamed into place.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
+
+from dacwatch.codec.cachefiles import cache_root, write_whole
 
 Identity = tuple[int, int, int, int, int]
 
 _FINGERPRINT = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
-def cache_root() -> Path:
-    """dacwatch's own cache folder: ``$CACHE_DIRECTORY`` under systemd (the unit's
-    ``CacheDirectory=``), else ``${XDG_CACHE_HOME:-~/.cache}/dacwatch``. Fingerprints
-    live in ``fingerprints/`` below it, the decoder's kernel choices in ``kernels/``."""
-    env = os.environ.get("CACHE_DIRECTORY")
-    if env:
-        return Path(env.split(":")[0])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "dacwatch"
-
-
 def cache_dir() -> Path:
-    """Where fingerprints are remembered: ``fingerprints/`` under :func:`cache_root`."""
+    """Where fingerprints are remembered: ``fingerprints/`` under dacwatch's cache folder."""
     return cache_root() / "fingerprints"
 
 
@@ -73,19 +62,10 @@ def lookup(path: Path, ident: Identity, folder: Path | None = None) -> str | Non
 
 def store(path: Path, ident: Identity, fingerprint: str, folder: Path | None = None) -> bool:
     """Record ``fingerprint`` for ``path`` at ``ident``; False if the folder cannot take it."""
-    folder = folder or cache_dir()
-    target = _entry(path, ident, folder)
+    target = _entry(path, ident, folder or cache_dir())
     payload = json.dumps({"path": str(path), "identity": list(ident), "fingerprint": fingerprint}) + "\n"
-    tmp = None
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".", suffix=".part")
-        with os.fdopen(fd, "w") as out:
-            out.write(payload)
-        os.replace(tmp, target)
+        write_whole(target, payload)
     except OSError:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
         return False
     return True

@@ -34,7 +34,6 @@ import json
 import logging
 import os
 import platform
-import tempfile
 import time
 import types
 from collections.abc import Callable, Mapping
@@ -45,6 +44,7 @@ import torch
 from torch import nn
 
 from dacwatch.codec import kernels
+from dacwatch.codec.cachefiles import cache_root, write_whole
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,6 @@ ROUNDS = 5  # interleaved timing rounds per layer; the best of each candidate co
 def default_dir() -> Path:
     """Where one-shot commands keep the choices: ``kernels/`` under dacwatch's cache
     folder (``$CACHE_DIRECTORY`` under systemd, else ``~/.cache/dacwatch``)."""
-    from dacwatch.codec.fingerprint_cache import cache_root
-
     return cache_root() / "kernels"
 
 
@@ -201,20 +199,7 @@ def _read(path: Path, host: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def _write(path: Path, host: Mapping[str, Any], layers: Mapping[str, dict[str, Any]]) -> None:
-    """Write the file whole under a temporary name, then rename it into place."""
-    text = json.dumps({"host": dict(host), "layers": dict(layers)}, indent=1, sort_keys=True) + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".kernels-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_whole(path, json.dumps({"host": dict(host), "layers": dict(layers)}, indent=1, sort_keys=True) + "\n")
 
 
 def tune(model: Any, lengths: Mapping[int, int], folder: Path | None) -> dict[str, str]:
