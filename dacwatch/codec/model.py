@@ -146,12 +146,12 @@ def load_model(spec: ModelSpec, device: str | torch.device = "cpu", cache_dir: P
         raise ModelUnavailableError(f"could not load DAC weights from {path}: {exc}") from exc
     # The fingerprint of an unchanged file is remembered by its identity; one that
     # changed while it was read is hashed as loaded and not remembered.
-    unchanged = before is not None and fingerprint_cache.identity(path) == before
-    known = fingerprint_cache.lookup(path, before) if unchanged and before is not None else None
-    if known is not None:
-        setattr(model, FINGERPRINT_ATTR, known)
-    elif unchanged and before is not None:
-        fingerprint_cache.store(path, before, fingerprint(model))
+    if before is not None and fingerprint_cache.identity(path) == before:
+        known = fingerprint_cache.lookup(path, before)
+        if known is not None:
+            setattr(model, FINGERPRINT_ATTR, known)
+        else:
+            fingerprint_cache.store(path, before, fingerprint(model))
     return prepare_model(model, device)
 
 
