@@ -72,6 +72,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import fused_cpu
+
 T = TypeVar("T")
 
 
@@ -105,6 +107,13 @@ def install(model: nn.Module) -> None:
             module.forward = types.MethodType(_winograd_forward, module)  # type: ignore[method-assign]
 
 
+def decoder_snake(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """The decoder's Snake on a CPU without gradients: one fused pass
+    (:func:`fused_cpu.snake`) where numba runs, else :func:`snake`."""
+    fused = fused_cpu.snake(x, alpha)
+    return snake(x, alpha) if fused is None else fused
+
+
 def _snake_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if torch.is_grad_enabled():  # in-place ops are for inference only
         from dac.nn.layers import snake as dac_snake
@@ -125,19 +134,36 @@ def _decoder_snake_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
         from dac.nn.layers import snake as dac_snake
 
         return dac_snake(x, self.alpha)  # type: ignore[no-any-return]
+    if not torch.is_grad_enabled():
+        return decoder_snake(x, self.alpha)  # type: ignore[arg-type]
     return _snake_forward(self, x)
 
 
 def _residual_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """DAC's ``ResidualUnit.forward``, adding the skip into the block's fresh output
     in place of a new tensor (the same sum, so bit-identical)."""
-    y: torch.Tensor = self.block(x)  # type: ignore[operator]
+    y = _residual_block_fused(self.block, x)  # type: ignore[arg-type]
+    if y is None:
+        y = self.block(x)  # type: ignore[operator]
     pad = (x.shape[-1] - y.shape[-1]) // 2
     if pad > 0:
         x = x[..., pad:-pad]
     if torch.is_grad_enabled() or x.shape != y.shape or y.data_ptr() == x.data_ptr():
         return x + y
     return y.add_(x)
+
+
+def _residual_block_fused(block: nn.Sequential, x: torch.Tensor) -> torch.Tensor | None:
+    """A decoder residual unit's Snake, kernel-7 convolution, Snake and 1x1 convolution
+    with the first three fused (:func:`_fused_winograd`), where its kernel-7 layer runs
+    "winograd-fused"; None otherwise."""
+    if len(block) != 4 or getattr(block[1], "_dacwatch_kernel", None) != "winograd-fused":
+        return None
+    first, conv, second, last = block
+    if type(first).__name__ != "Snake1d" or type(second).__name__ != "Snake1d":
+        return None
+    h = _fused_winograd(conv, x, first.alpha, second.alpha)  # type: ignore[arg-type]
+    return None if h is None else last(h)  # type: ignore[no-any-return]
 
 
 def _parameter_key(conv: nn.Conv1d | nn.ConvTranspose1d) -> tuple[Any, ...]:
@@ -342,6 +368,41 @@ def _winograd_forward(self: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
             y = torch.mm(prod.view(a, -1).t(), att).view(c_out, d, tiles * m).transpose(1, 2)
             out.view(c_out, tiles * m, d).copy_(y)
     return result[..., :length]
+
+
+def _winograd_fused_weights(conv: nn.Conv1d) -> torch.Tensor:
+    """The transformed kernel as one grouped 1x1 convolution's weights ``[10 * out, in,
+    1]``, without the bias channel (the fused output transform adds the bias)."""
+
+    def build() -> torch.Tensor:
+        g = _winograd_transforms(conv.weight.device)[0]
+        _, c_in, r = conv.weight.shape
+        u = torch.mm(g, conv.weight.detach().reshape(-1, r).t())  # [a, out * in]
+        return u.view(-1, c_in, 1)
+
+    return _cached(conv, "_dacwatch_wfused", build)
+
+
+def _fused_winograd(
+    conv: nn.Conv1d, x: torch.Tensor, snake_in: torch.Tensor | None = None, snake_out: torch.Tensor | None = None
+) -> torch.Tensor | None:
+    """``conv(x)`` by :func:`fused_cpu.winograd_conv` (Snakes fused in where given), or
+    None where it does not apply (the caller then runs the unfused layers)."""
+    if torch.is_grad_enabled() or torch.is_autocast_enabled("cpu"):
+        return None
+    padding = conv.padding
+    assert not isinstance(padding, str)  # _winograd_suits rules out string padding
+    (d,), (p,) = conv.dilation, padding
+    _, bt, att = _winograd_transforms(x.device)
+    return fused_cpu.winograd_conv(x, _winograd_fused_weights(conv), conv.bias, d, p, (bt, att), snake_in, snake_out)
+
+
+def _winograd_fused_forward(self: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+    """Winograd F(4, 7) with numba's transforms and oneDNN's grouped mixing
+    (:mod:`fused_cpu`); inside a residual unit ``_residual_forward`` also fuses the
+    Snakes on either side."""
+    y = _fused_winograd(self, x)
+    return nn.Conv1d.forward(self, x) if y is None else y
 
 
 # How a Winograd layer does its channel mixing (``_dacwatch_mixing`` on the layer; set by

@@ -43,16 +43,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from dacwatch.codec import kernels
+from dacwatch.codec import fused_cpu, kernels
 from dacwatch.codec.cachefiles import cache_root, write_whole
 
 log = logging.getLogger(__name__)
 
-TUNING_VERSION = 2  # bump when the candidates or how they are measured change
+TUNING_VERSION = 3  # bump when the candidates or how they are measured change
 # The first of each is torch's own layer, the reference: another candidate is chosen only
 # when it is faster by MARGIN, so a shared CPU's noise does not trade the plain layer for
 # one that needs more memory (Winograd's weights and workspace) for nothing.
 CONV_CHOICES = ("direct", "winograd", "winograd-onednn", "winograd-grouped")
+# Where numba runs (fused_cpu.available()): Winograd with numba's transforms, oneDNN's
+# grouped mixing, and in a residual unit the Snakes on either side fused in.
+FUSED_CHOICE = "winograd-fused"
 TRANSPOSED_CHOICES = ("native", "polyphase")
 MARGIN = 0.9
 ROUNDS = 5  # interleaved timing rounds per layer; the best of each candidate counts
@@ -118,7 +121,9 @@ def tunable(model: Any) -> list[nn.Conv1d | nn.ConvTranspose1d]:
 
 
 def choices_for(conv: nn.Module) -> tuple[str, ...]:
-    return TRANSPOSED_CHOICES if isinstance(conv, nn.ConvTranspose1d) else CONV_CHOICES
+    if isinstance(conv, nn.ConvTranspose1d):
+        return TRANSPOSED_CHOICES
+    return (*CONV_CHOICES, FUSED_CHOICE) if fused_cpu.available() else CONV_CHOICES
 
 
 def apply(conv: nn.Conv1d | nn.ConvTranspose1d, choice: str) -> None:
@@ -128,6 +133,8 @@ def apply(conv: nn.Conv1d | nn.ConvTranspose1d, choice: str) -> None:
     forward: Callable[..., torch.Tensor]
     if isinstance(conv, nn.ConvTranspose1d):
         forward = kernels._transposed_forward if choice == "polyphase" else nn.ConvTranspose1d.forward
+    elif choice == FUSED_CHOICE:
+        forward = kernels._winograd_fused_forward
     else:
         forward = nn.Conv1d.forward if choice == "direct" else kernels._winograd_forward
         conv._dacwatch_mixing = {"winograd-onednn": "onednn", "winograd-grouped": "grouped"}.get(choice, "bmm")  # type: ignore[assignment]
@@ -140,8 +147,15 @@ def apply(conv: nn.Conv1d | nn.ConvTranspose1d, choice: str) -> None:
         "winograd": {"_dacwatch_winograd"},
         "winograd-onednn": {"_dacwatch_winograd", "_dacwatch_onednn"},
         "winograd-grouped": {"_dacwatch_winograd", "_dacwatch_grouped"},
+        FUSED_CHOICE: {"_dacwatch_wfused"},
     }.get(choice, set())
-    for name in ("_dacwatch_polyphase", "_dacwatch_winograd", "_dacwatch_onednn", "_dacwatch_grouped"):
+    for name in (
+        "_dacwatch_polyphase",
+        "_dacwatch_winograd",
+        "_dacwatch_onednn",
+        "_dacwatch_grouped",
+        "_dacwatch_wfused",
+    ):
         if name not in keep and name in conv.__dict__:
             delattr(conv, name)
 
@@ -152,28 +166,60 @@ def current(conv: nn.Module) -> str:
     return str(getattr(conv, "_dacwatch_kernel", default))
 
 
-def measure(conv: nn.Conv1d | nn.ConvTranspose1d, length: int, rounds: int = ROUNDS) -> dict[str, float]:
+def measure(
+    conv: nn.Conv1d | nn.ConvTranspose1d, length: int, rounds: int = ROUNDS, between_snakes: bool = False
+) -> dict[str, float]:
     """Best wall time (s) of each candidate on one row of ``length`` positions of
     unit-scale noise, the candidates interleaved in each round (a shared CPU's load
-    then falls on all of them alike). Leaves ``conv`` as it was."""
+    then falls on all of them alike). Leaves ``conv`` as it was.
+
+    ``between_snakes``: the layer sits between two Snakes (a residual unit's kernel-7
+    convolution), so each candidate is timed with them: the fused one with both fused
+    in, the others between two of :func:`fused_cpu.snake` (or torch's) passes."""
     before = current(conv)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(1, conv.in_channels, max(length, 1), generator=gen, dtype=conv.weight.dtype)
     best = dict.fromkeys(choices_for(conv), float("inf"))
+    alpha_in = torch.ones((1, conv.in_channels, 1), dtype=conv.weight.dtype)
+    alpha_out = torch.ones((1, conv.out_channels, 1), dtype=conv.weight.dtype)
+
+    def run(choice: str) -> None:
+        if not between_snakes:
+            conv(x)
+        elif (
+            choice == FUSED_CHOICE
+            and isinstance(conv, nn.Conv1d)
+            and kernels._fused_winograd(conv, x, alpha_in, alpha_out) is not None
+        ):
+            pass
+        else:
+            kernels.decoder_snake(conv(kernels.decoder_snake(x, alpha_in)), alpha_out)
+
     try:
-        with torch.inference_mode():
+        with torch.no_grad():
             for choice in best:  # first calls: weight transforms, oneDNN's kernel generation
                 apply(conv, choice)
-                conv(x)
+                run(choice)
             for _ in range(rounds):
                 for choice in best:
                     apply(conv, choice)
                     started = time.perf_counter()
-                    conv(x)
+                    run(choice)
                     best[choice] = min(best[choice], time.perf_counter() - started)
     finally:
         apply(conv, before)
     return best
+
+
+def _is_residual_unit(module: nn.Module) -> bool:
+    """DAC's ResidualUnit: ``block`` is Snake, kernel-7 convolution, Snake, 1x1 convolution."""
+    block = getattr(module, "block", None)
+    return (
+        type(module).__name__ == "ResidualUnit"
+        and isinstance(block, nn.Sequential)
+        and len(block) == 4
+        and [type(m).__name__ for m in block][::2] == ["Snake1d", "Snake1d"]
+    )
 
 
 def pick(times: Mapping[str, float], reference: str) -> str:
@@ -214,13 +260,14 @@ def tune(model: Any, lengths: Mapping[int, int], folder: Path | None) -> dict[st
     known = _read(path, host) if path is not None else {}
     chosen: dict[str, str] = {}
     measured: dict[str, dict[str, Any]] = {}
+    between_snakes = {id(unit.block[1]) for unit in model.decoder.modules() if _is_residual_unit(unit)}
     for conv in tunable(model):
         key = layer_key(conv)
         choice = chosen.get(key) or str(known.get(key, {}).get("choice"))
         if choice not in choices_for(conv):
             if id(conv) not in lengths:
                 continue
-            times = measure(conv, lengths[id(conv)])
+            times = measure(conv, lengths[id(conv)], between_snakes=id(conv) in between_snakes)
             choice = pick(times, choices_for(conv)[0])
             ms = {c: round(t * 1000, 3) for c, t in times.items()}
             measured[key] = {"choice": choice, "length": lengths[id(conv)], "ms": ms}

@@ -1,0 +1,222 @@
+"""The CPU decoder's numba kernels (dacwatch.codec.fused_cpu): the fused Snake and the
+Winograd transforms against float64 references, each element independent of where a
+window starts, compiled code cached across processes, and torch's passes wherever
+numba cannot run. No test asserts a timing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from dacwatch.codec import fused_cpu, kernels, tuning
+
+
+def snake64(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    x, alpha = x.double(), alpha.double()
+    return x + torch.sin(alpha * x) ** 2 / (alpha + 1e-9)
+
+
+def test_numba_runs_here() -> None:
+    """CI's machine has numba (it comes with DAC): the fused path is what the suite tests."""
+    assert fused_cpu.available()
+
+
+@pytest.mark.parametrize("scale", [0.01, 1.0, 30.0, 3000.0])
+def test_fused_snake_is_as_accurate_as_torchs(scale: float) -> None:
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 48, 1001, generator=gen) * scale
+    alpha = torch.rand(1, 48, 1, generator=gen) * 4 + 0.05
+    got = fused_cpu.snake(x, alpha)
+    assert got is not None and got.shape == x.shape and got.dtype == torch.float32
+    want = snake64(x, alpha)
+    torch_error = (kernels.snake(x, alpha).double() - want).abs().max()
+    error = (got.double() - want).abs().max()
+    assert error <= max(torch_error * 1.01, 1e-30)
+    # Mostly the very same floats: both round the same operations, only the sines differ.
+    assert (got == kernels.snake(x, alpha)).float().mean() > 0.9
+
+
+def test_each_element_is_computed_alike_wherever_a_window_starts() -> None:
+    """Offsets and lengths move elements between LLVM's vector body and scalar tail,
+    cropped views read through the flat path: every element must come out the same."""
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(1, 8, 517, generator=gen) * 5
+    alpha = torch.rand(1, 8, 1, generator=gen) + 0.2
+    whole = fused_cpu.snake(x, alpha)
+    assert whole is not None
+    for start, stop in [(0, 517), (1, 517), (3, 200), (16, 33), (5, 6), (511, 517)]:
+        part = fused_cpu.snake(x[..., start:stop], alpha)
+        assert part is not None
+        assert torch.equal(part, whole[..., start:stop])
+        assert torch.equal(fused_cpu.snake(x[..., start:stop].contiguous(), alpha), part)  # type: ignore[arg-type]
+
+
+def test_huge_infinite_and_nan_inputs_come_out_as_torchs() -> None:
+    """Past the reduction's range the C library's sine takes over, element by element."""
+    values = [1e9, -3e12, 2.0**26, 2.0**26 - 64, float("inf"), -float("inf"), float("nan"), 0.5, 1e-30, -0.0, 0.0]
+    x = torch.tensor(values).view(1, 1, -1).repeat(1, 3, 1)
+    alpha = torch.tensor([1.0, 0.37, 2.5]).view(1, 3, 1)
+    got = fused_cpu.snake(x, alpha)
+    want = kernels.snake(x, alpha)
+    assert got is not None
+    assert torch.equal(torch.isnan(got), torch.isnan(want))
+    finite = ~torch.isnan(want)
+    reference = snake64(x, alpha)[finite]
+    assert ((got[finite].double() - reference).abs() <= (want[finite].double() - reference).abs() * 1.01 + 1e-6).all()
+    # One huge element does not change how its finite neighbours are computed.
+    small = fused_cpu.snake(x[..., 7:], alpha)
+    assert small is not None and torch.equal(small, got[..., 7:])
+
+
+def test_what_the_fused_snake_does_not_take_is_left_to_torch() -> None:
+    alpha = torch.ones(1, 4, 1)
+    assert fused_cpu.snake(torch.randn(1, 4, 10, dtype=torch.float64), alpha) is None
+    assert fused_cpu.snake(torch.randn(1, 10, 4).transpose(1, 2), alpha) is None  # time not unit stride
+    assert fused_cpu.snake(torch.randn(1, 4, 10, requires_grad=True), alpha) is None
+    assert fused_cpu.snake(torch.randn(1, 5, 10), alpha) is None  # alpha of another width
+    assert fused_cpu.snake(torch.randn(1, 4, 0), alpha) is None
+
+
+def _conv(c_in: int, c_out: int, dilation: int, seed: int) -> tuple[nn.Conv1d, nn.Conv1d]:
+    torch.manual_seed(seed)
+    conv = nn.Conv1d(c_in, c_out, 7, dilation=dilation, padding=3 * dilation)
+    reference = nn.Conv1d(c_in, c_out, 7, dilation=dilation, padding=3 * dilation).double()
+    reference.load_state_dict({k: v.double() for k, v in conv.state_dict().items()})
+    return conv, reference
+
+
+@pytest.mark.parametrize("dilation", [1, 3, 9])
+def test_fused_winograd_with_its_snakes_matches_float64(dilation: int) -> None:
+    """Snake, kernel-7 convolution, Snake, against float64, on rows of a cropped view,
+    lengths from one tile to many and one not a multiple of the tile."""
+    conv, reference = _conv(64, 72, dilation, seed=dilation)
+    gen = torch.Generator().manual_seed(5)
+    a_in = torch.rand(1, 64, 1, generator=gen) + 0.1
+    a_out = torch.rand(1, 72, 1, generator=gen) + 0.1
+    base = torch.randn(2, 64, 1200, generator=gen) * 2
+    with torch.no_grad():
+        for n in (4 * dilation, 37, 1001):
+            x = base[..., 11 : 11 + n]
+            plain = kernels._fused_winograd(conv, x)
+            fused = kernels._fused_winograd(conv, x, a_in, a_out)
+            assert plain is not None and fused is not None
+            want_plain = reference(x.double())
+            want_fused = snake64(reference(snake64(x, a_in)), a_out)
+            assert plain.shape == want_plain.shape == fused.shape
+            assert (plain.double() - want_plain).abs().max() <= 2e-5 * want_plain.abs().max()
+            assert (fused.double() - want_fused).abs().max() <= 2e-5 * want_fused.abs().max()
+
+
+def test_too_short_for_a_tile_falls_back_to_the_direct_convolution() -> None:
+    conv, reference = _conv(64, 64, 9, seed=1)
+    tuning.apply(conv, tuning.FUSED_CHOICE)
+    x = torch.randn(1, 64, 20)  # 20 outputs < one tile of 4 outputs at dilation 9
+    with torch.no_grad():
+        assert kernels._fused_winograd(conv, x) is None
+        got = conv(x)
+    assert (got.double() - reference(x.double())).abs().max() <= 1e-5
+
+
+def _python(code: str, env: dict[str, str]) -> str:
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+FIRST_CALLS = """
+    import torch
+    from dacwatch.codec import fused_cpu, kernels
+    x = torch.randn(1, 64, 300)
+    a = torch.ones(1, 64, 1)
+    conv = torch.nn.Conv1d(64, 64, 7, padding=3)
+    with torch.no_grad():
+        assert fused_cpu.snake(x, a) is not None
+        assert kernels._fused_winograd(conv, x, a, a) is not None
+    print("ok")
+"""
+
+
+def test_compiled_kernels_are_cached_and_read_by_the_next_process(tmp_path: Path) -> None:
+    """The second process finds every kernel in the cache folder and writes nothing:
+    closures (keyed by a dispatcher that pickles differently per process) recompiled
+    in every process, 5 s of each first decode."""
+    env = {"XDG_CACHE_HOME": str(tmp_path), "NUMBA_CACHE_DIR": ""}
+    assert _python(FIRST_CALLS, env).strip() == "ok"
+    folder = tmp_path / "dacwatch" / "numba"
+    first = sorted(p.name for p in folder.rglob("*") if p.is_file())
+    assert any(name.endswith(".nbc") for name in first)
+    assert any("snake_rows" in n for n in first) and any("winograd_output" in n for n in first)
+    assert _python(FIRST_CALLS, env).strip() == "ok"
+    assert sorted(p.name for p in folder.rglob("*") if p.is_file()) == first
+
+
+def test_a_cache_folder_that_cannot_be_made_still_runs_compiled(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    env = {"XDG_CACHE_HOME": str(blocker), "NUMBA_CACHE_DIR": "", "HOME": str(blocker)}
+    assert _python(FIRST_CALLS, env).strip() == "ok"
+
+
+def test_without_numba_the_decoder_runs_torchs_passes(tmp_path: Path) -> None:
+    """numba missing (its import fails): no fused choice is offered, Snake is torch's,
+    and a wide decoder still decodes."""
+    out = _python(
+        """
+        import sys
+        sys.modules["numba"] = None  # import numba now raises ImportError
+        import numpy as np, torch
+        from dacwatch.codec import fused_cpu, kernels, tuning
+        from dacwatch.codec.chunked import ChunkedCodec
+        from dacwatch.codec.model import prepare_model, tiny_model
+        assert not fused_cpu.available()
+        x, a = torch.randn(1, 4, 50), torch.ones(1, 4, 1)
+        assert fused_cpu.snake(x, a) is None
+        assert torch.equal(kernels.decoder_snake(x, a), kernels.snake(x, a))
+        model = prepare_model(tiny_model("44khz", seed=11, decoder_dim=256))
+        codec = ChunkedCodec(model, "cpu")
+        chosen = codec.tune_kernels(None)
+        assert tuning.FUSED_CHOICE not in chosen.values()
+        assert all(tuning.FUSED_CHOICE not in tuning.choices_for(c) for c in tuning.tunable(model))
+        codes = np.random.default_rng(1).integers(0, 64, size=(30, 4, 1)).astype(np.int16)
+        audio = codec.decode(codes)
+        assert audio.shape[0] == 1 and np.isfinite(audio).all()
+        print("ok")
+        """,
+        {"XDG_CACHE_HOME": str(tmp_path)},
+    )
+    assert out.strip().endswith("ok")
+
+
+def test_a_wide_decoder_decodes_the_same_fused_or_not(tiny44: nn.Module) -> None:
+    """The fused residual units (Snake, Winograd, Snake in one) against the same
+    decoder with torch's Snake and the direct convolution: within float tolerance."""
+    from dacwatch.codec.chunked import ChunkedCodec
+    from dacwatch.codec.model import prepare_model, tiny_model
+
+    model = prepare_model(tiny_model("44khz", seed=11, decoder_dim=256))
+    codes = np.random.default_rng(4).integers(0, 64, size=(50, 4, 2)).astype(np.int16)
+    layers = [c for c in tuning.tunable(model) if isinstance(c, nn.Conv1d)]
+    assert layers
+    for c in layers:
+        tuning.apply(c, "direct")
+    plain = ChunkedCodec(model, "cpu").decode(codes)
+    for c in layers:
+        tuning.apply(c, tuning.FUSED_CHOICE)
+    fused = ChunkedCodec(model, "cpu").decode(codes)
+    scale = max(1.0, float(np.abs(plain).max()))
+    assert np.abs(fused - plain).max() <= 1e-4 * scale
+    assert np.abs(fused - plain).max() > 0  # the fused path really ran
