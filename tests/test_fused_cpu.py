@@ -158,9 +158,9 @@ def test_too_short_for_a_tile_falls_back_to_the_direct_convolution() -> None:
     assert (got.double() - reference(x.double())).abs().max() <= 1e-5
 
 
-def _python(code: str, env: dict[str, str]) -> str:
+def _python(code: str, env: dict[str, str], *args: str) -> str:
     result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
+        [sys.executable, "-c", textwrap.dedent(code), *args],
         env={**os.environ, **env},
         capture_output=True,
         text=True,
@@ -253,3 +253,34 @@ def test_a_wide_decoder_decodes_the_same_fused_or_not(tiny44: nn.Module) -> None
     scale = max(1.0, float(np.abs(plain).max()))
     assert np.abs(fused - plain).max() <= 1e-4 * scale
     assert np.abs(fused - plain).max() > 0  # the fused path really ran
+
+
+def test_tuning_loads_every_kernel_a_decode_then_runs(tmp_path: Path) -> None:
+    """The daemon tunes at start: from then on no decode compiles or loads a kernel
+    (every signature a decode dispatches was loaded by the tuning, also where its
+    choices come from the cache file and nothing is timed)."""
+    code = """
+        import sys
+        from pathlib import Path
+        import numpy as np, torch
+        from dacwatch.codec import _fused_kernels as k, tuning
+        from dacwatch.codec.chunked import ChunkedCodec
+        from dacwatch.codec.model import prepare_model, tiny_model
+        kernels = (k.snake_rows, k.winograd_input, k.winograd_output)
+        model = prepare_model(tiny_model("44khz", seed=11, decoder_dim=256))
+        codec = ChunkedCodec(model, "cpu")
+        codec.tune_kernels(Path(sys.argv[1]))
+        for conv in tuning.tunable(model):  # every residual convolution the fused way
+            if conv.kernel_size == (7,):
+                tuning.apply(conv, tuning.FUSED_CHOICE)
+        warmed = [list(f.signatures) for f in kernels]
+        assert all(warmed), warmed
+        codes = np.random.default_rng(1).integers(0, 64, size=(30, 4, 1)).astype(np.int16)
+        codec.decode(codes)
+        assert [list(f.signatures) for f in kernels] == warmed
+        print("ok")
+    """
+    env = {"XDG_CACHE_HOME": str(tmp_path), "NUMBA_CACHE_DIR": ""}
+    for _ in range(2):  # the second process reads the kernels' choices: nothing is timed
+        assert _python(code, env, str(tmp_path / "kernels")).strip() == "ok"
+    assert list((tmp_path / "kernels").iterdir())

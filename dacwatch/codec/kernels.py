@@ -397,6 +397,18 @@ def _fused_winograd(
     return fused_cpu.winograd_conv(x, _winograd_fused_weights(conv), conv.bias, d, p, (bt, att), snake_in, snake_out)
 
 
+def warm_cpu_kernels() -> bool:
+    """Load numba's CPU kernels now, each with the argument types a decode passes, so
+    that a daemon pays for them at start and not in its first job (a cache load is
+    about 0.3 s; the first compile on a host 4 to 5 s). False where they cannot run."""
+    if not fused_cpu.available():
+        return False
+    conv = nn.Conv1d(4, 4, 7, padding=3)
+    x, alpha = torch.zeros(1, 4, 64), torch.ones(1, 4, 1)
+    with torch.no_grad():
+        return fused_cpu.snake(x, alpha) is not None and _fused_winograd(conv, x, alpha, alpha) is not None
+
+
 def _winograd_fused_forward(self: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
     """Winograd F(4, 7) with numba's transforms and oneDNN's grouped mixing
     (:mod:`fused_cpu`); inside a residual unit ``_residual_forward`` also fuses the

@@ -274,6 +274,7 @@ def tune(model: Any, lengths: Mapping[int, int], folder: Path | None) -> dict[st
             log.info("decoder kernel for %s: %s (ms: %s)", key, choice, ms)
         chosen[key] = choice
         apply(conv, choice)
+    kernels.warm_cpu_kernels()  # the decoder's Snakes are numba's wherever it runs
     if measured and path is not None:
         try:  # what the file already knew (another network's layers) stays
             _write(path, host, {**known, **measured})
