@@ -38,6 +38,16 @@ the fast form assumes, so the network stays a plain DAC network.
   with its channel mixing as one grouped oneDNN 1x1 convolution (``_mix``,
   "grouped": 1.4-1.9x faster than direct), and torch's own transposed
   convolutions beat the polyphase form (63 against 157 ms for the first one).
+- With numba (:mod:`dacwatch.codec.fused_cpu`, the lever named below): the
+  decoder's Snake in one pass, its sine float64's rounded once (eager ``sin``
+  costs about twelve multiply passes on the Zen 5 EPYC), and a further
+  per-host choice for the residual units, "winograd-fused": F(4, 7) with its
+  transforms in numba, the Snake before and after the convolution fused into
+  them (two passes over memory fewer) and the mixing oneDNN's grouped 1x1
+  convolution; timed between its Snakes. On the Zen 5 EPYC it won at 192-768
+  channels (9 against 11.5 ms at 192), a decode 1.13-1.18x faster in one
+  process; on a Zen 4 EPYC at 96-384 and once at 768. Each Snake element is
+  computed alike wherever a window starts; without numba, torch's passes.
 
 Tried and dropped (full-size decoder, 2 cores): Winograd F(6, 2) for the
 polyphase upsamplers (2.5% of a decode for 350 MB more RSS) and for the
