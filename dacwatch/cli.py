@@ -405,6 +405,10 @@ def _decode(args: argparse.Namespace) -> int:
     from dacwatch.convert import decode_file
 
     pool = _pool(args)
+    if pool.device.type == "cpu":  # numba's kernels load while the weights do
+        from dacwatch.codec.kernels import warm_cpu_kernels_soon
+
+        warm_cpu_kernels_soon()
     container = args.format or (
         args.output.suffix.lstrip(".").lower() if args.output.suffix.lower() in (".wav", ".flac") else "wav"
     )

@@ -284,3 +284,32 @@ def test_tuning_loads_every_kernel_a_decode_then_runs(tmp_path: Path) -> None:
     for _ in range(2):  # the second process reads the kernels' choices: nothing is timed
         assert _python(code, env, str(tmp_path / "kernels")).strip() == "ok"
     assert list((tmp_path / "kernels").iterdir())
+
+
+def test_a_one_shot_decode_loads_the_kernels_beside_the_weights_and_encode_never(
+    tmp_path: Path, tiny_weights: Path
+) -> None:
+    """``dacwatch decode`` on the CPU starts numba's import and cache load in a thread
+    (before the weights load, which it overlaps); ``dacwatch encode`` never imports
+    numba (its Snake is torch's, bit-identical to DAC's)."""
+    out = _python(
+        """
+        import sys
+        import numpy as np, soundfile as sf
+        import dacwatch.cli
+        from dacwatch.codec import kernels
+        weights, tmp = sys.argv[1], sys.argv[2]
+        sf.write(tmp + "/in.wav", np.random.default_rng(1).standard_normal(22050).astype("float32") * 0.1, 44100)
+        common = ["--weights", weights, "--device", "cpu"]
+        assert dacwatch.cli.main(["encode", *common, tmp + "/in.wav", tmp + "/in.dac"]) == 0
+        assert "numba" not in sys.modules and kernels._warming is None
+        assert dacwatch.cli.main(["decode", *common, tmp + "/in.dac", tmp + "/out.wav"]) == 0
+        assert kernels._warming is not None and kernels._warming.name == "dacwatch-warm-kernels"
+        assert kernels._warmed is True and "numba" in sys.modules
+        print("ok")
+        """,
+        {"XDG_CACHE_HOME": str(tmp_path)},
+        str(tiny_weights),
+        str(tmp_path),
+    )
+    assert out.strip() == "ok"
