@@ -18,6 +18,8 @@ from torch import nn
 
 from dacwatch.codec import fused_cpu, kernels, tuning
 
+from .daemon import tmpfs
+
 
 def snake64(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     x, alpha = x.double(), alpha.double()
@@ -202,6 +204,23 @@ def test_a_cache_folder_that_cannot_be_made_still_runs_compiled(tmp_path: Path) 
     blocker.write_text("not a folder")
     env = {"XDG_CACHE_HOME": str(blocker), "NUMBA_CACHE_DIR": "", "HOME": str(blocker)}
     assert _python(FIRST_CALLS, env).strip() == "ok"
+
+
+def test_a_full_cache_folder_still_runs_compiled_and_says_so(tmp_path: Path) -> None:
+    """numba compiles, then cannot write the cache file (ENOSPC on a full tmpfs): the
+    compiled code runs all the same (no call falls back to torch's passes), with a
+    warning naming the kernel; nothing stops the decode."""
+    with tmpfs(tmp_path / "full", "256k", fill=True) as full:
+        result = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(FIRST_CALLS)],
+            env={**os.environ, "NUMBA_CACHE_DIR": str(full)},
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+    assert "numba could not cache the CPU kernel snake_rows" in result.stderr
+    assert "No space left on device" in result.stderr
 
 
 def test_without_numba_the_decoder_runs_torchs_passes(tmp_path: Path) -> None:

@@ -35,6 +35,7 @@ bit-identical to DAC's (its codes are compared with DAC's own).
 from __future__ import annotations
 
 import importlib
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -45,6 +46,7 @@ import torch.nn.functional as F
 
 from .cachefiles import cache_root
 
+log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _compiled: dict[str, Callable[..., None]] | None = None
 _failed = False
@@ -92,18 +94,26 @@ def available() -> bool:
 def _run(name: str, *args: Any) -> bool:
     """Run kernel ``name`` on torch's thread count; False (and torch's passes from
     then on) if numba fails here."""
-    global _failed
+    global _compiled, _failed
     compiled = _kernels()
     if compiled is None:
         return False
-    try:
-        numba: Any = importlib.import_module("numba")
-        numba.set_num_threads(max(1, min(torch.get_num_threads(), _max_threads)))
-        compiled[name](*args)
-    except Exception:  # e.g. no OpenMP layer loads here
-        _failed = True
-        return False
-    return True
+    numba: Any = importlib.import_module("numba")
+    for attempt in range(2):
+        try:
+            numba.set_num_threads(max(1, min(torch.get_num_threads(), _max_threads)))
+            compiled[name](*args)
+            return True
+        except OSError as exc:
+            # Compiled, but its cache file could not be written (a full cache folder):
+            # numba keeps the compiled code in memory, so the second call runs it.
+            if attempt == 0:
+                log.warning("numba could not cache the CPU kernel %s (%s): compiled again next process", name, exc)
+        except Exception:  # e.g. no OpenMP layer loads here
+            break
+    with _lock:
+        _compiled, _failed = None, True
+    return False
 
 
 def _rows(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
