@@ -114,14 +114,14 @@ def test_polyphase_transposed_convolution_matches_torchs(stride: int) -> None:
 
 
 def test_winograd_matrices_compute_a_correlation() -> None:
-    """The Toom-Cook matrices give the correlation for F(4, 7) as used and for the
-    textbook F(2, 3), and refuse point sets of the wrong size or with repeats."""
+    """The Toom-Cook matrices give the correlation for F(4, 7) and F(6, 7) as used and
+    for the textbook F(2, 3), and refuse point sets of the wrong size or with repeats."""
     import torch
 
-    from dacwatch.codec.kernels import WINOGRAD_POINTS, winograd_matrices
+    from dacwatch.codec.kernels import WINOGRAD6_POINTS, WINOGRAD_POINTS, winograd_matrices
 
     gen = torch.Generator().manual_seed(0)
-    for m, r, points in ((4, 7, WINOGRAD_POINTS), (2, 3, (0, 1, -1))):
+    for m, r, points in ((4, 7, WINOGRAD_POINTS), (6, 7, WINOGRAD6_POINTS), (2, 3, (0, 1, -1))):
         at, g, bt = winograd_matrices(m, r, points)
         assert at.shape == (m, m + r - 1) and g.shape == (m + r - 1, r) and bt.shape == (m + r - 1,) * 2
         for _ in range(5):

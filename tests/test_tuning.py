@@ -41,14 +41,14 @@ def set_all(model: nn.Module, conv: str, transposed: str) -> None:
 
 def test_the_wide_tiny_decoder_has_every_kind_of_choice(wide: nn.Module) -> None:
     kinds = {tuning.choices_for(c) for c in tuning.tunable(wide)}
-    assert kinds == {(*tuning.CONV_CHOICES, tuning.FUSED_CHOICE), tuning.TRANSPOSED_CHOICES}
+    assert kinds == {(*tuning.CONV_CHOICES, *tuning.FUSED_CHOICES), tuning.TRANSPOSED_CHOICES}
     keys = [tuning.layer_key(c) for c in tuning.tunable(wide)]
     assert len(keys) == len(set(keys))  # one shape, one key: dilations differ
 
 
 @pytest.mark.parametrize(
     ("conv", "transposed"),
-    list(itertools.product((*tuning.CONV_CHOICES, tuning.FUSED_CHOICE), tuning.TRANSPOSED_CHOICES)),
+    list(itertools.product((*tuning.CONV_CHOICES, *tuning.FUSED_CHOICES), tuning.TRANSPOSED_CHOICES)),
 )
 def test_every_kernel_decodes_chunked_within_tolerance_of_whole(wide: nn.Module, conv: str, transposed: str) -> None:
     """Each candidate, chunked (small windows and tiles, stereo, batch 2) against the
@@ -70,7 +70,7 @@ def test_every_kernel_decodes_chunked_within_tolerance_of_whole(wide: nn.Module,
     assert np.abs(reference - default).max() <= 1e-4 * scale
 
 
-@pytest.mark.parametrize("choice", ["winograd-onednn", "winograd-grouped", tuning.FUSED_CHOICE])
+@pytest.mark.parametrize("choice", ["winograd-onednn", "winograd-grouped", *tuning.FUSED_CHOICES])
 def test_onednn_mixing_matches_a_float64_convolution(choice: str) -> None:
     torch.manual_seed(3)
     for dilation in (1, 3):

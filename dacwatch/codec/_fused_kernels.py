@@ -83,120 +83,129 @@ def snake_rows(x: Any, starts: Any, alpha: Any, inv: Any, out: Any, n: int) -> N
         snake_span(x, starts[c], out, c * n, n, alpha[c], inv[c])
 
 
+# Winograd's tiles for the kernel-7 convolutions: F(m, 7) takes m + 6 points. The
+# kernels below are written once for any m and compiled for m = 4 and m = 6: each entry
+# point passes m as a constant inside its parallel loop (a value from outside the loop
+# reaches the loop's body as a run-time argument), so LLVM unrolls the sums over the
+# points and vectorises over the tiles, as fast as sums written out term by term.
+TAPS = 7
+
+
+@numba.njit(inline="always", **OPTIONS)  # type: ignore[untyped-decorator]
+def _input_row(
+    x: Any, starts: Any, rc: int, n_in: int, pad: int, d: int, tiles: int, bt: Any, alpha: Any, inv: Any, v: Any, m: int
+) -> None:  # pragma: no cover - numba
+    """F(m, 7)'s input transform of (row, channel) ``rc`` of ``x`` (at ``starts[rc]``),
+    zero-padded by ``pad``, phase by phase, into ``v[row, :, c]``; Snake first where
+    ``alpha`` has entries (0 pads stay 0: Snake(0) = 0)."""
+    a = m + TAPS - 1
+    channels = v.shape[2]
+    row = rc // channels
+    c = rc - row * channels
+    kq = tiles + (a - 1) // m
+    zq = np.empty((m, kq), dtype=np.float32)  # one phase, split by position mod m
+    src = x
+    base = starts[rc]
+    if alpha.shape[0] > 0:  # the row's Snake into a buffer the size of L2, read from there
+        src = np.empty(n_in, dtype=np.float32)
+        snake_span(x, base, src, 0, n_in, alpha[c], inv[c])
+        base = 0
+    for ph in range(d):
+        for q in range(m):
+            # zq[q, k] = x[off + step * k] where that is inside the row, else 0
+            off = ph + d * q - pad
+            step = m * d
+            lo = min(kq, max(0, (-off + step - 1) // step))
+            hi = max(lo, min(kq, (n_in - off + step - 1) // step))
+            zrow = zq[q]
+            zrow[:lo] = 0.0
+            zrow[hi:] = 0.0
+            if hi > lo:
+                seg = src[base + off + step * lo : base + off + step * (hi - 1) + 1 : step]
+                mid = zrow[lo:hi]
+                for k in range(hi - lo):
+                    mid[k] = seg[k]
+        # Window element j of tile t is zq[j % m, t + j // m]: unit stride in t.
+        for pt in range(a):
+            vr = v[row, pt, c, ph * tiles : (ph + 1) * tiles]
+            for t in range(tiles):
+                acc = bt[pt, 0] * zq[0, t]
+                for j in range(1, a):
+                    acc += bt[pt, j] * zq[j % m, t + j // m]
+                vr[t] = acc
+
+
 @_jit
-def winograd_input(
+def winograd4_input(
     x: Any, starts: Any, n_in: int, pad: int, d: int, tiles: int, bt: Any, alpha: Any, inv: Any, v: Any
 ) -> None:  # pragma: no cover - numba
     """``v [rows, 10, channels, d*tiles]``: F(4, 7)'s input transform of each (row,
-    channel) at ``starts``, zero-padded by ``pad``, phase by phase; Snake first where
-    ``alpha`` has entries (0 pads stay 0: Snake(0) = 0)."""
-    channels = v.shape[2]
-    kq = tiles + 2
-    snake = alpha.shape[0] > 0
+    channel) of ``x`` at ``starts`` (:func:`_input_row`)."""
     for rc in numba.prange(starts.shape[0]):
-        row = rc // channels
-        c = rc - row * channels
-        zq = np.empty((4, kq), dtype=np.float32)  # one phase, split by position mod 4
-        src = x
-        base = starts[rc]
-        if snake:  # the row's Snake into a buffer the size of L2, read from there
-            src = np.empty(n_in, dtype=np.float32)
-            snake_span(x, base, src, 0, n_in, alpha[c], inv[c])
-            base = 0
-        for ph in range(d):
-            for q in range(4):
-                # zq[q, k] = x[off + step * k] where that is inside the row, else 0
-                off = ph + d * q - pad
-                step = 4 * d
-                lo = min(kq, max(0, (-off + step - 1) // step))
-                hi = max(lo, min(kq, (n_in - off + step - 1) // step))
-                zrow = zq[q]
-                zrow[:lo] = 0.0
-                zrow[hi:] = 0.0
-                if hi > lo:
-                    seg = src[base + off + step * lo : base + off + step * (hi - 1) + 1 : step]
-                    mid = zrow[lo:hi]
-                    for k in range(hi - lo):
-                        mid[k] = seg[k]
-            # Window element j of tile t is zq[j % 4, t + j // 4]: ten slices, unit stride.
-            w0, w1, w2, w3 = zq[0, :tiles], zq[1, :tiles], zq[2, :tiles], zq[3, :tiles]
-            w4, w5, w6, w7 = zq[0, 1 : tiles + 1], zq[1, 1 : tiles + 1], zq[2, 1 : tiles + 1], zq[3, 1 : tiles + 1]
-            w8, w9 = zq[0, 2 : tiles + 2], zq[1, 2 : tiles + 2]
-            for pt in range(10):
-                b0, b1, b2, b3, b4 = bt[pt, 0], bt[pt, 1], bt[pt, 2], bt[pt, 3], bt[pt, 4]
-                b5, b6, b7, b8, b9 = bt[pt, 5], bt[pt, 6], bt[pt, 7], bt[pt, 8], bt[pt, 9]
-                vr = v[row, pt, c, ph * tiles : (ph + 1) * tiles]
-                for t in range(tiles):
-                    vr[t] = (
-                        b0 * w0[t]
-                        + b1 * w1[t]
-                        + b2 * w2[t]
-                        + b3 * w3[t]
-                        + b4 * w4[t]
-                        + b5 * w5[t]
-                        + b6 * w6[t]
-                        + b7 * w7[t]
-                        + b8 * w8[t]
-                        + b9 * w9[t]
-                    )
+        _input_row(x, starts, rc, n_in, pad, d, tiles, bt, alpha, inv, v, 4)
 
 
 @_jit
-def winograd_output(
+def winograd6_input(
+    x: Any, starts: Any, n_in: int, pad: int, d: int, tiles: int, bt: Any, alpha: Any, inv: Any, v: Any
+) -> None:  # pragma: no cover - numba
+    """:func:`winograd4_input` for F(6, 7): ``v [rows, 12, channels, d*tiles]``."""
+    for rc in numba.prange(starts.shape[0]):
+        _input_row(x, starts, rc, n_in, pad, d, tiles, bt, alpha, inv, v, 6)
+
+
+@numba.njit(inline="always", **OPTIONS)  # type: ignore[untyped-decorator]
+def _output_row(
+    prod: Any, att: Any, bias: Any, d: int, tiles: int, alpha: Any, inv: Any, out: Any, rc: int, m: int
+) -> None:  # pragma: no cover - numba
+    """(row, channel) ``rc`` of ``out`` from ``prod``: F(m, 7)'s output transform, the
+    bias added, phases interleaved; Snake last where ``alpha`` has entries."""
+    a = m + TAPS - 1
+    channels = prod.shape[2]
+    row = rc // channels
+    c = rc - row * channels
+    length = out.shape[2]
+    snake = alpha.shape[0] > 0
+    yq = np.empty(m * tiles, dtype=np.float32)  # one phase's outputs, by position mod m
+    ys = np.empty(m * tiles if snake else 0, dtype=np.float32)
+    b = bias[c]
+    orow = out[row, c]
+    for ph in range(d):
+        first = ph * tiles
+        for i in range(m):
+            yr = yq[i * tiles : (i + 1) * tiles]
+            for t in range(tiles):
+                # prod indexed whole (C order, unit stride in t): a view across the
+                # points would have strides LLVM cannot see, and it would not vectorise
+                acc = att[0, i] * prod[row, 0, c, first + t]
+                for j in range(1, a):
+                    acc += att[j, i] * prod[row, j, c, first + t]
+                yr[t] = acc + b
+        done = yq
+        if snake:
+            snake_span(yq, 0, ys, 0, m * tiles, alpha[c], inv[c])
+            done = ys
+        for t in range(tiles):
+            for i in range(m):
+                pos = ph + d * (m * t + i)
+                if pos < length:
+                    orow[pos] = done[i * tiles + t]
+
+
+@_jit
+def winograd4_output(
     prod: Any, att: Any, bias: Any, d: int, tiles: int, alpha: Any, inv: Any, out: Any
 ) -> None:  # pragma: no cover - numba
     """``out [rows, channels, length]`` from the products ``prod [rows, 10, channels,
-    d*tiles]``: F(4, 7)'s output transform, the bias added, phases interleaved;
-    Snake last where ``alpha`` has entries."""
-    rows, _, channels, _ = prod.shape
-    length = out.shape[2]
-    snake = alpha.shape[0] > 0
-    for rc in numba.prange(rows * channels):
-        row = rc // channels
-        c = rc - row * channels
-        yq = np.empty(4 * tiles, dtype=np.float32)  # one phase's outputs, by position mod 4
-        ys = np.empty(4 * tiles if snake else 0, dtype=np.float32)
-        b = bias[c]
-        orow = out[row, c]
-        for ph in range(d):
-            span = slice(ph * tiles, (ph + 1) * tiles)
-            p0, p1, p2, p3, p4 = (
-                prod[row, 0, c, span],
-                prod[row, 1, c, span],
-                prod[row, 2, c, span],
-                prod[row, 3, c, span],
-                prod[row, 4, c, span],
-            )
-            p5, p6, p7, p8, p9 = (
-                prod[row, 5, c, span],
-                prod[row, 6, c, span],
-                prod[row, 7, c, span],
-                prod[row, 8, c, span],
-                prod[row, 9, c, span],
-            )
-            for i in range(4):
-                a0, a1, a2, a3, a4 = att[0, i], att[1, i], att[2, i], att[3, i], att[4, i]
-                a5, a6, a7, a8, a9 = att[5, i], att[6, i], att[7, i], att[8, i], att[9, i]
-                yr = yq[i * tiles : (i + 1) * tiles]
-                for t in range(tiles):
-                    yr[t] = (
-                        a0 * p0[t]
-                        + a1 * p1[t]
-                        + a2 * p2[t]
-                        + a3 * p3[t]
-                        + a4 * p4[t]
-                        + a5 * p5[t]
-                        + a6 * p6[t]
-                        + a7 * p7[t]
-                        + a8 * p8[t]
-                        + a9 * p9[t]
-                    ) + b
-            done = yq
-            if snake:
-                snake_span(yq, 0, ys, 0, 4 * tiles, alpha[c], inv[c])
-                done = ys
-            for t in range(tiles):
-                for i in range(4):
-                    pos = ph + d * (4 * t + i)
-                    if pos < length:
-                        orow[pos] = done[i * tiles + t]
+    d*tiles]`` (:func:`_output_row`)."""
+    for rc in numba.prange(prod.shape[0] * prod.shape[2]):
+        _output_row(prod, att, bias, d, tiles, alpha, inv, out, rc, 4)
+
+
+@_jit
+def winograd6_output(
+    prod: Any, att: Any, bias: Any, d: int, tiles: int, alpha: Any, inv: Any, out: Any
+) -> None:  # pragma: no cover - numba
+    """:func:`winograd4_output` for F(6, 7): ``prod [rows, 12, channels, d*tiles]``."""
+    for rc in numba.prange(prod.shape[0] * prod.shape[2]):
+        _output_row(prod, att, bias, d, tiles, alpha, inv, out, rc, 6)

@@ -70,7 +70,13 @@ def _compile() -> dict[str, Callable[..., None]]:
         from . import _fused_kernels as k
     finally:
         numba.config.CACHE_DIR = saved
-    return {"snake_rows": k.snake_rows, "winograd_input": k.winograd_input, "winograd_output": k.winograd_output}
+    return {
+        "snake_rows": k.snake_rows,
+        "winograd4_input": k.winograd4_input,
+        "winograd4_output": k.winograd4_output,
+        "winograd6_input": k.winograd6_input,
+        "winograd6_output": k.winograd6_output,
+    }
 
 
 def _kernels() -> dict[str, Callable[..., None]] | None:
@@ -173,32 +179,33 @@ def winograd_conv(
     snake_in: torch.Tensor | None = None,
     snake_out: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
-    """A kernel-7 convolution of ``x [rows, c_in, n]`` by Winograd F(4, 7): the input
-    and output transforms here, the channel mixing one grouped oneDNN 1x1 convolution
-    (``weights [10 * c_out, c_in, 1]``, the transformed kernel). ``transforms`` is
-    ``(BT [10, 10], AT^T [10, 4])``. With ``snake_in`` Snake (that alpha) is applied to
-    ``x`` first, with ``snake_out`` to the result (the residual units' Snake, conv,
-    Snake, fused: two passes over memory fewer). None where it does not apply."""
+    """A kernel-7 convolution of ``x [rows, c_in, n]`` by Winograd F(m, 7), m 4 or 6:
+    the input and output transforms here, the channel mixing one grouped oneDNN 1x1
+    convolution (``weights [(m + 6) * c_out, c_in, 1]``, the transformed kernel).
+    ``transforms`` is ``(BT [m + 6, m + 6], AT^T [m + 6, m])``. With ``snake_in`` Snake
+    (that alpha) is applied to ``x`` first, with ``snake_out`` to the result (the
+    residual units' Snake, conv, Snake, fused: two passes over memory fewer). None
+    where it does not apply."""
     if not _fits(x) or _kernels() is None:
         return None
+    bt, att = (t.numpy() for t in transforms)
+    a, m = att.shape
     rows, c_in, n_in = x.shape
-    a = 10  # F(4, 7): ten points
     c_out = weights.shape[0] // a
     length = n_in + 2 * padding - 6 * dilation
-    if weights.shape[1:] != (c_in, 1) or length < 4 * dilation:
+    if m not in (4, 6) or weights.shape[1:] != (c_in, 1) or length < m * dilation:
         return None
     sin, sout = _snake_args(snake_in, c_in), _snake_args(snake_out, c_out)
     if sin is None or sout is None:
         return None
-    bt, att = (t.numpy() for t in transforms)
-    tiles = -(-length // (4 * dilation))
+    tiles = -(-length // (m * dilation))
     v = torch.empty((rows, a, c_in, dilation * tiles), dtype=torch.float32)
     flat, starts = _rows(x)
-    if not _run("winograd_input", flat, starts, n_in, padding, dilation, tiles, bt, *sin, v.numpy()):
+    if not _run(f"winograd{m}_input", flat, starts, n_in, padding, dilation, tiles, bt, *sin, v.numpy()):
         return None
     prod = F.conv1d(v.view(rows, a * c_in, -1), weights, groups=a)
     del v
     out = torch.empty((rows, c_out, length), dtype=torch.float32)
     b = np.zeros(c_out, np.float32) if bias is None else bias.detach().float().numpy()
-    ok = _run("winograd_output", prod.view(rows, a, c_out, -1).numpy(), att, b, dilation, tiles, *sout, out.numpy())
+    ok = _run(f"winograd{m}_output", prod.view(rows, a, c_out, -1).numpy(), att, b, dilation, tiles, *sout, out.numpy())
     return out if ok else None

@@ -48,11 +48,18 @@ the fast form assumes, so the network stays a plain DAC network.
   channels (9 against 11.5 ms at 192), a decode 1.13-1.18x faster in one
   process; on a Zen 4 EPYC at 96-384 and once at 768. Each Snake element is
   computed alike wherever a window starts; without numba, torch's passes.
+- A second fused choice, "winograd6-fused": the same with F(6, 7), twelve
+  products per six outputs, a fifth fewer than F(4, 7), for about twice its
+  rounding in RMS and three times at worst (points searched for the least error,
+  ``WINOGRAD6_POINTS``): 3e-6 of the output's RMS against 1.5e-6 on unit-scale
+  data, 7e-6 on a full-size decode's audio against F(4, 7), far below 16-bit
+  audio's step (3e-5). On the Zen 4 EPYC it won at every width: a decode 1.06x
+  faster than with F(4, 7) everywhere, in one process, interleaved.
 
 Tried and dropped (full-size decoder, 2 cores): Winograd F(6, 2) for the
 polyphase upsamplers (2.5% of a decode for 350 MB more RSS) and for the
-decoder's first layer (1% for 118 MB); F(5, 7) and F(6, 7) (12% and 20% fewer
-products for 2x and 3x the rounding); torch.compile of Snake (2.5x faster
+decoder's first layer (1% for 118 MB); F(5, 7) (12% fewer products for 2x the
+rounding; F(6, 7) was dropped with it then, and taken up since, above); torch.compile of Snake (2.5x faster
 alone, 4% in place, a 10-20 s compile and a C++ compiler at run time).
 Again on an AMD EPYC (Zen 5), against the per-host kernels, in one process,
 interleaved, under a load of 3.2-3.9 from other work
@@ -167,8 +174,8 @@ def _residual_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def _residual_block_fused(block: nn.Sequential, x: torch.Tensor) -> torch.Tensor | None:
     """A decoder residual unit's Snake, kernel-7 convolution, Snake and 1x1 convolution
     with the first three fused (:func:`_fused_winograd`), where its kernel-7 layer runs
-    "winograd-fused"; None otherwise."""
-    if len(block) != 4 or getattr(block[1], "_dacwatch_kernel", None) != "winograd-fused":
+    "winograd-fused" or "winograd6-fused"; None otherwise."""
+    if len(block) != 4 or getattr(block[1], "_dacwatch_kernel", None) not in FUSED_TILES:
         return None
     first, conv, second, last = block
     if type(first).__name__ != "Snake1d" or type(second).__name__ != "Snake1d":
@@ -249,6 +256,25 @@ WINOGRAD_POINTS = (
     Fraction(4, 5),
     Fraction(-4, 5),
 )
+# F(6, 7) for the fused kernel ("winograd6-fused"): twelve products per six outputs,
+# a fifth fewer than F(4, 7). Its points: 0, infinity and the five pairs +-p out of
+# 19 small fractions (1, 2, 3, 1/2, 1/3, 2/3, 3/2, 3/4, 4/3, 5/4, 4/5, ...) that gave
+# the least float32 RMS error through a 192-channel layer on unit-scale data (all
+# 11,628 sets tried): 2.1x F(4, 7)'s in RMS and 3.3x at worst (4.7e-6 and 5.7e-5 of
+# the output's RMS, against 2.2e-6 and 1.7e-5; a direct sum 2.0e-7 and 1.2e-6).
+WINOGRAD6_POINTS = (
+    0,
+    1,
+    -1,
+    Fraction(3, 2),
+    Fraction(-3, 2),
+    Fraction(2, 3),
+    Fraction(-2, 3),
+    3,
+    -3,
+    Fraction(1, 3),
+    Fraction(-1, 3),
+)
 WINOGRAD_MIN_CHANNELS = 64  # narrower layers gain nothing over the direct convolution
 # The transformed weights take 10/7 of a layer's memory again. The decoder's first
 # layer (1024 -> 1536 channels, 11M weights, at the code frame rate) would add
@@ -309,9 +335,12 @@ def _winograd_suits(conv: nn.Conv1d) -> bool:
 
 
 @functools.cache
-def _winograd_transforms(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(G [a, r], BT [a, a], AT^T [a, m])`` of F(4, 7) in float32 on ``device``."""
-    at, g, bt = winograd_matrices(WINOGRAD_OUTPUTS, WINOGRAD_TAPS, WINOGRAD_POINTS)
+def _winograd_transforms(
+    device: torch.device, m: int = WINOGRAD_OUTPUTS
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(G [a, r], BT [a, a], AT^T [a, m])`` of F(m, 7), m 4 or 6, in float32 on ``device``."""
+    points = WINOGRAD6_POINTS if m == 6 else WINOGRAD_POINTS
+    at, g, bt = winograd_matrices(m, WINOGRAD_TAPS, points)
     return g.float().to(device), bt.float().to(device), at.t().float().contiguous().to(device)
 
 
@@ -381,31 +410,43 @@ def _winograd_forward(self: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
     return result[..., :length]
 
 
-def _winograd_fused_weights(conv: nn.Conv1d) -> torch.Tensor:
-    """The transformed kernel as one grouped 1x1 convolution's weights ``[10 * out, in,
-    1]``, without the bias channel (the fused output transform adds the bias)."""
+# The fused kernels, by the outputs of their tile: F(4, 7) and F(6, 7).
+FUSED_TILES = {"winograd-fused": 4, "winograd6-fused": 6}
+
+
+def _winograd_fused_weights(conv: nn.Conv1d, m: int) -> torch.Tensor:
+    """F(m, 7)'s transformed kernel as one grouped 1x1 convolution's weights ``[(m + 6)
+    * out, in, 1]``, without the bias channel (the fused output transform adds the bias)."""
 
     def build() -> torch.Tensor:
-        g = _winograd_transforms(conv.weight.device)[0]
+        g = _winograd_transforms(conv.weight.device, m)[0]
         _, c_in, r = conv.weight.shape
         u = torch.mm(g, conv.weight.detach().reshape(-1, r).t())  # [a, out * in]
         return u.view(-1, c_in, 1)
 
-    return _cached(conv, "_dacwatch_wfused", build)
+    return _cached(conv, f"_dacwatch_wfused{m}", build)
 
 
 def _fused_winograd(
-    conv: nn.Conv1d, x: torch.Tensor, snake_in: torch.Tensor | None = None, snake_out: torch.Tensor | None = None
+    conv: nn.Conv1d,
+    x: torch.Tensor,
+    snake_in: torch.Tensor | None = None,
+    snake_out: torch.Tensor | None = None,
+    m: int | None = None,
 ) -> torch.Tensor | None:
-    """``conv(x)`` by :func:`fused_cpu.winograd_conv` (Snakes fused in where given), or
-    None where it does not apply (the caller then runs the unfused layers)."""
+    """``conv(x)`` by :func:`fused_cpu.winograd_conv` with F(m, 7) (by default the tile
+    of the layer's fused kernel, else 4), Snakes fused in where given; None where it
+    does not apply (the caller then runs the unfused layers)."""
     if torch.is_grad_enabled() or torch.is_autocast_enabled("cpu"):
         return None
+    if m is None:
+        m = FUSED_TILES.get(getattr(conv, "_dacwatch_kernel", ""), WINOGRAD_OUTPUTS)
     padding = conv.padding
     assert not isinstance(padding, str)  # _winograd_suits rules out string padding
     (d,), (p,) = conv.dilation, padding
-    _, bt, att = _winograd_transforms(x.device)
-    return fused_cpu.winograd_conv(x, _winograd_fused_weights(conv), conv.bias, d, p, (bt, att), snake_in, snake_out)
+    _, bt, att = _winograd_transforms(x.device, m)
+    weights = _winograd_fused_weights(conv, m)
+    return fused_cpu.winograd_conv(x, weights, conv.bias, d, p, (bt, att), snake_in, snake_out)
 
 
 _warm_lock = threading.Lock()
@@ -443,11 +484,13 @@ def _warm() -> bool:
     conv = nn.Conv1d(4, 4, 7, padding=3)
     x, alpha = torch.zeros(1, 4, 64), torch.ones(1, 4, 1)
     with torch.no_grad():
-        return fused_cpu.snake(x, alpha) is not None and _fused_winograd(conv, x, alpha, alpha) is not None
+        return fused_cpu.snake(x, alpha) is not None and all(
+            _fused_winograd(conv, x, alpha, alpha, m) is not None for m in FUSED_TILES.values()
+        )
 
 
 def _winograd_fused_forward(self: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
-    """Winograd F(4, 7) with numba's transforms and oneDNN's grouped mixing
+    """Winograd F(4, 7) or F(6, 7) with numba's transforms and oneDNN's grouped mixing
     (:mod:`fused_cpu`); inside a residual unit ``_residual_forward`` also fuses the
     Snakes on either side."""
     y = _fused_winograd(self, x)

@@ -10,6 +10,8 @@ the length it meets in a decode:
 - kernel-7 convolutions Winograd suits (:func:`kernels._winograd_suits`): oneDNN's
   direct convolution, Winograd with MKL's batched product, or Winograd with oneDNN
   1x1 convolutions for the channel mixing (one per point, or one grouped call);
+  where numba runs, also Winograd F(4, 7) or F(6, 7) with numba's transforms and the
+  residual unit's Snakes fused in;
 - transposed convolutions: the polyphase form (:func:`kernels._transposed_forward`) or
   torch's own.
 
@@ -48,14 +50,17 @@ from dacwatch.codec.cachefiles import cache_root, write_whole
 
 log = logging.getLogger(__name__)
 
-TUNING_VERSION = 3  # bump when the candidates or how they are measured change
+TUNING_VERSION = 4  # bump when the candidates or how they are measured change
 # The first of each is torch's own layer, the reference: another candidate is chosen only
 # when it is faster by MARGIN, so a shared CPU's noise does not trade the plain layer for
 # one that needs more memory (Winograd's weights and workspace) for nothing.
 CONV_CHOICES = ("direct", "winograd", "winograd-onednn", "winograd-grouped")
-# Where numba runs (fused_cpu.available()): Winograd with numba's transforms, oneDNN's
-# grouped mixing, and in a residual unit the Snakes on either side fused in.
+# Where numba runs (fused_cpu.available()): Winograd F(4, 7) or F(6, 7) with numba's
+# transforms, oneDNN's grouped mixing, and in a residual unit the Snakes on either side
+# fused in.
 FUSED_CHOICE = "winograd-fused"
+FUSED6_CHOICE = "winograd6-fused"
+FUSED_CHOICES = (FUSED_CHOICE, FUSED6_CHOICE)
 TRANSPOSED_CHOICES = ("native", "polyphase")
 MARGIN = 0.9
 ROUNDS = 5  # interleaved timing rounds per layer; the best of each candidate counts
@@ -123,7 +128,7 @@ def tunable(model: Any) -> list[nn.Conv1d | nn.ConvTranspose1d]:
 def choices_for(conv: nn.Module) -> tuple[str, ...]:
     if isinstance(conv, nn.ConvTranspose1d):
         return TRANSPOSED_CHOICES
-    return (*CONV_CHOICES, FUSED_CHOICE) if fused_cpu.available() else CONV_CHOICES
+    return (*CONV_CHOICES, *FUSED_CHOICES) if fused_cpu.available() else CONV_CHOICES
 
 
 def apply(conv: nn.Conv1d | nn.ConvTranspose1d, choice: str) -> None:
@@ -133,7 +138,7 @@ def apply(conv: nn.Conv1d | nn.ConvTranspose1d, choice: str) -> None:
     forward: Callable[..., torch.Tensor]
     if isinstance(conv, nn.ConvTranspose1d):
         forward = kernels._transposed_forward if choice == "polyphase" else nn.ConvTranspose1d.forward
-    elif choice == FUSED_CHOICE:
+    elif choice in FUSED_CHOICES:
         forward = kernels._winograd_fused_forward
     else:
         forward = nn.Conv1d.forward if choice == "direct" else kernels._winograd_forward
@@ -147,14 +152,16 @@ def apply(conv: nn.Conv1d | nn.ConvTranspose1d, choice: str) -> None:
         "winograd": {"_dacwatch_winograd"},
         "winograd-onednn": {"_dacwatch_winograd", "_dacwatch_onednn"},
         "winograd-grouped": {"_dacwatch_winograd", "_dacwatch_grouped"},
-        FUSED_CHOICE: {"_dacwatch_wfused"},
+        FUSED_CHOICE: {"_dacwatch_wfused4"},
+        FUSED6_CHOICE: {"_dacwatch_wfused6"},
     }.get(choice, set())
     for name in (
         "_dacwatch_polyphase",
         "_dacwatch_winograd",
         "_dacwatch_onednn",
         "_dacwatch_grouped",
-        "_dacwatch_wfused",
+        "_dacwatch_wfused4",
+        "_dacwatch_wfused6",
     ):
         if name not in keep and name in conv.__dict__:
             delattr(conv, name)
@@ -187,7 +194,7 @@ def measure(
         if not between_snakes:
             conv(x)
         elif (
-            choice == FUSED_CHOICE
+            choice in FUSED_CHOICES
             and isinstance(conv, nn.Conv1d)
             and kernels._fused_winograd(conv, x, alpha_in, alpha_out) is not None
         ):
