@@ -201,7 +201,7 @@ def test_compiled_kernels_are_cached_and_read_by_the_next_process(tmp_path: Path
     folder = tmp_path / "dacwatch" / "numba"
     first = sorted(p.name for p in folder.rglob("*") if p.is_file())
     assert any(name.endswith(".nbc") for name in first)
-    assert all(any(kernel in n for n in first) for kernel in ("snake_rows", "winograd4_output", "winograd6_input"))
+    assert all(any(kernel in n for n in first) for kernel in ("snake_rows", "winograd_input", "winograd_output"))
     assert _python(FIRST_CALLS, env).strip() == "ok"
     assert sorted(p.name for p in folder.rglob("*") if p.is_file()) == first
 
@@ -294,7 +294,7 @@ def test_tuning_loads_every_kernel_a_decode_then_runs(tmp_path: Path) -> None:
         from dacwatch.codec import _fused_kernels as k, tuning
         from dacwatch.codec.chunked import ChunkedCodec
         from dacwatch.codec.model import prepare_model, tiny_model
-        kernels = (k.snake_rows, k.winograd4_input, k.winograd4_output, k.winograd6_input, k.winograd6_output)
+        kernels = (k.snake_rows, k.winograd_input, k.winograd_output)
         model = prepare_model(tiny_model("44khz", seed=11, decoder_dim=256))
         codec = ChunkedCodec(model, "cpu")
         codec.tune_kernels(Path(sys.argv[1]))

@@ -136,22 +136,18 @@ def _input_row(
 
 
 @_jit
-def winograd4_input(
-    x: Any, starts: Any, n_in: int, pad: int, d: int, tiles: int, bt: Any, alpha: Any, inv: Any, v: Any
+def winograd_input(
+    x: Any, starts: Any, n_in: int, pad: int, d: int, tiles: int, bt: Any, alpha: Any, inv: Any, v: Any, m: int
 ) -> None:  # pragma: no cover - numba
-    """``v [rows, 10, channels, d*tiles]``: F(4, 7)'s input transform of each (row,
-    channel) of ``x`` at ``starts`` (:func:`_input_row`)."""
-    for rc in numba.prange(starts.shape[0]):
-        _input_row(x, starts, rc, n_in, pad, d, tiles, bt, alpha, inv, v, 4)
-
-
-@_jit
-def winograd6_input(
-    x: Any, starts: Any, n_in: int, pad: int, d: int, tiles: int, bt: Any, alpha: Any, inv: Any, v: Any
-) -> None:  # pragma: no cover - numba
-    """:func:`winograd4_input` for F(6, 7): ``v [rows, 12, channels, d*tiles]``."""
-    for rc in numba.prange(starts.shape[0]):
-        _input_row(x, starts, rc, n_in, pad, d, tiles, bt, alpha, inv, v, 6)
+    """``v [rows, m + 6, channels, d*tiles]``: F(m, 7)'s input transform, m 4 or 6, of
+    each (row, channel) of ``x`` at ``starts`` (:func:`_input_row`). One kernel for
+    both (each branch its own loop, m a constant in it): one cache entry to load."""
+    if m == 4:
+        for rc in numba.prange(starts.shape[0]):
+            _input_row(x, starts, rc, n_in, pad, d, tiles, bt, alpha, inv, v, 4)
+    else:
+        for rc in numba.prange(starts.shape[0]):
+            _input_row(x, starts, rc, n_in, pad, d, tiles, bt, alpha, inv, v, 6)
 
 
 @numba.njit(inline="always", **OPTIONS)  # type: ignore[untyped-decorator]
@@ -193,19 +189,14 @@ def _output_row(
 
 
 @_jit
-def winograd4_output(
-    prod: Any, att: Any, bias: Any, d: int, tiles: int, alpha: Any, inv: Any, out: Any
+def winograd_output(
+    prod: Any, att: Any, bias: Any, d: int, tiles: int, alpha: Any, inv: Any, out: Any, m: int
 ) -> None:  # pragma: no cover - numba
-    """``out [rows, channels, length]`` from the products ``prod [rows, 10, channels,
-    d*tiles]`` (:func:`_output_row`)."""
-    for rc in numba.prange(prod.shape[0] * prod.shape[2]):
-        _output_row(prod, att, bias, d, tiles, alpha, inv, out, rc, 4)
-
-
-@_jit
-def winograd6_output(
-    prod: Any, att: Any, bias: Any, d: int, tiles: int, alpha: Any, inv: Any, out: Any
-) -> None:  # pragma: no cover - numba
-    """:func:`winograd4_output` for F(6, 7): ``prod [rows, 12, channels, d*tiles]``."""
-    for rc in numba.prange(prod.shape[0] * prod.shape[2]):
-        _output_row(prod, att, bias, d, tiles, alpha, inv, out, rc, 6)
+    """``out [rows, channels, length]`` from the products ``prod [rows, m + 6, channels,
+    d*tiles]``, m 4 or 6 (:func:`_output_row`; one kernel for both, as the input's)."""
+    if m == 4:
+        for rc in numba.prange(prod.shape[0] * prod.shape[2]):
+            _output_row(prod, att, bias, d, tiles, alpha, inv, out, rc, 4)
+    else:
+        for rc in numba.prange(prod.shape[0] * prod.shape[2]):
+            _output_row(prod, att, bias, d, tiles, alpha, inv, out, rc, 6)

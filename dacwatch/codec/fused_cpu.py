@@ -72,10 +72,8 @@ def _compile() -> dict[str, Callable[..., None]]:
         numba.config.CACHE_DIR = saved
     return {
         "snake_rows": k.snake_rows,
-        "winograd4_input": k.winograd4_input,
-        "winograd4_output": k.winograd4_output,
-        "winograd6_input": k.winograd6_input,
-        "winograd6_output": k.winograd6_output,
+        "winograd_input": k.winograd_input,
+        "winograd_output": k.winograd_output,
     }
 
 
@@ -201,11 +199,11 @@ def winograd_conv(
     tiles = -(-length // (m * dilation))
     v = torch.empty((rows, a, c_in, dilation * tiles), dtype=torch.float32)
     flat, starts = _rows(x)
-    if not _run(f"winograd{m}_input", flat, starts, n_in, padding, dilation, tiles, bt, *sin, v.numpy()):
+    if not _run("winograd_input", flat, starts, n_in, padding, dilation, tiles, bt, *sin, v.numpy(), m):
         return None
     prod = F.conv1d(v.view(rows, a * c_in, -1), weights, groups=a)
     del v
     out = torch.empty((rows, c_out, length), dtype=torch.float32)
     b = np.zeros(c_out, np.float32) if bias is None else bias.detach().float().numpy()
-    ok = _run(f"winograd{m}_output", prod.view(rows, a, c_out, -1).numpy(), att, b, dilation, tiles, *sout, out.numpy())
+    ok = _run("winograd_output", prod.view(rows, a, c_out, -1).numpy(), att, b, dilation, tiles, *sout, out.numpy(), m)
     return out if ok else None
