@@ -70,11 +70,7 @@ def _compile() -> dict[str, Callable[..., None]]:
         from . import _fused_kernels as k
     finally:
         numba.config.CACHE_DIR = saved
-    return {
-        "snake_rows": k.snake_rows,
-        "winograd_input": k.winograd_input,
-        "winograd_output": k.winograd_output,
-    }
+    return {"snake_rows": k.snake_rows, "winograd_input": k.winograd_input, "winograd_output": k.winograd_output}
 
 
 def _kernels() -> dict[str, Callable[..., None]] | None:

@@ -59,8 +59,9 @@ the fast form assumes, so the network stays a plain DAC network.
 Tried and dropped (full-size decoder, 2 cores): Winograd F(6, 2) for the
 polyphase upsamplers (2.5% of a decode for 350 MB more RSS) and for the
 decoder's first layer (1% for 118 MB); F(5, 7) (12% fewer products for 2x the
-rounding; F(6, 7) was dropped with it then, and taken up since, above); torch.compile of Snake (2.5x faster
-alone, 4% in place, a 10-20 s compile and a C++ compiler at run time).
+rounding; F(6, 7) was dropped with it then, and taken up since, above); F(8, 7)
+(3.8x F(6, 7)'s rounding); torch.compile of Snake (2.5x faster alone, 4% in place,
+a 10-20 s compile and a C++ compiler at run time).
 Again on an AMD EPYC (Zen 5), against the per-host kernels, in one process,
 interleaved, under a load of 3.2-3.9 from other work
 (bench/results/decode-profile-cpu-20261202-1630.md): torch.compile (inductor,
@@ -276,7 +277,7 @@ WINOGRAD6_POINTS = (
     Fraction(-1, 3),
 )
 WINOGRAD_MIN_CHANNELS = 64  # narrower layers gain nothing over the direct convolution
-# The transformed weights take 10/7 of a layer's memory again. The decoder's first
+# The transformed weights take 10/7 (F(6, 7): 12/7) of a layer's memory again. The decoder's first
 # layer (1024 -> 1536 channels, 11M weights, at the code frame rate) would add
 # 118 MB of RSS for about 1% of a decode, so layers that large keep the direct form.
 WINOGRAD_MAX_WEIGHTS = 8 * 2**20
