@@ -276,6 +276,7 @@ WINOGRAD6_POINTS = (
     Fraction(1, 3),
     Fraction(-1, 3),
 )
+WINOGRAD_TILE_POINTS = {WINOGRAD_OUTPUTS: WINOGRAD_POINTS, 6: WINOGRAD6_POINTS}
 WINOGRAD_MIN_CHANNELS = 64  # narrower layers gain nothing over the direct convolution
 # The transformed weights take 10/7 (F(6, 7): 12/7) of a layer's memory again. The decoder's first
 # layer (1024 -> 1536 channels, 11M weights, at the code frame rate) would add
@@ -340,8 +341,7 @@ def _winograd_transforms(
     device: torch.device, m: int = WINOGRAD_OUTPUTS
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(G [a, r], BT [a, a], AT^T [a, m])`` of F(m, 7), m 4 or 6, in float32 on ``device``."""
-    points = WINOGRAD6_POINTS if m == 6 else WINOGRAD_POINTS
-    at, g, bt = winograd_matrices(m, WINOGRAD_TAPS, points)
+    at, g, bt = winograd_matrices(m, WINOGRAD_TAPS, WINOGRAD_TILE_POINTS[m])
     return g.float().to(device), bt.float().to(device), at.t().float().contiguous().to(device)
 
 

@@ -58,9 +58,8 @@ CONV_CHOICES = ("direct", "winograd", "winograd-onednn", "winograd-grouped")
 # Where numba runs (fused_cpu.available()): Winograd F(4, 7) or F(6, 7) with numba's
 # transforms, oneDNN's grouped mixing, and in a residual unit the Snakes on either side
 # fused in.
-FUSED_CHOICE = "winograd-fused"
-FUSED6_CHOICE = "winograd6-fused"
-FUSED_CHOICES = (FUSED_CHOICE, FUSED6_CHOICE)
+FUSED_CHOICES = tuple(kernels.FUSED_TILES)  # "winograd-fused" (F(4, 7)), "winograd6-fused"
+FUSED_CHOICE = FUSED_CHOICES[0]
 TRANSPOSED_CHOICES = ("native", "polyphase")
 MARGIN = 0.9
 ROUNDS = 5  # interleaved timing rounds per layer; the best of each candidate counts
@@ -152,16 +151,14 @@ def apply(conv: nn.Conv1d | nn.ConvTranspose1d, choice: str) -> None:
         "winograd": {"_dacwatch_winograd"},
         "winograd-onednn": {"_dacwatch_winograd", "_dacwatch_onednn"},
         "winograd-grouped": {"_dacwatch_winograd", "_dacwatch_grouped"},
-        FUSED_CHOICE: {"_dacwatch_wfused4"},
-        FUSED6_CHOICE: {"_dacwatch_wfused6"},
+        **{fused: {f"_dacwatch_wfused{m}"} for fused, m in kernels.FUSED_TILES.items()},
     }.get(choice, set())
     for name in (
         "_dacwatch_polyphase",
         "_dacwatch_winograd",
         "_dacwatch_onednn",
         "_dacwatch_grouped",
-        "_dacwatch_wfused4",
-        "_dacwatch_wfused6",
+        *(f"_dacwatch_wfused{m}" for m in kernels.FUSED_TILES.values()),
     ):
         if name not in keep and name in conv.__dict__:
             delattr(conv, name)
