@@ -42,27 +42,43 @@ def test_fused_snake_is_as_accurate_as_torchs(scale: float) -> None:
     torch_error = (kernels.snake(x, alpha).double() - want).abs().max()
     error = (got.double() - want).abs().max()
     assert error <= max(torch_error * 1.01, 1e-30)
-    # Mostly the very same floats: both round the same operations, only the sines differ.
-    assert (got == kernels.snake(x, alpha)).float().mean() > 0.9
+    # Mostly the very same floats: both round the same operations, only the sines differ
+    # (two float32 sines each within a step or two of the true one: 89.5% the same at
+    # scale 1, more at the others).
+    assert (got == kernels.snake(x, alpha)).float().mean() > 0.85
+
+
+def sine_as_fused(u: np.ndarray) -> np.ndarray:
+    """The fused Snake's float32 sine of ``u`` in numpy, step by step, each step rounded
+    to float32 as numba rounds it (no fused multiply-adds)."""
+    from dacwatch.codec import _fused_kernels as k
+
+    f = np.float32
+    assert u.dtype == f
+    n = (u * k.INV_PI + k.MAGIC).astype(f) - k.MAGIC
+    red = (((u - n * k.PI_1) - n * k.PI_2) - n * k.PI_3) - n * k.PI_4
+    r2 = red * red
+    p = np.full_like(u, k.S11)
+    for c in (k.S9, k.S7, k.S5, k.S3):
+        p = p * r2 + c
+    assert red.dtype == p.dtype == f
+    return red + red * (r2 * p)  # the sine of the reduced argument: +-sin(u)
 
 
 def snake_rounded_as_fused(x: torch.Tensor, alpha: torch.Tensor) -> np.ndarray:
-    """The fused Snake's own operations in numpy: ``alpha*x`` and every step after the
-    sine rounded to float32, the sine itself float64's, rounded once."""
+    """The fused Snake's own operations in numpy, every one in float32."""
     xs = x.numpy().astype(np.float32)
     a = alpha.numpy().astype(np.float32)
     r = (alpha + 1e-9).reciprocal().numpy().astype(np.float32)
-    u = (xs * a).astype(np.float32)
-    t = np.sin(u.astype(np.float64)).astype(np.float32)
-    t = (t * t).astype(np.float32)
-    t = (t * r).astype(np.float32)
-    return (t + xs).astype(np.float32)
+    t = sine_as_fused((xs * a).astype(np.float32))
+    return (t * t * r + xs).astype(np.float32)
 
 
-def test_the_fused_sine_is_float64s_rounded_once() -> None:
-    """Every element as if the sine were float64's, over many periods and every part of
-    the reduced range: a wrong polynomial coefficient or reduction constant shows in
-    the float32 results (torch's float32 sine is only close, so it cannot be the judge)."""
+def test_the_fused_snake_is_its_float32_steps_and_its_sine_within_2_5_ulps() -> None:
+    """Every element exactly as the float32 steps in numpy (the kernel computes what the
+    module says), and those steps' sine within 2.5 float32 steps of the true one over
+    many periods and every part of the reduced range (2.11 measured; a wrong coefficient or reduction
+    constant shows there). Torch's float32 sine is only close, so it cannot be the judge."""
     gen = torch.Generator().manual_seed(3)
     x = (torch.rand(4, 64, 4001, generator=gen) - 0.5) * 400
     alpha = torch.rand(1, 64, 1, generator=gen) * 3 + 0.05
@@ -70,12 +86,12 @@ def test_the_fused_sine_is_float64s_rounded_once() -> None:
     assert got is not None
     want = snake_rounded_as_fused(x, alpha)
     differ = int((got.numpy() != want).sum())
-    # None differ on the Zen 5 EPYC; a coefficient 10% off in the degree-15 term makes
-    # 5 of these 1,024,256 differ, one 1e-5 off in the degree-7 term makes 8.
-    assert differ <= 2, f"{differ} of {want.size} elements differ"
-    # Any other one float32 step away at most (numpy's sine rounded twice near a tie).
-    ulps = np.abs(got.numpy().view(np.int32).astype(np.int64) - want.view(np.int32).astype(np.int64))
-    assert ulps.max() <= 1
+    assert differ == 0, f"{differ} of {want.size} elements differ"
+    u = (x.numpy() * alpha.numpy()).astype(np.float32)
+    sine = np.abs(sine_as_fused(u)).astype(np.float64)
+    true = np.abs(np.sin(u.astype(np.float64)))
+    ulps = np.abs(sine - true) / np.spacing(true.astype(np.float32)).astype(np.float64)
+    assert ulps.max() <= 2.5, f"the sine is {ulps.max():.2f} float32 steps off"
 
 
 def test_each_element_is_computed_alike_wherever_a_window_starts() -> None:
@@ -95,8 +111,10 @@ def test_each_element_is_computed_alike_wherever_a_window_starts() -> None:
 
 def test_huge_infinite_and_nan_inputs_come_out_as_torchs() -> None:
     """Past the reduction's range the C library's sine takes over, element by element."""
-    values = [1e9, -3e12, 2.0**26, 2.0**26 - 64, 1e30, -3e38, float("inf"), -float("inf"), float("nan"), 0.5, 1e-30]
-    values += [-0.0, 0.0]
+    from dacwatch.codec._fused_kernels import REDUCTION_LIMIT as limit
+
+    values = [1e9, -3e12, limit, limit - 8, 1e30, -3e38, float("inf"), -float("inf"), float("nan"), 0.5, 1e-30]
+    values += [-0.0, 0.0, -limit * 0.9, limit * 0.51]
     x = torch.tensor(values).view(1, 1, -1).repeat(1, 3, 1)
     alpha = torch.tensor([1.0, 0.37, 2.5]).view(1, 3, 1)
     got = fused_cpu.snake(x, alpha)

@@ -39,7 +39,7 @@ the fast form assumes, so the network stays a plain DAC network.
   "grouped": 1.4-1.9x faster than direct), and torch's own transposed
   convolutions beat the polyphase form (63 against 157 ms for the first one).
 - With numba (:mod:`dacwatch.codec.fused_cpu`, the lever named below): the
-  decoder's Snake in one pass, its sine float64's rounded once (eager ``sin``
+  decoder's Snake in one pass, its sine float32's (eager ``sin``
   costs about twelve multiply passes on the Zen 5 EPYC), and a further
   per-host choice for the residual units, "winograd-fused": F(4, 7) with its
   transforms in numba, the Snake before and after the convolution fused into

@@ -50,7 +50,7 @@ from dacwatch.codec.cachefiles import cache_root, write_whole
 
 log = logging.getLogger(__name__)
 
-TUNING_VERSION = 4  # bump when the candidates or how they are measured change
+TUNING_VERSION = 5  # bump when the candidates or how they are measured change
 # The first of each is torch's own layer, the reference: another candidate is chosen only
 # when it is faster by MARGIN, so a shared CPU's noise does not trade the plain layer for
 # one that needs more memory (Winograd's weights and workspace) for nothing.
