@@ -170,6 +170,25 @@ class Daemon:
         assert self.proc is not None
         self.proc.send_signal(sig)
 
+    def catches(self, sig: int, timeout: float = 60.0) -> None:
+        """Wait until the process has a handler for ``sig`` (``SigCgt`` in its
+        /proc status): from then on the signal is the daemon's to handle, however long
+        a loaded machine takes to start the interpreter and reach dacwatch's code."""
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                status = Path(f"/proc/{self.proc.pid}/status").read_text()
+            except OSError:
+                break
+            caught = next((line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), "0")
+            if int(caught, 16) >> (sig - 1) & 1:
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.005)
+        raise AssertionError(f"the daemon never caught signal {sig}:\n{self.tail()}")
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
         assert self.proc is not None
         if self.proc.poll() is None:

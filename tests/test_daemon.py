@@ -202,9 +202,15 @@ def test_a_listener_that_never_reads_does_not_stall_the_daemon(daemon: Daemon, t
 
 def test_sigterm_while_starting_exits_0_without_ready(daemon: Daemon) -> None:
     daemon.start(notify=True)
-    time.sleep(0.5)  # still importing torch: before any handler of the service exists
+    # As soon as dacwatch's code runs it catches SIGTERM; torch's import comes after, so
+    # the signal lands while it imports, before any handler of the service exists. (A
+    # fixed sleep raced a loaded machine: the interpreter itself had not started yet.)
+    daemon.catches(signal.SIGTERM)
+    assert daemon.proc is not None
+    assert "libtorch" not in Path(f"/proc/{daemon.proc.pid}/maps").read_text(), "SIGTERM caught only once torch loaded"
     assert daemon.stop() == 0
     assert "READY=1" not in daemon.messages()
+    assert not daemon.events("service.ready")
 
 
 def test_folders_are_logged_and_a_missing_one_is_made_with_a_warning(daemon: Daemon) -> None:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -48,11 +49,19 @@ def test_fused_snake_is_as_accurate_as_torchs(scale: float) -> None:
     assert (got == kernels.snake(x, alpha)).float().mean() > 0.85
 
 
+def kernel_module() -> Any:
+    """``_fused_kernels``, imported the way ``fused_cpu`` imports it (its numba cache
+    folder chosen then): never first from a test."""
+    assert fused_cpu.available()
+    from dacwatch.codec import _fused_kernels
+
+    return _fused_kernels
+
+
 def sine_as_fused(u: np.ndarray) -> np.ndarray:
     """The fused Snake's float32 sine of ``u`` in numpy, step by step, each step rounded
     to float32 as numba rounds it (no fused multiply-adds)."""
-    from dacwatch.codec import _fused_kernels as k
-
+    k = kernel_module()
     f = np.float32
     assert u.dtype == f
     n = (u * k.INV_PI + k.MAGIC).astype(f) - k.MAGIC
@@ -77,8 +86,8 @@ def snake_rounded_as_fused(x: torch.Tensor, alpha: torch.Tensor) -> np.ndarray:
 def test_the_fused_snake_is_its_float32_steps_and_its_sine_within_2_5_ulps() -> None:
     """Every element exactly as the float32 steps in numpy (the kernel computes what the
     module says), and those steps' sine within 2.5 float32 steps of the true one over
-    many periods and every part of the reduced range (2.11 measured; a wrong coefficient or reduction
-    constant shows there). Torch's float32 sine is only close, so it cannot be the judge."""
+    many periods and every part of the reduced range (2.11 measured here; a wrong
+    coefficient or reduction constant shows there). Torch's float32 sine is only close, so it cannot be the judge."""
     gen = torch.Generator().manual_seed(3)
     x = (torch.rand(4, 64, 4001, generator=gen) - 0.5) * 400
     alpha = torch.rand(1, 64, 1, generator=gen) * 3 + 0.05
@@ -111,8 +120,7 @@ def test_each_element_is_computed_alike_wherever_a_window_starts() -> None:
 
 def test_huge_infinite_and_nan_inputs_come_out_as_torchs() -> None:
     """Past the reduction's range the C library's sine takes over, element by element."""
-    from dacwatch.codec._fused_kernels import REDUCTION_LIMIT as limit
-
+    limit = kernel_module().REDUCTION_LIMIT
     values = [1e9, -3e12, limit, limit - 8, 1e30, -3e38, float("inf"), -float("inf"), float("nan"), 0.5, 1e-30]
     values += [-0.0, 0.0, -limit * 0.9, limit * 0.51]
     x = torch.tensor(values).view(1, 1, -1).repeat(1, 3, 1)
@@ -308,6 +316,7 @@ def test_tuning_loads_every_kernel_a_decode_then_runs(tmp_path: Path) -> None:
     code = """
         import sys
         from pathlib import Path
+from typing import Any
         import numpy as np, torch
         from dacwatch.codec import _fused_kernels as k, tuning
         from dacwatch.codec.chunked import ChunkedCodec

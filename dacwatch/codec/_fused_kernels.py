@@ -18,13 +18,16 @@ import numpy as np
 
 # Snake's sine in float32 (16 lanes of AVX-512 where float64 had 8; Snake took half
 # the time of a fused Winograd transform in float64): ``alpha*x`` reduced by pi in
-# four float32 parts, Cody and Waite's, the first three with 8 significant bits, so
-# each ``k*PI_i`` is exact for |k| < 2**16 (pi to 48 bits); then an odd polynomial of
-# degree 11 fitted to sin on [-pi/2, pi/2] for the least relative error: within 2.1
-# float32 steps of the true sine there, evaluated in float32 (measured over 2M points).
-# The sign of sin(u) is (-1)**k times that of the reduced sine; Snake squares it.
-# |alpha*x| from REDUCTION_LIMIT on (a decoder's activations are a few hundred at
-# most) takes the C library's float64 sine instead, rounded once.
+# four float32 parts, Cody and Waite's, the first three with at most 8 significant
+# bits, so each ``k*PI_i`` is exact for |k| < 2**15 (the four sum to float64's pi);
+# then an odd polynomial of degree 11 fitted to sin on [-pi/2, pi/2] for the least
+# relative error: within 2.2 float32 steps of the true sine there, 2.3 with the
+# reduction (|alpha*x| < 700, 2M points). Near a multiple of pi at large k the last
+# two parts round to about 1e-12, a larger relative error in a sine that small, but
+# Snake adds its square to x. The sign of sin(u) is (-1)**k times that of the
+# reduced sine; Snake squares it. |alpha*x| from REDUCTION_LIMIT on (a decoder's
+# activations are a few hundred at most) takes the C library's float64 sine
+# instead, rounded once.
 REDUCTION_LIMIT = 65536.0  # k at most 20861
 
 F32 = np.float32
