@@ -316,7 +316,6 @@ def test_tuning_loads_every_kernel_a_decode_then_runs(tmp_path: Path) -> None:
     code = """
         import sys
         from pathlib import Path
-from typing import Any
         import numpy as np, torch
         from dacwatch.codec import _fused_kernels as k, tuning
         from dacwatch.codec.chunked import ChunkedCodec
