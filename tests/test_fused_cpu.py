@@ -87,7 +87,8 @@ def test_the_fused_snake_is_its_float32_steps_and_its_sine_within_2_5_ulps() -> 
     """Every element exactly as the float32 steps in numpy (the kernel computes what the
     module says), and those steps' sine within 2.5 float32 steps of the true one over
     many periods and every part of the reduced range (2.11 measured here; a wrong
-    coefficient or reduction constant shows there). Torch's float32 sine is only close, so it cannot be the judge."""
+    coefficient or reduction constant shows there). Torch's float32 sine is only
+    close, so it cannot be the judge."""
     gen = torch.Generator().manual_seed(3)
     x = (torch.rand(4, 64, 4001, generator=gen) - 0.5) * 400
     alpha = torch.rand(1, 64, 1, generator=gen) * 3 + 0.05

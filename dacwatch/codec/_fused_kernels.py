@@ -85,10 +85,10 @@ def snake_span(src: Any, s0: int, dst: Any, d0: int, n: int, a: Any, r: Any) -> 
             v = xs[i]
             u = v * a
             if abs(u) >= LIMIT:
-                t = np.float32(math.sin(np.float64(u)))
-                t = np.float32(t * t)
-                t = np.float32(t * r)
-                ys[i] = np.float32(t + v)
+                t = np.float32(math.sin(np.float64(u)))  # float32 from here, as above
+                t = t * t
+                t = t * r
+                ys[i] = t + v
 
 
 @_jit

@@ -8,13 +8,14 @@ one pass, vectorised by LLVM for the host's own instruction set: ``alpha*x``
 rounded to float32 as torch rounds it, then ``sin`` in float32 (range reduced
 by pi in four parts, an odd polynomial of degree 11 fitted for the least
 relative error: within 2.3 float32 steps of the true sine where a decoder's
-activations lie; ``_fused_kernels`` has the constants), and the square, the scale and the add each rounded to
-float32 in torch's order. Against a float64 reference its error is that of
-torch's (float32 rounding of the last add); about 10% of outputs differ from
-torch's by an ulp or two. A float64 sine, rounded once (correctly rounded but
-for a near-tie now and then), took twice as long: 16 float32 lanes of AVX-512 against 8 float64 ones (with the
-Winograd input transform reading whole tiles, a decode 1.07x faster on a 2-core
-Zen 4 EPYC, in one process, interleaved).
+activations lie; ``_fused_kernels`` has the constants), and the square, the
+scale and the add each rounded to float32 in torch's order. Against a float64
+reference its error is that of torch's (float32 rounding of the last add);
+about 10% of outputs differ from torch's by an ulp or two. A float64 sine,
+rounded once (correctly rounded but for a near-tie now and then), took twice as
+long: 16 float32 lanes of AVX-512 against 8 float64 ones (with the Winograd
+input transform reading whole tiles, a decode 1.07x faster on a 2-core Zen 4
+EPYC, in one process, interleaved).
 
 Each element's result depends on that element alone (no fused multiply-adds:
 numba compiles without fast-math, so the vector body and the scalar tail do
