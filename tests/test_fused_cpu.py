@@ -297,7 +297,7 @@ def test_a_wide_decoder_decodes_the_same_fused_or_not(tiny44: nn.Module, choice:
 
     model = prepare_model(tiny_model("44khz", seed=11, decoder_dim=256))
     codes = np.random.default_rng(4).integers(0, 64, size=(50, 4, 2)).astype(np.int16)
-    layers = [c for c in tuning.tunable(model) if isinstance(c, nn.Conv1d)]
+    layers = [c for c in tuning.tunable(model) if choice in tuning.choices_for(c)]
     assert layers
     for c in layers:
         tuning.apply(c, "direct")
@@ -325,7 +325,7 @@ def test_tuning_loads_every_kernel_a_decode_then_runs(tmp_path: Path) -> None:
         model = prepare_model(tiny_model("44khz", seed=11, decoder_dim=256))
         codec = ChunkedCodec(model, "cpu")
         codec.tune_kernels(Path(sys.argv[1]))
-        residual = [c for c in tuning.tunable(model) if c.kernel_size == (7,)]
+        residual = [c for c in tuning.tunable(model) if tuning.FUSED_CHOICE in tuning.choices_for(c)]
         for i, conv in enumerate(residual):  # every one the fused way, both tiles
             tuning.apply(conv, tuning.FUSED_CHOICES[i % 2])
         warmed = [list(f.signatures) for f in kernels]

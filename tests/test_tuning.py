@@ -34,14 +34,19 @@ def codes(frames: int = 60, channels: int = 1, seed: int = 12) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 64, size=(frames, 4, channels)).astype(np.int16)
 
 
-def set_all(model: nn.Module, conv: str, transposed: str) -> None:
+def set_all(model: nn.Module, conv: str, transposed: str, taps: str = "direct") -> None:
+    """``conv`` for the kernel-7 layers, ``transposed`` for the upsamplers, ``taps`` for
+    the few-output last layer."""
     for layer in tuning.tunable(model):
-        tuning.apply(layer, transposed if isinstance(layer, nn.ConvTranspose1d) else conv)
+        if isinstance(layer, nn.ConvTranspose1d):
+            tuning.apply(layer, transposed)
+        else:
+            tuning.apply(layer, taps if tuning.choices_for(layer) == tuning.TAPS_CHOICES else conv)
 
 
 def test_the_wide_tiny_decoder_has_every_kind_of_choice(wide: nn.Module) -> None:
     kinds = {tuning.choices_for(c) for c in tuning.tunable(wide)}
-    assert kinds == {(*tuning.CONV_CHOICES, *tuning.FUSED_CHOICES), tuning.TRANSPOSED_CHOICES}
+    assert kinds == {(*tuning.CONV_CHOICES, *tuning.FUSED_CHOICES), tuning.TRANSPOSED_CHOICES, tuning.TAPS_CHOICES}
     keys = [tuning.layer_key(c) for c in tuning.tunable(wide)]
     assert len(keys) == len(set(keys))  # one shape, one key: dilations differ
 
@@ -52,11 +57,12 @@ def test_the_wide_tiny_decoder_has_every_kind_of_choice(wide: nn.Module) -> None
 )
 def test_every_kernel_decodes_chunked_within_tolerance_of_whole(wide: nn.Module, conv: str, transposed: str) -> None:
     """Each candidate, chunked (small windows and tiles, stereo, batch 2) against the
-    whole-file pass with the same kernels, and against the installed defaults' whole pass."""
+    whole-file pass with the same kernels, and against the installed defaults' whole pass
+    (the last layer by its taps with the polyphase upsamplers, torch's with the native)."""
     c = codes(70, channels=2)
     set_all(wide, "winograd", "polyphase")
     default = ChunkedCodec(wide, "cpu", decode_window_s=0).decode(c)
-    set_all(wide, conv, transposed)
+    set_all(wide, conv, transposed, "taps" if transposed == "polyphase" else "direct")
     try:
         reference = ChunkedCodec(wide, "cpu", decode_window_s=0).decode(c)
         chunked = ChunkedCodec(wide, "cpu", decode_window_s=9 * 512 / 44100, batch_size=2)
@@ -86,6 +92,34 @@ def test_onednn_mixing_matches_a_float64_convolution(choice: str) -> None:
             assert (got.double() - want).abs().max() <= 2e-5 * want.abs().max()
 
 
+@pytest.mark.parametrize(
+    ("c_in", "c_out", "kernel", "dilation", "padding"),
+    [(96, 1, 7, 1, 3), (16, 2, 5, 2, 4), (8, 4, 3, 1, 0), (8, 1, 7, 3, 9)],
+)
+def test_the_taps_form_matches_a_float64_convolution(
+    c_in: int, c_out: int, kernel: int, dilation: int, padding: int
+) -> None:
+    """The few-output layers' matrix product of taps and shifted adds, on rows of a cropped
+    view, from inputs shorter than the kernel's reach (padding alone makes the outputs)
+    to long ones; no output left is the direct convolution's error."""
+    torch.manual_seed(4)
+    conv = nn.Conv1d(c_in, c_out, kernel, dilation=dilation, padding=padding)
+    reference = nn.Conv1d(c_in, c_out, kernel, dilation=dilation, padding=padding).double()
+    reference.load_state_dict({k: v.double() for k, v in conv.state_dict().items()})
+    tuning.apply(conv, "taps")
+    base = torch.randn(2, c_in, 1100)
+    for n in (1, 2, kernel, 37, 1000):
+        x = base[..., 5 : 5 + n]
+        if n + 2 * padding - dilation * (kernel - 1) <= 0:
+            with torch.inference_mode(), pytest.raises(RuntimeError):
+                conv(x)  # torch's own error, as the direct convolution gives it
+            continue
+        with torch.inference_mode():
+            want, got = reference(x.double()), conv(x)
+        assert got.shape == want.shape
+        assert (got.double() - want).abs().max() <= 1e-6 * max(1.0, float(want.abs().max()))
+
+
 def test_choices_are_measured_once_then_read(wide: nn.Module, tmp_path: Path) -> None:
     codec = ChunkedCodec(wide, "cpu")
     first = codec.tune_kernels(tmp_path)
@@ -101,7 +135,8 @@ def test_choices_are_measured_once_then_read(wide: nn.Module, tmp_path: Path) ->
         assert entry["choice"] == first[key] and set(entry["ms"]) == set(tuning.choices_for(layer))
     # A choice in the file is what runs, whatever a measurement would say now: write
     # choices no measurement made, and load a fresh network.
-    forced = {k: ("native" if k.startswith("convT") else "winograd-onednn") for k in first}
+    few = {tuning.layer_key(c) for c in tuning.tunable(wide) if tuning.choices_for(c) == tuning.TAPS_CHOICES}
+    forced = {k: "native" if k.startswith("convT") else "taps" if k in few else "winograd-onednn" for k in first}
     data["layers"] = {k: {"choice": v} for k, v in forced.items()}
     files[0].write_text(json.dumps(data))
     before = files[0].read_bytes()
@@ -180,6 +215,13 @@ def test_a_layer_keeps_only_the_derived_weights_its_kernel_uses() -> None:
         conv(x)
         tuning.apply(conv, "winograd")
         assert "_dacwatch_winograd" in conv.__dict__ and "_dacwatch_onednn" not in conv.__dict__
+    last = nn.Conv1d(64, 1, 7, padding=3)
+    with torch.inference_mode():
+        tuning.apply(last, "taps")
+        last(x)
+        assert "_dacwatch_taps" in last.__dict__
+        tuning.apply(last, "direct")
+        assert "_dacwatch_taps" not in last.__dict__
 
 
 def test_a_folder_where_the_cache_file_should_be_is_no_crash(wide: nn.Module, tmp_path: Path) -> None:

@@ -48,6 +48,9 @@ the fast form assumes, so the network stays a plain DAC network.
   channels (9 against 11.5 ms at 192), a decode 1.13-1.18x faster in one
   process; on a Zen 4 EPYC at 96-384 and once at 768. Each Snake element is
   computed alike wherever a window starts; without numba, torch's passes.
+- The last layer (one output channel) as one matrix product of its taps and seven
+  shifted adds, "taps" (``_taps_forward``): 0.77 against 2.1 ms per depth-first tile
+  on a Zen 4 EPYC, where oneDNN's convolution ran at 9 GFLOP/s.
 - A second fused choice, "winograd6-fused": the same with F(6, 7), twelve
   products per six outputs, a fifth fewer than F(4, 7), for about twice its
   rounding in RMS and three times at worst (points searched for the least error,
@@ -57,8 +60,13 @@ the fast form assumes, so the network stays a plain DAC network.
   faster than with F(4, 7) everywhere, in one process, interleaved.
 
 Tried and dropped (full-size decoder, 2 cores): Winograd F(6, 2) for the
-polyphase upsamplers (2.5% of a decode for 350 MB more RSS) and for the
-decoder's first layer (1% for 118 MB); F(5, 7) (12% fewer products for 2x the
+polyphase upsamplers (2.5% of a decode for 350 MB more RSS; again on a Zen 4
+EPYC with numba's transforms and the block's Snake fused in, points searched:
+0.86x oneDNN's time at 384 -> 192 channels, 0.95x at 192 -> 96, slower at 768 ->
+384 and 1536 -> 768, where a tile of the depth-first decode leaves the channel
+mixing too few columns; about 1% of a decode) and for the
+decoder's first layer (1% for 118 MB); F(7, 7) with numba's transforms (0.96-0.99x
+F(6, 7)'s time per layer, 1.09x at 192 channels, for 2.2x its rounding); F(5, 7) (12% fewer products for 2x the
 rounding; F(6, 7) was dropped with it then, and taken up since, above); F(8, 7)
 (3.8x F(6, 7)'s rounding); torch.compile of Snake (2.5x faster alone, 4% in place,
 a 10-20 s compile and a C++ compiler at run time).
@@ -239,6 +247,58 @@ def _transposed_forward(self: nn.ConvTranspose1d, x: torch.Tensor) -> torch.Tens
     full = phases.reshape(rows, s, -1, n + 1).permute(0, 2, 3, 1).reshape(rows, -1, (n + 1) * s)
     length = (n + 1) * s - 2 * p + op
     return full[..., p : p + length]
+
+
+# The decoder's last layer (96 channels to one, kernel 7, at the output rate): oneDNN's
+# convolution with one output channel ran at 9 GFLOP/s on a Zen 4 EPYC, 65 ms of a 10 s
+# decode. As one matrix product of the kernel's taps with the input ([out * 7, in] x
+# [in, n]) and seven shifted adds ("taps") it was 4.5x faster. Layers with at most
+# TAPS_MAX_OUTPUTS outputs have the choice.
+TAPS_MAX_OUTPUTS = 4
+
+
+def _taps_suits(conv: nn.Conv1d) -> bool:
+    (k,), (s,) = conv.kernel_size, conv.stride
+    return (
+        conv.out_channels <= TAPS_MAX_OUTPUTS
+        and k > 1
+        and s == 1
+        and conv.groups == 1
+        and conv.padding_mode == "zeros"
+        and not isinstance(conv.padding, str)
+    )
+
+
+def _taps_forward(self: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+    """``self(x)`` as ``W [out * k, in] @ x``, then row j of each output shifted by
+    ``j * dilation`` and summed (the bias first): the sums in another order than
+    oneDNN's, a few float32 steps apart."""
+    if (
+        torch.is_grad_enabled()
+        or x.dim() != 3
+        or x.dtype != self.weight.dtype
+        or torch.is_autocast_enabled(x.device.type)
+    ):
+        return nn.Conv1d.forward(self, x)
+    padding = self.padding
+    assert not isinstance(padding, str)  # _taps_suits rules out string padding
+    (k,), (d,), (p,) = self.kernel_size, self.dilation, padding
+    rows, _, n = x.shape
+    length = n + 2 * p - d * (k - 1)
+    if length <= 0:
+        return nn.Conv1d.forward(self, x)
+    taps = _cached(self, "_dacwatch_taps", lambda: self.weight.detach().permute(0, 2, 1).reshape(-1, self.in_channels))
+    prod = torch.matmul(taps, x).view(rows, -1, k, n)  # [rows, out, k, n]
+    if self.bias is None:
+        y = x.new_zeros((rows, self.out_channels, length))
+    else:
+        y = self.bias.detach().view(1, -1, 1).expand(rows, -1, length).clone()
+    for j in range(k):
+        # output t takes tap j of input t + j*d - p, where that is inside x
+        lo, hi = max(0, p - j * d), min(length, n + p - j * d)
+        if hi > lo:
+            y[..., lo:hi] += prod[:, :, j, lo + j * d - p : hi + j * d - p]
+    return y
 
 
 # Winograd F(4, 7): four outputs of a kernel-7 correlation from ten products. The

@@ -13,7 +13,9 @@ the length it meets in a decode:
   where numba runs, also Winograd F(4, 7) or F(6, 7) with numba's transforms and the
   residual unit's Snakes fused in;
 - transposed convolutions: the polyphase form (:func:`kernels._transposed_forward`) or
-  torch's own.
+  torch's own;
+- convolutions with a few outputs (the last layer, one output channel): torch's own or
+  one matrix product of the kernel's taps and shifted adds (:func:`kernels._taps_forward`).
 
 Every candidate computes the same convolution; they differ in float32 rounding, a few
 1e-6 of the output's scale, which decoding tolerates (the encoder has no choices: its
@@ -50,7 +52,7 @@ from dacwatch.codec.cachefiles import cache_root, write_whole
 
 log = logging.getLogger(__name__)
 
-TUNING_VERSION = 5  # bump when the candidates or how they are measured change
+TUNING_VERSION = 6  # bump when the candidates or how they are measured change
 # The first of each is torch's own layer, the reference: another candidate is chosen only
 # when it is faster by MARGIN, so a shared CPU's noise does not trade the plain layer for
 # one that needs more memory (Winograd's weights and workspace) for nothing.
@@ -61,6 +63,7 @@ CONV_CHOICES = ("direct", "winograd", "winograd-onednn", "winograd-grouped")
 FUSED_CHOICES = tuple(kernels.FUSED_TILES)  # "winograd-fused" (F(4, 7)), "winograd6-fused"
 FUSED_CHOICE = FUSED_CHOICES[0]
 TRANSPOSED_CHOICES = ("native", "polyphase")
+TAPS_CHOICES = ("direct", "taps")
 MARGIN = 0.9
 ROUNDS = 5  # interleaved timing rounds per layer; the best of each candidate counts
 
@@ -118,7 +121,7 @@ def tunable(model: Any) -> list[nn.Conv1d | nn.ConvTranspose1d]:
     out: list[nn.Conv1d | nn.ConvTranspose1d] = []
     for module in model.decoder.modules():
         if isinstance(module, nn.ConvTranspose1d) or (
-            isinstance(module, nn.Conv1d) and kernels._winograd_suits(module)
+            isinstance(module, nn.Conv1d) and (kernels._winograd_suits(module) or kernels._taps_suits(module))
         ):
             out.append(module)
     return out
@@ -127,6 +130,8 @@ def tunable(model: Any) -> list[nn.Conv1d | nn.ConvTranspose1d]:
 def choices_for(conv: nn.Module) -> tuple[str, ...]:
     if isinstance(conv, nn.ConvTranspose1d):
         return TRANSPOSED_CHOICES
+    if isinstance(conv, nn.Conv1d) and kernels._taps_suits(conv):
+        return TAPS_CHOICES
     return (*CONV_CHOICES, *FUSED_CHOICES) if fused_cpu.available() else CONV_CHOICES
 
 
@@ -139,6 +144,8 @@ def apply(conv: nn.Conv1d | nn.ConvTranspose1d, choice: str) -> None:
         forward = kernels._transposed_forward if choice == "polyphase" else nn.ConvTranspose1d.forward
     elif choice in FUSED_CHOICES:
         forward = kernels._winograd_fused_forward
+    elif choice == "taps":
+        forward = kernels._taps_forward
     else:
         forward = nn.Conv1d.forward if choice == "direct" else kernels._winograd_forward
         conv._dacwatch_mixing = {"winograd-onednn": "onednn", "winograd-grouped": "grouped"}.get(choice, "bmm")  # type: ignore[assignment]
@@ -148,6 +155,7 @@ def apply(conv: nn.Conv1d | nn.ConvTranspose1d, choice: str) -> None:
     # 10/7 of the layer's weights again, 200-300 MB over a full-size decoder.
     keep = {
         "polyphase": {"_dacwatch_polyphase"},
+        "taps": {"_dacwatch_taps"},
         "winograd": {"_dacwatch_winograd"},
         "winograd-onednn": {"_dacwatch_winograd", "_dacwatch_onednn"},
         "winograd-grouped": {"_dacwatch_winograd", "_dacwatch_grouped"},
@@ -155,6 +163,7 @@ def apply(conv: nn.Conv1d | nn.ConvTranspose1d, choice: str) -> None:
     }.get(choice, set())
     for name in (
         "_dacwatch_polyphase",
+        "_dacwatch_taps",
         "_dacwatch_winograd",
         "_dacwatch_onednn",
         "_dacwatch_grouped",
@@ -165,8 +174,12 @@ def apply(conv: nn.Conv1d | nn.ConvTranspose1d, choice: str) -> None:
 
 
 def current(conv: nn.Module) -> str:
-    """The kernel ``conv`` runs now (installed defaults: polyphase and Winograd by bmm)."""
-    default = "polyphase" if isinstance(conv, nn.ConvTranspose1d) else "winograd"
+    """The kernel ``conv`` runs now (installed defaults: polyphase, Winograd by bmm and
+    torch's own convolution for the few-output layers)."""
+    if isinstance(conv, nn.ConvTranspose1d):
+        default = "polyphase"
+    else:
+        default = "direct" if isinstance(conv, nn.Conv1d) and kernels._taps_suits(conv) else "winograd"
     return str(getattr(conv, "_dacwatch_kernel", default))
 
 
