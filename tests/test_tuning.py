@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import json
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -118,6 +119,39 @@ def test_the_taps_form_matches_a_float64_convolution(
             want, got = reference(x.double()), conv(x)
         assert got.shape == want.shape
         assert (got.double() - want).abs().max() <= 1e-6 * max(1.0, float(want.abs().max()))
+
+
+@pytest.mark.parametrize(
+    ("make", "taps"),
+    [
+        (lambda: nn.Conv1d(8, 1, 7, padding=3), True),
+        (lambda: nn.Conv1d(8, 1, 7, stride=2, padding=3), False),
+        (lambda: nn.Conv1d(8, 2, 7, padding=3, groups=2), False),
+        (lambda: nn.Conv1d(8, 1, 1), False),
+        (lambda: nn.Conv1d(8, 1, 7, padding="same"), False),
+        (lambda: nn.Conv1d(8, 1, 7, padding=3, padding_mode="reflect"), False),
+        (lambda: nn.Conv1d(8, 5, 7, padding=3), False),
+    ],
+    ids=["fits", "stride2", "groups2", "k1", "same", "reflect", "five-outputs"],
+)
+def test_the_taps_form_is_a_choice_only_where_it_computes_the_layer(make: Callable[[], nn.Conv1d], taps: bool) -> None:
+    """Only layers the taps form computes correctly have it (torch's own runs until
+    tuned), and there every choice computes torch's convolution."""
+    torch.manual_seed(0)
+    conv = make()
+    assert ("taps" in tuning.choices_for(conv)) is taps
+    if not taps:
+        with pytest.raises(ValueError):
+            tuning.apply(conv, "taps")
+        return
+    assert tuning.current(conv) == "direct"
+    x = torch.randn(2, 8, 60)[..., 3:50]
+    with torch.no_grad():
+        want = nn.Conv1d.forward(conv, x)
+        for choice in tuning.choices_for(conv):
+            tuning.apply(conv, choice)
+            got = conv(x)
+            assert got.shape == want.shape and torch.allclose(got, want, atol=1e-5, rtol=1e-5), choice
 
 
 def test_choices_are_measured_once_then_read(wide: nn.Module, tmp_path: Path) -> None:

@@ -14,8 +14,9 @@ the length it meets in a decode:
   residual unit's Snakes fused in;
 - transposed convolutions: the polyphase form (:func:`kernels._transposed_forward`) or
   torch's own;
-- convolutions with a few outputs (the last layer, one output channel): torch's own or
-  one matrix product of the kernel's taps and shifted adds (:func:`kernels._taps_forward`).
+- convolutions with at most four outputs (a released decoder's last layer, one output
+  channel): torch's own or one matrix product of the kernel's taps and shifted adds
+  (:func:`kernels._taps_forward`).
 
 Every candidate computes the same convolution; they differ in float32 rounding, a few
 1e-6 of the output's scale, which decoding tolerates (the encoder has no choices: its
