@@ -258,16 +258,16 @@ def _transposed_forward(self: nn.ConvTranspose1d, x: torch.Tensor) -> torch.Tens
 TAPS_MAX_OUTPUTS = 4
 
 
-def _taps_suits(conv: nn.Conv1d) -> bool:
-    (k,), (s,) = conv.kernel_size, conv.stride
+def _plain(conv: nn.Conv1d) -> bool:
+    """Stride 1, one group, zero padding by a number: what the taps and Winograd forms
+    compute (each adds its own bounds)."""
     return (
-        conv.out_channels <= TAPS_MAX_OUTPUTS
-        and k > 1
-        and s == 1
-        and conv.groups == 1
-        and conv.padding_mode == "zeros"
-        and not isinstance(conv.padding, str)
+        conv.stride == (1,) and conv.groups == 1 and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
     )
+
+
+def _taps_suits(conv: nn.Conv1d) -> bool:
+    return _plain(conv) and conv.out_channels <= TAPS_MAX_OUTPUTS and conv.kernel_size[0] > 1
 
 
 def _taps_forward(self: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
@@ -386,13 +386,9 @@ def winograd_matrices(m: int, r: int, points: tuple[Fraction | int, ...]) -> tup
 
 
 def _winograd_suits(conv: nn.Conv1d) -> bool:
-    (k,), (s,) = conv.kernel_size, conv.stride
     return (
-        k == WINOGRAD_TAPS
-        and s == 1
-        and conv.groups == 1
-        and conv.padding_mode == "zeros"
-        and not isinstance(conv.padding, str)
+        _plain(conv)
+        and conv.kernel_size == (WINOGRAD_TAPS,)
         and min(conv.in_channels, conv.out_channels) >= WINOGRAD_MIN_CHANNELS
         and conv.weight.numel() <= WINOGRAD_MAX_WEIGHTS
     )
