@@ -64,10 +64,11 @@ polyphase upsamplers (2.5% of a decode for 350 MB more RSS; again on a Zen 4
 EPYC with numba's transforms and the block's Snake fused in, points searched:
 0.86x oneDNN's time at 384 -> 192 channels, 0.95x at 192 -> 96, slower at 768 ->
 384 and 1536 -> 768, where a tile of the depth-first decode leaves the channel
-mixing too few columns; about 1% of a decode) and for the
-decoder's first layer (1% for 118 MB); F(7, 7) with numba's transforms (0.96-0.99x
-F(6, 7)'s time per layer, 1.09x at 192 channels, for 2.2x its rounding); F(5, 7) (12% fewer products for 2x the
-rounding; F(6, 7) was dropped with it then, and taken up since, above); F(8, 7)
+mixing too few columns; about 1% of a decode) and for the decoder's first layer
+(1% for 118 MB); F(7, 7) with numba's transforms (0.96-0.99x F(6, 7)'s time per
+layer, 1.09x at 192 channels, for 2.2x its rounding); F(5, 7) (12% fewer
+products for 2x the rounding; F(6, 7) was dropped with it then, and taken up
+since, above); F(8, 7)
 (3.8x F(6, 7)'s rounding); torch.compile of Snake (2.5x faster alone, 4% in place,
 a 10-20 s compile and a C++ compiler at run time).
 Again on an AMD EPYC (Zen 5), against the per-host kernels, in one process,
