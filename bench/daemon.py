@@ -1,13 +1,14 @@
 """``python -m bench.daemon``: the daemon's throughput on a folder, against the codec alone.
 
 A real ``dacwatch run`` (a separate process) converts a folder of WAV files
-(synthetic speech-like audio, 44.1 kHz mono) on one device. Its throughput is
-the audio converted per wall second from READY to the last ``job.done``. The
-reference is the codec alone on the same audio, in memory, in this process,
-with the same device, windows, batch and precision (no reading, loudness,
-resampling or writing): the daemon's share of it is what the pipeline around
-the codec costs. Results go to ``--out`` as ``daemon-<device>-<date>.json``
-and ``.md``.
+(synthetic speech-like audio, 44.1 kHz mono) on one device; with ``--direction
+decode``, a folder of ``.dac`` files encoded from them here first, back to WAV.
+Its throughput is the audio converted per wall second from READY to the last
+``job.done``. The reference is the codec alone on the same audio (or codes), in
+memory, in this process, with the same device, windows, batch and precision (no
+reading, loudness, resampling or writing): the daemon's share of it is what the
+pipeline around the codec costs. Results go to ``--out`` as
+``daemon-<device>-<date>.json`` and ``.md`` (``daemon-decode-...`` for decoding).
 """
 
 from __future__ import annotations
@@ -232,32 +233,58 @@ class PageLoader:
         return {"loads": self.ok, "failed": self.failed, "per_s": self.ok / wall, "slowest_s": self.slowest}
 
 
-def codec_only(args: argparse.Namespace, weights: Path, sources: list[Path]) -> dict[str, Any]:
-    """The codec alone on the same audio (already in memory at the model rate), with the
-    allocator set as the daemon sets it."""
-    import soundfile as sf
-    import torch
-
+def codec_pool(args: argparse.Namespace, weights: Path) -> Any:
+    """The daemon's codec pool for ``weights`` on ``args.device``, in this process, with the
+    allocator set as the daemon sets it and the decoder's kernels tuned as the daemon tunes
+    them (measured on this host at load, or read from the user's cache)."""
     from dacwatch import allocator
 
     allocator.tune()
 
+    from dacwatch.codec import tuning
     from dacwatch.codec.model import ModelSpec
     from dacwatch.convert import CodecPool, CodecSettings
 
-    pool = CodecPool(ModelSpec(weights=weights), CodecSettings(args.device, precision=args.precision))
+    settings = CodecSettings(args.device, precision=args.precision)
+    return CodecPool(ModelSpec(weights=weights), settings, kernels_dir=tuning.default_dir(), tune_at_load=True)
+
+
+def encode_folder(pool: Any, wavs: list[Path], folder: Path) -> list[Path]:
+    """Each WAV as a ``.dac`` file in ``folder`` (``--direction decode``'s input), encoded
+    here by dacwatch's own file pipeline."""
+    from dacwatch.convert import encode_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    return [encode_file(pool, wav, folder / f"{wav.stem}.dac").output for wav in wavs]
+
+
+def codec_only(pool: Any, sources: list[Path], direction: str = "encode") -> dict[str, Any]:
+    """The codec alone on the same audio (already in memory at the model rate) or, decoding,
+    on the same codes (read into memory)."""
+    import soundfile as sf
+    import torch
+
+    from dacwatch.formats.container import read as read_dac
+
     codec = pool.codec()
-    arrays = [np.ascontiguousarray(sf.read(str(p), dtype="float32")[0][None]) for p in sources]
-    codec.encode(arrays[0])  # untimed first pass
+    if direction == "decode":
+        inputs = [np.asarray(read_dac(p).codes) for p in sources]
+        run = codec.decode
+    else:
+        inputs = [np.ascontiguousarray(sf.read(str(p), dtype="float32")[0][None]) for p in sources]
+        run = codec.encode
+    run(inputs[0])  # untimed first pass
     sync = torch.cuda.synchronize if codec.device.type == "cuda" else (lambda: None)
     sync()
+    samples = 0
     started = time.perf_counter()
-    for a in arrays:
-        codec.encode(a)
+    for a in inputs:
+        out = run(a)
+        samples += a.shape[1] if direction == "encode" else out.shape[1] * out.shape[0]
     sync()
     wall = time.perf_counter() - started
-    audio = sum(a.shape[1] for a in arrays) / codec.sample_rate
-    return {"files": len(arrays), "audio_s": audio, "wall_s": wall, "x_realtime": audio / wall}
+    audio = samples / codec.sample_rate
+    return {"files": len(inputs), "audio_s": audio, "wall_s": wall, "x_realtime": audio / wall}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -274,7 +301,13 @@ def main(argv: list[str] | None = None) -> int:
         help="a command line the daemon runs under, e.g. a sampling profiler: "
         "'py-spy record --idle -f raw -o daemon.txt --' (SIGINT ends the daemon through it)",
     )
-    p.add_argument("--reference-files", type=int, default=20, help="files the codec-only reference encodes")
+    p.add_argument(
+        "--direction",
+        choices=("encode", "decode"),
+        default="encode",
+        help="encode: WAV -> .dac; decode: .dac -> WAV (the .dac files encoded here first, untimed)",
+    )
+    p.add_argument("--reference-files", type=int, default=20, help="files the codec-only reference converts")
     p.add_argument("--precision", default="float32")
     p.add_argument(
         "--jobs-per-device",
@@ -297,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         weights = bench.weights_file(args, work)
         staged = write_folder(work / "staged", args.files, args.seconds, args.shortest)
+        pool = codec_pool(args, weights)
+        if args.direction == "decode":
+            staged = encode_folder(pool, staged, work / "staged-dac")
         step = max(1, len(staged) // max(1, args.reference_files))  # spread over the lengths
         reference_sources = [work / "reference" / p.name for p in staged[::step][: args.reference_files]]
         (work / "reference").mkdir()
@@ -317,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
                 os.link(src, dst)
             result = run_daemon(args, weights, run_dir, folder, jobs, page_loads=rate, listen=loads != [0.0])
             runs.append({"jobs_per_device": value, "page_loads_per_s": rate, **result})
-        reference = codec_only(args, weights, reference_sources)
+        reference = codec_only(pool, reference_sources, args.direction)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     daemon = runs[-1]
@@ -327,12 +363,14 @@ def main(argv: list[str] | None = None) -> int:
         "files": args.files,
         "seconds_per_file": args.seconds if args.shortest is None else [args.shortest, args.seconds],
         "precision": args.precision,
+        "direction": args.direction,
         "daemon": daemon,  # the last run
         "daemon_runs": runs,
         "codec_only": reference,
         "daemon_share_of_codec_only": daemon["x_realtime"] / reference["x_realtime"],
     }
-    bench.save_result(args.out, f"daemon-{'cpu' if args.device == 'cpu' else 'gpu'}", report, markdown(report))
+    prefix = "daemon-decode" if args.direction == "decode" else "daemon"
+    bench.save_result(args.out, f"{prefix}-{'cpu' if args.device == 'cpu' else 'gpu'}", report, markdown(report))
     return 0 if all(r["finished"] and r["files_failed"] == 0 for r in runs) else 1
 
 
@@ -343,6 +381,8 @@ def lengths(value: float | list[float]) -> str:
 def markdown(r: dict[str, Any]) -> str:
     c = r["codec_only"]
     runs = r.get("daemon_runs") or [{"jobs_per_device": "default", **r["daemon"]}]
+    decoding = r.get("direction") == "decode"
+    kind = ".dac files (decoded to WAV)" if decoding else "WAVs"
     rows = []
     for d in runs:
         at_once = d.get("geometry", {}).get("jobs_at_once") or d["jobs_per_device"]
@@ -351,14 +391,14 @@ def markdown(r: dict[str, Any]) -> str:
             f", status page loaded {pages['per_s']:.1f}/s (slowest {pages['slowest_s'] * 1000:.0f} ms)" if pages else ""
         )
         rows.append(
-            f"| daemon, {at_once} file(s) at once{loading}: {r['files']} WAVs of {lengths(r['seconds_per_file'])} s, "
+            f"| daemon, {at_once} file(s) at once{loading}: {r['files']} {kind} of {lengths(r['seconds_per_file'])} s, "
             f"READY to last job.done | {d['files_done']} done, {d['files_failed']} failed | {d['audio_s']:.0f} "
             f"| {d['wall_s']:.1f} | {d['x_realtime']:.1f} | {d.get('cores_used', float('nan')):.2f} "
             f"| {100 * d['x_realtime'] / c['x_realtime']:.0f}% |"
         )
     return "\n".join(
         [
-            f"# dacwatch daemon throughput, {r['date']}",
+            f"# dacwatch daemon throughput{', decoding' if decoding else ''}, {r['date']}",
             "",
             f"`{r['command']}`",
             "",
@@ -368,7 +408,7 @@ def markdown(r: dict[str, Any]) -> str:
             "| | files | audio s | wall s | x realtime | cores used | of codec alone |",
             "|---|---|---|---|---|---|---|",
             *rows,
-            f"| codec alone, same audio in memory | {c['files']} | {c['audio_s']:.0f} | {c['wall_s']:.1f} "
+            f"| codec alone, same {'codes' if decoding else 'audio'} in memory | {c['files']} | {c['audio_s']:.0f} | {c['wall_s']:.1f} "
             f"| {c['x_realtime']:.1f} | | 100% |",
             "",
             "Cores used: the daemon's CPU seconds per wall second. "
