@@ -38,11 +38,19 @@ def test_device_kit_dry_run_on_cpu(tmp_path: Path) -> None:
     names = [row["variant"] for row in candidates["rows"] if row["approach"] == "dacwatch"]
     assert names == ["cudnn", "fused-snake", "tf32x3", "tf32x3+fused-snake"]
     assert candidates["chosen"]["float32"]["frames_chunked_vs_whole_on_device"] == 0
-    # The profile, asked for by name (a second call in a session).
+    # The profile and the daemon decoding, asked for by name (a second call in a session).
     again = tmp_path / "again"
-    summary = _kit(tmp_path, again, "--steps", "profile")
-    assert "profile: exit 0 in" in summary and "tests:" not in summary, summary
+    summary = _kit(tmp_path, again, "--steps", "profile daemon-decode")
+    assert "profile: exit 0 in" in summary and "daemon-decode: exit 0 in" in summary, summary
+    assert "tests:" not in summary and "daemon:" not in summary, summary
     assert len(list(again.glob("profile-*.md"))) == 1
+    written = list(again.glob("daemon-decode-cpu-*.json"))
+    assert len(written) == 1, (summary, sorted(p.name for p in again.iterdir()))
+    decoding = json.loads(written[0].read_text())
+    assert decoding["direction"] == "decode"
+    assert [r["files_done"] for r in decoding["daemon_runs"]] == [3, 3]
+    assert all(r["finished"] and r["files_failed"] == 0 for r in decoding["daemon_runs"])
+    assert decoding["codec_only"]["files"] == 2 and decoding["codec_only"]["x_realtime"] > 0
 
 
 def _kit(tmp_path: Path, out: Path, *extra: str) -> str:
