@@ -233,6 +233,26 @@ def test_compiled_kernels_are_cached_and_read_by_the_next_process(tmp_path: Path
     assert sorted(p.name for p in folder.rglob("*") if p.is_file()) == first
 
 
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="numba's pool would take the one core torch has")
+@pytest.mark.parametrize("how", ["env", "call"])
+def test_the_kernels_leave_torchs_thread_count_as_it_was(tmp_path: Path, how: str) -> None:
+    """numba's first parallel call launches its OpenMP pool, which sets the calling
+    thread's OpenMP thread count to all the cores: torch's count with it. A daemon or
+    user that gave torch one thread (OMP_NUM_THREADS=1, ``torch.set_num_threads(1)``)
+    keeps one through the first decode and after it."""
+    first = "import torch\n" + ("" if how == "env" else "torch.set_num_threads(1)\n")
+    code = (
+        first
+        + textwrap.dedent(FIRST_CALLS).replace('print("ok")', "")
+        + "assert fused_cpu.snake(x, a) is not None\n"
+        + "print(torch.get_num_threads())\n"
+    )
+    env = {"XDG_CACHE_HOME": str(tmp_path), "NUMBA_CACHE_DIR": "", "NUMBA_NUM_THREADS": "2"}
+    if how == "env":
+        env["OMP_NUM_THREADS"] = "1"
+    assert _python(code, env).strip() == "1"
+
+
 def test_a_cache_folder_that_cannot_be_made_still_runs_compiled(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")

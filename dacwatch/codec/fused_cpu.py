@@ -104,9 +104,10 @@ def _run(name: str, *args: Any) -> bool:
     if compiled is None:
         return False
     numba: Any = importlib.import_module("numba")
+    threads = torch.get_num_threads()
     for attempt in range(2):
         try:
-            numba.set_num_threads(max(1, min(torch.get_num_threads(), _max_threads)))
+            numba.set_num_threads(max(1, min(threads, _max_threads)))
             compiled[name](*args)
             return True
         except OSError as exc:
@@ -116,9 +117,20 @@ def _run(name: str, *args: Any) -> bool:
                 log.warning("numba could not cache the CPU kernel %s (%s): compiled again next process", name, exc)
         except Exception:  # e.g. no OpenMP layer loads here
             break
+        finally:
+            _keep_threads(threads)
     with _lock:
         _compiled, _failed = None, True
     return False
+
+
+def _keep_threads(threads: int) -> None:
+    """Give torch back ``threads`` threads on this thread if numba took them: launching
+    its OpenMP pool sets the calling thread's OpenMP thread count to all the cores,
+    which is torch's count too (OMP_NUM_THREADS=1 or ``torch.set_num_threads(1)``
+    became 2 on a 2-core host at the first decode)."""
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 def _rows(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
