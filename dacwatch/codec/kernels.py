@@ -229,25 +229,37 @@ def _polyphase_weights(conv: nn.ConvTranspose1d) -> tuple[torch.Tensor, torch.Te
     return _cached(conv, "_dacwatch_polyphase", build)
 
 
+def _polyphase_suits(conv: nn.ConvTranspose1d) -> bool:
+    """Whether ``conv`` computes as an ordinary kernel-2 convolution over its stride's
+    phases (:func:`_polyphase_weights`, :func:`_polyphase_output`): kernel twice the
+    stride, no dilation, no groups, numeric padding at least the output padding."""
+    (k,), (s,), (op,), (d,) = conv.kernel_size, conv.stride, conv.output_padding, conv.dilation
+    p = -1 if isinstance(conv.padding, str) else conv.padding[0]
+    return k == 2 * s and d == 1 and conv.groups == 1 and 0 <= op <= p
+
+
+def _polyphase_output(conv: nn.ConvTranspose1d, phases: torch.Tensor) -> torch.Tensor:
+    """``conv``'s output from its phases ``[rows, stride * c_out, n + 1]`` (the polyphase
+    weights' convolution with padding 1 of an input of length ``n``): interleaved, then
+    cropped by the padding, with the output padding kept at the end."""
+    padding = conv.padding
+    assert not isinstance(padding, str)  # _polyphase_suits rules out string padding
+    (s,), (op,), (p,) = conv.stride, conv.output_padding, padding
+    rows, _, m = phases.shape
+    full = phases.reshape(rows, s, -1, m).permute(0, 2, 3, 1).reshape(rows, -1, m * s)
+    return full[..., p : p + m * s - 2 * p + op]
+
+
 def _transposed_forward(self: nn.ConvTranspose1d, x: torch.Tensor) -> torch.Tensor:
-    (k,), (s,), (op,), (d,) = self.kernel_size, self.stride, self.output_padding, self.dilation
-    p = -1 if isinstance(self.padding, str) else self.padding[0]
     if (
         torch.is_grad_enabled()
-        or k != 2 * s
-        or d != 1
-        or self.groups != 1
-        or not 0 <= op <= p
+        or not _polyphase_suits(self)
         or x.dim() != 3
         or torch.is_autocast_enabled(x.device.type)
     ):
         return nn.ConvTranspose1d.forward(self, x)
     weight, bias = _polyphase_weights(self)
-    rows, _, n = x.shape
-    phases = F.conv1d(x, weight, bias, padding=1)  # [rows, s * c_out, n + 1]
-    full = phases.reshape(rows, s, -1, n + 1).permute(0, 2, 3, 1).reshape(rows, -1, (n + 1) * s)
-    length = (n + 1) * s - 2 * p + op
-    return full[..., p : p + length]
+    return _polyphase_output(self, F.conv1d(x, weight, bias, padding=1))
 
 
 # The decoder's last layer (96 channels to one, kernel 7, at the output rate): oneDNN's

@@ -392,16 +392,11 @@ def _triton_conv_forward(self: nn.Conv1d, x: torch.Tensor, skip: torch.Tensor | 
 
 def _triton_transposed_forward(self: nn.ConvTranspose1d, x: torch.Tensor) -> torch.Tensor:
     """``kernels._transposed_forward`` with its polyphase convolution on the Triton kernel."""
-    (k,), (s,), (op,), (d,) = self.kernel_size, self.stride, self.output_padding, self.dilation
-    p = -1 if isinstance(self.padding, str) else self.padding[0]
     fits = (
         not torch.is_grad_enabled()
         and _runs_on(x) is not None
         and x.stride(-1) == 1
-        and k == 2 * s
-        and d == 1
-        and self.groups == 1
-        and 0 <= op <= p
+        and kernels._polyphase_suits(self)
         and self.weight.dtype == torch.float32
         and x.shape[1] == self.in_channels
         and x.shape[0] <= MAX_GRID_YZ
@@ -410,11 +405,7 @@ def _triton_transposed_forward(self: nn.ConvTranspose1d, x: torch.Tensor) -> tor
         before: Callable[[torch.Tensor], torch.Tensor] = self._dacwatch_triton_before  # type: ignore[assignment]
         return before(x)
     hi, lo, bias = _split_weights(self)
-    rows, _, n = x.shape
-    phases = conv1d(x, hi, lo, bias, padding=1, blocks=_blocks(self))  # [rows, s * c_out, n + 1]
-    full = phases.reshape(rows, s, -1, n + 1).permute(0, 2, 3, 1).reshape(rows, -1, (n + 1) * s)
-    length = (n + 1) * s - 2 * p + op
-    return full[..., p : p + length]
+    return kernels._polyphase_output(self, conv1d(x, hi, lo, bias, padding=1, blocks=_blocks(self)))
 
 
 def _triton_residual_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
