@@ -388,3 +388,40 @@ def test_a_one_shot_decode_loads_the_kernels_beside_the_weights_and_encode_never
         str(tmp_path),
     )
     assert out.strip() == "ok"
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="numba's pool would take the one core torch has")
+def test_a_kernel_that_fails_after_numbas_pool_started_leaves_torchs_thread_count(tmp_path: Path) -> None:
+    """numba.set_num_threads launches the pool (torch's count changes), then the call
+    fails to type: torch's passes from then on, on torch's own thread count."""
+    code = """
+        import torch
+        from dacwatch.codec import fused_cpu
+        assert fused_cpu.available()
+        assert fused_cpu._run("snake_rows", "not an array") is False
+        print(torch.get_num_threads(), fused_cpu.available())
+    """
+    env = {"XDG_CACHE_HOME": str(tmp_path), "NUMBA_CACHE_DIR": "", "NUMBA_NUM_THREADS": "2", "OMP_NUM_THREADS": "1"}
+    assert _python(code, env).split() == ["1", "False"]
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="torch needs two threads to lose one")
+def test_a_smaller_numba_pool_leaves_torchs_thread_count_and_a_worker_thread_keeps_its_own(tmp_path: Path) -> None:
+    """NUMBA_NUM_THREADS=1 under torch's two: numba's launch lowered torch's count to 1.
+    And on a worker thread (the daemon's), torch's count there is what it was."""
+    code = """
+        import threading, torch
+        torch.set_num_threads(2)
+        from dacwatch.codec import fused_cpu
+        x, a = torch.randn(1, 64, 300), torch.ones(1, 64, 1)
+        seen = []
+        def work():
+            seen.append(torch.get_num_threads())
+            assert fused_cpu.snake(x, a) is not None
+            seen.append(torch.get_num_threads())
+        t = threading.Thread(target=work); t.start(); t.join()
+        assert fused_cpu.snake(x, a) is not None
+        print(*seen, torch.get_num_threads())
+    """
+    env = {"XDG_CACHE_HOME": str(tmp_path), "NUMBA_CACHE_DIR": "", "NUMBA_NUM_THREADS": "1"}
+    assert _python(code, env).split() == ["2", "2", "2"]

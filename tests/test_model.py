@@ -252,3 +252,28 @@ def test_whole_file_windows_shrink_to_the_device_default(tiny_weights: Path) -> 
     codec = pool.codec()
     assert pool.shrink() == "batch 1, windows 1 s encode / 4 s decode"
     assert codec.geometry() == (1, 1.0, 4.0)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"dilation": 2}, {"groups": 2}, {"kernel_size": 6}, {"padding": 0, "output_padding": 1}],
+    ids=["dilation", "groups", "kernel", "output-padding-past-padding"],
+)
+def test_polyphase_refuses_the_layers_it_would_get_wrong(change: dict[str, int]) -> None:
+    """A transposed convolution outside the polyphase geometry keeps torch's forward."""
+    import copy
+    import types
+
+    import torch
+    from torch import nn
+
+    from dacwatch.codec.kernels import _polyphase_suits, _transposed_forward
+
+    torch.manual_seed(0)
+    conv = nn.ConvTranspose1d(6, 4, **{"kernel_size": 8, "stride": 4, "padding": 2, **change})
+    assert not _polyphase_suits(conv)
+    fast = copy.deepcopy(conv)
+    fast.forward = types.MethodType(_transposed_forward, fast)  # type: ignore[method-assign]
+    x = torch.randn(2, 6, 9)
+    with torch.inference_mode():
+        assert torch.equal(fast(x), conv(x))

@@ -125,10 +125,11 @@ def _run(name: str, *args: Any) -> bool:
 
 
 def _keep_threads(threads: int) -> None:
-    """Give torch back ``threads`` threads on this thread if numba took them: launching
-    its OpenMP pool sets the calling thread's OpenMP thread count to all the cores,
-    which is torch's count too (OMP_NUM_THREADS=1 or ``torch.set_num_threads(1)``
-    became 2 on a 2-core host at the first decode)."""
+    """Give torch back its ``threads`` on this thread if numba changed them: launching
+    its OpenMP pool sets the calling thread's OpenMP thread count to numba's own
+    (``NUMBA_NUM_THREADS``, all the cores by default), which is torch's count too
+    (OMP_NUM_THREADS=1 or ``torch.set_num_threads(1)`` became 2 on a 2-core host at
+    the first decode; ``NUMBA_NUM_THREADS=1`` took torch from 2 to 1)."""
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
 
