@@ -252,10 +252,15 @@ def codec_pool(args: argparse.Namespace, weights: Path) -> Any:
 def encode_folder(pool: Any, wavs: list[Path], folder: Path) -> list[Path]:
     """Each WAV as a ``.dac`` file in ``folder`` (``--direction decode``'s input), encoded
     here by dacwatch's own file pipeline."""
+    import torch
+
     from dacwatch.convert import encode_file
 
     folder.mkdir(parents=True, exist_ok=True)
-    return [encode_file(pool, wav, folder / f"{wav.stem}.dac").output for wav in wavs]
+    written = [encode_file(pool, wav, folder / f"{wav.stem}.dac").output for wav in wavs]
+    if torch.cuda.is_available():  # the daemons need the device's memory next, not our cache
+        torch.cuda.empty_cache()
+    return written
 
 
 def codec_only(pool: Any, sources: list[Path], direction: str = "encode") -> dict[str, Any]:
@@ -280,7 +285,7 @@ def codec_only(pool: Any, sources: list[Path], direction: str = "encode") -> dic
     started = time.perf_counter()
     for a in inputs:
         out = run(a)
-        samples += a.shape[1] if direction == "encode" else out.shape[1] * out.shape[0]
+        samples += a.shape[1] if direction == "encode" else out.shape[-1]  # per channel, as the daemon counts
     sync()
     wall = time.perf_counter() - started
     audio = samples / codec.sample_rate
