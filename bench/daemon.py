@@ -235,8 +235,8 @@ class PageLoader:
 
 def codec_pool(args: argparse.Namespace, weights: Path) -> Any:
     """The daemon's codec pool for ``weights`` on ``args.device``, in this process, with the
-    allocator set as the daemon sets it and the decoder's kernels tuned as the daemon tunes
-    them (measured on this host at load, or read from the user's cache)."""
+    allocator set as the daemon sets it; decoding, with the decoder's kernels tuned as the
+    daemon tunes them (measured on this host at load, or read from the user's cache)."""
     from dacwatch import allocator
 
     allocator.tune()
@@ -246,7 +246,9 @@ def codec_pool(args: argparse.Namespace, weights: Path) -> Any:
     from dacwatch.convert import CodecPool, CodecSettings
 
     settings = CodecSettings(args.device, precision=args.precision)
-    return CodecPool(ModelSpec(weights=weights), settings, kernels_dir=tuning.default_dir(), tune_at_load=True)
+    decoding = args.direction == "decode"  # encoding never runs the decoder's kernels
+    kernels = tuning.default_dir() if decoding else None
+    return CodecPool(ModelSpec(weights=weights), settings, kernels_dir=kernels, tune_at_load=decoding)
 
 
 def encode_folder(pool: Any, wavs: list[Path], folder: Path) -> list[Path]:
