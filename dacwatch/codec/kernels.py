@@ -70,7 +70,16 @@ layer, 1.09x at 192 channels, for 2.2x its rounding); F(5, 7) (12% fewer
 products for 2x the rounding; F(6, 7) was dropped with it then, and taken up
 since, above); F(8, 7)
 (3.8x F(6, 7)'s rounding); torch.compile of Snake (2.5x faster alone, 4% in place,
-a 10-20 s compile and a C++ compiler at run time).
+a 10-20 s compile and a C++ compiler at run time). The channel mixing on
+time-major products (Zen 4 EPYC, F(6, 7)): oneDNN's grouped 1x1 convolution on
+channels-last tensors with weights packed ahead
+(``torch.ops.mkldnn._reorder_convolution_weight``, ``_convolution_pointwise``) ran
+1.2-1.6x faster than on channel-major ones, which it reorders on the way in and out;
+but numba's transforms then run along channels (a block of up to 192 channels through
+an L2-sized buffer) and gave most of it back: the fused layer 1.01-1.12x, about 1.04x
+typical, so about 2% of a decode. The packed layout also depends on oneDNN's length
+hint: packed for 2048 columns the mixing ran 3-7x slower at 192 and 768 channels,
+packed for 512 5x slower at 384 (342 columns), so it would need packing per length.
 Again on an AMD EPYC (Zen 5), against the per-host kernels, in one process,
 interleaved, under a load of 3.2-3.9 from other work
 (bench/results/decode-profile-cpu-20261202-1630.md): torch.compile (inductor,
